@@ -1,0 +1,111 @@
+"""The ``batch-run`` command line: parse, load the job, call the library, map errors to exit statuses.
+
+``batch-run JOB.yaml`` runs a job (the ``run`` command is the default); the other commands look at
+an output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from .errors import BatchRunnerError, ExitStatus
+
+
+class _DefaultToRun(click.Group):
+    """``batch-run JOB.yaml`` means ``batch-run run JOB.yaml``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def _fail(e: BatchRunnerError) -> None:
+    click.echo(f"batch-run: error: {e}", err=True)
+    sys.exit(int(e.exit_status))
+
+
+@click.group(cls=_DefaultToRun, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="batch-runner")
+def main() -> None:
+    """Run large prompt sets through vLLM's offline engine, resumably, and write Parquet.
+
+    \b
+    batch-run JOB.yaml [OPTIONS]      run (or resume) a job
+    batch-run status OUTPUT_DIR       which shards are done, partial or missing
+    batch-run merge OUTPUT_DIR        compact a finished output into one dataset
+    """
+
+
+@main.command("run")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a job file value (YAML syntax), e.g. --set sampling.temperature=0.7.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N input rows.")
+@click.option("--output", "output_dir", type=click.Path(file_okay=False), help="Output directory (overrides output.dir).")
+@click.option("--dry-run", is_flag=True, help="Validate, render and print the first prompts with token counts; start no engine.")
+@click.option("--fresh", is_flag=True, help="Move existing results aside (to DIR.replaced-TIME) and start over.")
+@click.option("--retry-errors", is_flag=True, help="Run again the rows whose earlier result is an error.")
+@click.option("--shard", "shard_text", metavar="I/N", help="Run only shard I of N (0-based). Default: from Slurm's array variables.")
+@click.option("-v", "--verbose", is_flag=True, help="Log batch-runner's decisions (info level).")
+def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output_dir: str | None, dry_run: bool,
+            fresh: bool, retry_errors: bool, shard_text: str | None, verbose: bool) -> None:
+    """Run (or resume) the job in JOB_FILE.
+
+    Rerunning with the same output directory resumes: rows already written are skipped. Exit
+    status: 0 done, 3 done with error rows, 2 usage or input error, 75 interrupted (rerun to
+    resume), 1 unexpected failure.
+    """
+    from .config import load_job
+    from .runner import RunOptions, run_job
+    from .sharding import ALL, parse_shard, shard_from_slurm
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="batch-run: %(message)s")
+    extra = list(overrides) + ([f"input.limit={limit}"] if limit else []) + \
+        ([f"output.dir={json.dumps(output_dir)}"] if output_dir else [])
+    try:
+        job = load_job(job_file, extra)
+        shard = parse_shard(shard_text) if shard_text else shard_from_slurm(os.environ)
+        if shard and not shard_text:
+            click.echo(f"batch-run: Slurm array task: shard {shard.index}/{shard.count}", err=True)
+        result = run_job(job, RunOptions(fresh=fresh, retry_errors=retry_errors, shard=shard or ALL, dry_run=dry_run))
+    except BatchRunnerError as e:
+        _fail(e)
+    if dry_run:
+        _print_dry_run(result.summary)
+    else:
+        _print_summary(result.summary)
+    sys.exit(int(result.status))
+
+
+def _print_dry_run(info: dict) -> None:
+    click.echo(f"input: {info['rows']} rows ({info['shard_rows']} in this shard); nothing was run or written")
+    for p in info["prompts"]:
+        click.echo(f"\n--- id {p['id']}: " + (p["error"] if "error" in p else
+                   f"{p['prompt_tokens']} prompt tokens, max_tokens {p['max_tokens']}"))
+        if "prompt" in p:
+            click.echo(p["prompt"])
+
+
+def _print_summary(s: dict) -> None:
+    run, out = s["this_run"], s["output"]
+    rows = [
+        ("job", f"{s['job']} (shard {s['shard']})"), ("status", s["status"]),
+        ("rows", f"{out['rows']}/{s['shard_rows']} written, {s['skipped_done']} were done before"),
+        ("errors", f"{out['errors']} {out['errors_by_code'] or ''}".strip()),
+        ("this run", f"{run['requests']} requests in {run['generation_s']} s"),
+        ("throughput", f"{run['output_tok_s']} output tok/s, {run['total_tok_s']} total tok/s, {run['requests_s']} req/s"),
+        ("prefix cache", f"{run['cache_hit_rate']:.1%} of prompt tokens"),
+    ]
+    click.echo("")
+    for k, v in rows:
+        click.echo(f"{k:>13}  {v}")
+
+
+if __name__ == "__main__":
+    main()

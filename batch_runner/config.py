@@ -1,0 +1,246 @@
+"""The job file: a typed spec, validated once at load.
+
+A job file has six sections (model, engine, input, prompt, sampling, output). Unknown keys fail
+with the nearest valid name, bad values name the key and what is allowed, and ``${VAR}`` in a
+value is expanded from the environment. vLLM's own options pass through ``extra`` mappings and are
+left to vLLM to judge.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import JobError
+
+Auto = Literal["auto"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(_Section):
+    name: str = Field(description="An embedded model alias (smollm2-135m-instruct), a Hugging Face id or a local folder.")
+    tokenizer: str | None = Field(None, description="Tokenizer id or folder, if not the model's own.")
+    dtype: str = Field("auto", description="Weights and activations dtype: auto, bfloat16, float16, float32.")
+    max_model_len: int | None = Field(None, gt=0, description="Context length; prompt plus output must fit.")
+    quantization: str | None = Field(None, description="vLLM quantization method (awq, gptq, fp8, gguf...).")
+    kv_cache_dtype: str = Field("auto", description="KV cache dtype: auto, fp8...")
+    load_format: str = Field("auto", description="auto, safetensors, dummy (random weights, for benchmarks)...")
+    trust_remote_code: bool = Field(False, description="Allow model code from the model folder.")
+    revision: str | None = Field(None, description="Model revision (branch, tag or commit) for hub ids.")
+    seed: int = Field(0, description="Engine seed, for reproducible sampling.")
+
+
+class EngineSpec(_Section):
+    profile: Literal["throughput", "balanced", "latency"] = Field(
+        "throughput", description="Preset of scheduler settings; the keys below override it.")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of GPU memory vLLM may take.")
+    max_num_seqs: int | None = Field(None, gt=0, description="Most sequences scheduled at once.")
+    max_num_batched_tokens: int | None = Field(None, gt=0, description="Token budget of one scheduler step.")
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes.")
+    tensor_parallel_size: int | Auto = Field(1, description="GPUs one model is split over; auto = all visible.")
+    data_parallel: int | Auto = Field(1, description="Engine processes, one GPU each, each on its own shard.")
+    enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (faster start, slower decode).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM engine argument.")
+
+    @field_validator("tensor_parallel_size", "data_parallel")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be a positive integer or 'auto'")
+        return v
+
+
+class InputSpec(_Section):
+    path: str | None = Field(None, description="A .jsonl/.json/.parquet file, a glob or a directory of them.")
+    format: Literal["auto", "jsonl", "parquet", "hf"] = Field("auto", description="Input format; auto = by suffix.")
+    dataset: dict[str, Any] | None = Field(
+        None, description="Hugging Face dataset: datasets.load_dataset arguments, or {path: saved_dir}.")
+    id_column: str | None = Field(None, description="Column holding each row's id; default: the row index.")
+    keep_columns: list[str] = Field(default_factory=list, description="Input columns copied into the results.")
+    limit: int | None = Field(None, gt=0, description="Only the first N rows.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "InputSpec":
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of input.path or input.dataset")
+        return self
+
+
+class PromptSpec(_Section):
+    system: str | None = Field(None, description="Shared system prompt; identical bytes for every row.")
+    system_column: str | None = Field(None, description="Column holding a per-row system prompt (overrides system).")
+    template: str = Field(description="The user message, a Jinja template over the row's columns: '{{ text }}'.")
+    chat_template: str | None = Field(None, description="Override the model's chat template (Jinja text).")
+    on_too_long: Literal["error", "truncate", "shrink"] = Field(
+        "error", description="A prompt that leaves no room for max_tokens: error row, cut the prompt, or lower max_tokens.")
+    group_by_prefix: bool = Field(True, description="Submit rows sharing a system prompt together (prefix cache).")
+    group_window: int = Field(8192, gt=0, description="Rows read ahead and grouped by prefix at a time.")
+
+
+class SamplingSpec(_Section):
+    max_tokens: int = Field(256, gt=0, description="Most tokens generated per row.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int | None = Field(None, description="Sample from the k most likely tokens.")
+    min_tokens: int = Field(0, ge=0, description="Fewest tokens generated before a stop may end the row.")
+    seed: int | None = Field(None, description="Per-request seed.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end generation.")
+    presence_penalty: float = Field(0.0, description="Penalty on tokens already present.")
+    frequency_penalty: float = Field(0.0, description="Penalty growing with a token's count.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Multiplicative repetition penalty.")
+    ignore_eos: bool = Field(False, description="Keep generating past end-of-sequence (benchmarks).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.SamplingParams field.")
+
+
+class OutputSpec(_Section):
+    dir: str | None = Field(None, description="Output directory; default outputs/<job name>.")
+    batch_size: int = Field(256, gt=0, description="Rows per results part file (a crash loses at most these).")
+    compression: str = Field("zstd", description="Parquet compression codec.")
+    log_format: Literal["text", "json"] = Field("text", description="Per-batch log lines on stderr.")
+
+
+class JobSpec(_Section):
+    name: str = Field(description="Job name; default output directory is outputs/<name>.")
+    description: str | None = Field(None, description="Free text.")
+    model: ModelSpec
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    input: InputSpec
+    prompt: PromptSpec
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
+    output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only")
+        return v
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir or f"outputs/{self.name}")
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _expand_env(value: Any, where: str, problems: list[str]) -> Any:
+    """Expand ${VAR} and $VAR in every string; an unset variable is a problem, not an empty string."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(m: re.Match) -> str:
+        var = m.group(1) or m.group(2)
+        if var not in os.environ:
+            problems.append(f"{where}: environment variable ${var} is not set")
+            return m.group(0)
+        return os.environ[var]
+
+    return _ENV.sub(repl, value)
+
+
+def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map each mapping key's path to its 1-based line in the YAML file, for error messages."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key, val in node.value:
+            path = prefix + (key.value,)
+            out[path] = key.start_mark.line + 1
+            _key_lines(val, path, out)
+    return out
+
+
+def _model_for(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = JobSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "(top level)"
+    line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+    where = f"{source}, line {line}" if line else source
+    if err["type"] == "extra_forbidden":
+        model = _model_for(loc)
+        valid = sorted(model.model_fields) if model else []
+        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+        return f"{where}: unknown key '{key}'{hint}"
+    if err["type"] == "missing":
+        return f"{where}: missing required key '{key}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {key}: {msg} (got {err.get('input')!r})"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``--set section.key=value``; the value is read as YAML (numbers, booleans, lists)."""
+    if "=" not in text or not text.split("=", 1)[0].strip():
+        raise JobError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise JobError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from e
+    return key.strip().split("."), value
+
+
+def _apply_overrides(data: dict, overrides: list[str]) -> None:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise JobError(f"--set {'.'.join(path)}: '{part}' is not a section")
+            node = nxt
+        node[path[-1]] = value
+
+
+def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """Read, expand and validate a job file; every problem found goes into one ``JobError``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise JobError(f"{path}: cannot read job file: {e.strerror}") from e
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise JobError(f"{path}{line}: YAML syntax error: {getattr(e, 'problem', None) or e}") from e
+    if not isinstance(data, dict):
+        raise JobError(f"{path}: expected a mapping of sections (model, input, prompt...), got {type(data).__name__}")
+    data = {k: (v if v is not None else {}) for k, v in data.items()}
+    _apply_overrides(data, list(overrides))
+    problems: list[str] = []
+    data = _expand_env(data, "", problems)
+    try:
+        job = JobSpec.model_validate(data)
+    except ValidationError as e:
+        lines = _key_lines(node) if node else {}
+        problems += [_describe(err, str(path), lines) for err in e.errors()]
+        raise JobError(problems) from e
+    if problems:
+        raise JobError([f"{path}: {p}" for p in problems])
+    return job

@@ -1,0 +1,182 @@
+"""The engine behind a narrow interface: submit one request, poll for finished ones.
+
+``VllmEngine`` drives vLLM's offline engine (``vllm.LLM``) request by request, the way
+``LLM.generate`` does inside, but lets the runner keep the queue topped up while it writes
+finished batches, so the engine never drains between batches. vLLM is imported lazily: the CLI's
+help, validation and the pure-logic tests start without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .config import EngineSpec, ModelSpec, SamplingSpec
+from .errors import EngineError, JobError, RowError
+
+log = logging.getLogger("batch_runner")
+
+# After the throughput-tuning table of vLLM's performance guide; the last two keys are the
+# guide's V0-era options, which current vLLM no longer has: they are reported, never passed.
+PROFILES: dict[str, dict[str, Any]] = {
+    "throughput": dict(max_num_seqs=512, max_num_batched_tokens=32768, gpu_memory_utilization=0.95,
+                       scheduler_delay_factor=0.0, use_v2_block_manager=True),
+    "balanced": dict(max_num_seqs=256, max_num_batched_tokens=16384, gpu_memory_utilization=0.90,
+                     scheduler_delay_factor=0.0, use_v2_block_manager=True),
+    "latency": dict(max_num_seqs=32, max_num_batched_tokens=8192, gpu_memory_utilization=0.85,
+                    scheduler_delay_factor=0.0, use_v2_block_manager=True),
+}
+# On the CPU backend: gpu_memory_utilization is a share of RAM reserved for the KV cache, and
+# torch.compile's warm-up takes minutes on a small machine (seen: 180 s start against 25 s eager).
+CPU_OVERRIDES: dict[str, Any] = dict(gpu_memory_utilization=0.25, enforce_eager=True, max_num_batched_tokens=4096)
+
+
+@dataclass(frozen=True)
+class Completion:
+    key: str
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    output_tokens: int
+
+
+def vllm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        import vllm
+        return getattr(vllm, "__version__", None) or version("vllm")
+    except Exception:  # version lookup is informational only
+        return "unknown"
+
+
+def is_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> tuple[dict[str, Any], list[str]]:
+    """The keyword arguments for ``vllm.LLM``: profile, then the job's keys, then ``extra``.
+
+    Returns the arguments and a list of those dropped because the installed vLLM lacks them.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    args: dict[str, Any] = dict(PROFILES[engine.profile])
+    if is_cpu_platform():
+        args.update(CPU_OVERRIDES)
+    explicit = engine.model_dump(exclude={"profile", "extra", "data_parallel"}, exclude_none=True)
+    if explicit.get("tensor_parallel_size") == "auto":
+        explicit["tensor_parallel_size"] = max(1, visible_gpus())
+    args.update(explicit)
+    args.update(model.model_dump(exclude={"name"}, exclude_none=True))
+    args.update(engine.extra)
+    args["model"] = model_path
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    dropped = sorted(k for k in args if k not in known)
+    for key in dropped:
+        if key in engine.extra:
+            raise JobError(f"engine.extra.{key}: not an engine argument of the installed vLLM {vllm_version()}")
+        args.pop(key)
+    return args, dropped
+
+
+def sampling_params(spec: SamplingSpec, max_tokens: int | None = None):
+    """A ``vllm.SamplingParams`` from the job's sampling section; bad values are a ``JobError``."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    values = spec.model_dump(exclude={"extra", "top_k", "stop"})
+    if spec.top_k is not None:
+        values["top_k"] = spec.top_k
+    values["stop"] = spec.stop or None
+    values.update(spec.extra)
+    if max_tokens is not None:
+        values["max_tokens"] = max_tokens
+    try:
+        params = SamplingParams(**values)
+    except (TypeError, ValueError) as e:
+        raise JobError(f"sampling: {e}") from e
+    params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, no streaming
+    return params
+
+
+class VllmEngine:
+    """One ``vllm.LLM``; requests go in one at a time, finished ones come out of ``poll``."""
+
+    def __init__(self, args: dict[str, Any]):
+        from vllm import LLM
+
+        self.args = args
+        try:
+            self.llm = LLM(**args)
+        except Exception as e:  # vLLM raises many types here; all are fatal for the run
+            raise EngineError(
+                f"the engine could not start with model {args.get('model')}: {type(e).__name__}: {e}\n"
+                "If it ran out of memory (KV cache, CUDA OOM), lower engine.gpu_memory_utilization's demand "
+                "by setting model.max_model_len, engine.max_num_seqs or engine.max_num_batched_tokens, "
+                "or raise engine.gpu_memory_utilization if other processes do not share the device."
+            ) from e
+        self.engine = self.llm.llm_engine
+        self.max_model_len: int = self.engine.model_config.max_model_len
+
+    def submit(self, key: str, token_ids: list[int], params) -> None:
+        try:
+            self.engine.add_request(key, {"prompt_token_ids": token_ids}, params)
+        except (ValueError, TypeError) as e:  # vLLM rejects one request, not the run
+            raise RowError("engine_rejected", str(e)) from e
+
+    def unfinished(self) -> int:
+        return self.engine.get_num_unfinished_requests()
+
+    def poll(self) -> list[Completion]:
+        """Run one engine step; the requests that finished in it."""
+        done = []
+        for out in self.engine.step():
+            if not out.finished:
+                continue
+            sample = out.outputs[0]
+            done.append(Completion(
+                key=out.request_id, text=sample.text, finish_reason=sample.finish_reason,
+                prompt_tokens=len(out.prompt_token_ids or ()), cached_prompt_tokens=out.num_cached_tokens or 0,
+                output_tokens=len(sample.token_ids)))
+        return done
+
+    def abort(self, keys: list[str]) -> None:
+        if keys:
+            self.engine.abort_request(keys)
+
+    def close(self) -> None:
+        core = getattr(self.engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del self.llm, self.engine
+        gc.collect()
+
+
+_cache: dict[str, VllmEngine] = {}
+
+
+def get_engine(args: dict[str, Any]) -> VllmEngine:
+    """An engine for these arguments, reused within one process (tests, the bench harness).
+
+    Only one engine is kept: a request for different arguments shuts the old one down first.
+    """
+    key = repr(sorted(args.items()))
+    if key not in _cache:
+        for old in _cache.values():
+            old.close()
+        _cache.clear()
+        _cache[key] = VllmEngine(args)
+    return _cache[key]

@@ -1,0 +1,70 @@
+"""The project's exception family and the exit statuses that cron and Slurm users rely on.
+
+Three kinds of failure, each with its own remedy:
+- ``JobError``: the job file, the input or the output directory is wrong; the user fixes it.
+- ``RowError``: one row cannot be served; it becomes a result row with ``error`` set.
+- ``EngineError``: the engine could not start or failed as a whole; fatal, with advice.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Process exit statuses, documented in the README and kept stable."""
+
+    OK = 0
+    FAILED = 1  # unexpected failure (a bug, or an engine crash)
+    USAGE = 2  # usage or input error: nothing was started, nothing was written
+    ROW_ERRORS = 3  # finished, but some rows carry an error
+    INTERRUPTED = 75  # stopped by SIGTERM/SIGINT; rerun to resume (EX_TEMPFAIL)
+
+
+class BatchRunnerError(Exception):
+    """Base class of every error batch-runner raises on purpose."""
+
+    exit_status = ExitStatus.FAILED
+
+
+class JobError(BatchRunnerError):
+    """A problem with the job file, the input or the output that the user must fix.
+
+    ``problems`` holds every problem found, one line each, so that one message reports them all.
+    """
+
+    exit_status = ExitStatus.USAGE
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        if len(self.problems) == 1:
+            return self.problems[0]
+        lines = [f"{len(self.problems)} problems found:"]
+        lines += [f"  - {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class ResumeConflict(JobError):
+    """The output directory holds results of a different job, or another run holds its lock."""
+
+
+class EngineError(BatchRunnerError):
+    """The engine failed as a whole (could not start, ran out of memory)."""
+
+
+class RowError(BatchRunnerError):
+    """One row cannot be served. ``code`` is short and stable; it goes into the ``error`` column."""
+
+    def __init__(self, code: str, message: str):
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class Interrupted(BatchRunnerError):
+    """The run was stopped by a signal after saving what it had; a rerun resumes."""
+
+    exit_status = ExitStatus.INTERRUPTED

@@ -1,0 +1,163 @@
+"""Streaming readers for prompt sets: JSONL, Parquet, a glob or folder of them, a Hugging Face dataset.
+
+Every reader yields ``InputRow``s one at a time, reading in chunks (lines, Parquet record batches,
+dataset slices), so memory stays flat however large the input. Each row carries where it came from,
+so that an error can name the file and the line.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import InputSpec
+from .errors import JobError
+
+SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class InputRow:
+    index: int  # 0-based position in the whole input; the default id
+    where: str  # "file, line N" or "file, row N", for error messages
+    data: dict[str, Any]
+
+
+def describe_source(spec: InputSpec) -> str:
+    return spec.path if spec.path is not None else f"dataset {spec.dataset}"
+
+
+def resolve_files(spec: InputSpec) -> list[Path]:
+    """The input files, in a stable order; a clear error if there are none."""
+    assert spec.path is not None
+    raw = spec.path
+    path = Path(raw)
+    if any(c in raw for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(raw, recursive=True) if Path(p).is_file())
+        if not files:
+            raise JobError(f"input.path: no file matches {raw!r}")
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        if not files:
+            raise JobError(f"input.path: folder {raw} holds no .jsonl, .json or .parquet file")
+    elif path.exists():
+        files = [path]
+    else:
+        raise JobError(f"input.path: {raw} does not exist")
+    for f in files:
+        if spec.format == "auto" and f.suffix not in SUFFIXES:
+            raise JobError(f"{f}: unknown input format {f.suffix or '(no suffix)'!r}; "
+                           f"use .jsonl, .json or .parquet, or set input.format")
+    return files
+
+
+def _format_of(spec: InputSpec, path: Path) -> str:
+    return spec.format if spec.format != "auto" else SUFFIXES[path.suffix]
+
+
+def _read_jsonl(path: Path, start: int) -> Iterator[InputRow]:
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise JobError(f"{path}: cannot read input: {e.strerror}") from e
+    with f:
+        index = start
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise JobError(f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
+                if not isinstance(data, dict):
+                    raise JobError(f"{path}, line {lineno}: expected a JSON object, got {type(data).__name__}")
+                yield InputRow(index, f"{path}, line {lineno}", data)
+                index += 1
+        except UnicodeDecodeError as e:
+            raise JobError(f"{path}, line {lineno + 1}: not UTF-8 text ({e.reason})") from e
+
+
+def _read_parquet(path: Path, start: int) -> Iterator[InputRow]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        index = start
+        for batch in pf.iter_batches(batch_size=CHUNK_ROWS):
+            for data in batch.to_pylist():
+                yield InputRow(index, f"{path}, row {index - start + 1}", data)
+                index += 1
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
+        raise JobError(f"{path}: not a readable Parquet file ({e})") from e
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` (load_dataset cannot read those)."""
+    return any((folder / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json"))
+
+
+def _load_dataset(spec: InputSpec):
+    import datasets
+
+    args = dict(spec.dataset or {})
+    target = args.get("path")
+    try:
+        if target and _is_saved_dataset(Path(target)):
+            ds = datasets.load_from_disk(target)
+        else:
+            ds = datasets.load_dataset(**args)
+    except Exception as e:  # datasets raises many unrelated types for a bad source
+        raise JobError(f"input.dataset {args}: cannot load dataset: {type(e).__name__}: {e}") from e
+    if isinstance(ds, datasets.DatasetDict):
+        split = args.get("split")
+        if split is None:
+            if len(ds) != 1:
+                raise JobError(f"input.dataset: name a split (input.dataset.split); it has {', '.join(ds)}")
+            split = next(iter(ds))
+        ds = ds[split]
+    return ds
+
+
+def _read_dataset(spec: InputSpec) -> Iterator[InputRow]:
+    ds = _load_dataset(spec)
+    name = describe_source(spec)
+    index = 0
+    for chunk in ds.iter(batch_size=CHUNK_ROWS):
+        cols = list(chunk)
+        n = len(chunk[cols[0]]) if cols else 0
+        for i in range(n):
+            yield InputRow(index, f"{name}, row {index + 1}", {c: chunk[c][i] for c in cols})
+            index += 1
+
+
+def iter_rows(spec: InputSpec) -> Iterator[InputRow]:
+    """Every input row in order, up to ``spec.limit``."""
+    rows = _read_dataset(spec) if spec.dataset is not None or spec.format == "hf" else _read_files(spec)
+    for row in rows:
+        if spec.limit is not None and row.index >= spec.limit:
+            return
+        yield row
+
+
+def _read_files(spec: InputSpec) -> Iterator[InputRow]:
+    start = 0
+    for path in resolve_files(spec):
+        reader = _read_jsonl if _format_of(spec, path) == "jsonl" else _read_parquet
+        for row in reader(path, start):
+            yield row
+            start = row.index + 1
+
+
+def input_identity(spec: InputSpec) -> dict[str, Any]:
+    """What identifies the input for the resume fingerprint: resolved paths and sizes."""
+    if spec.dataset is not None or spec.format == "hf":
+        return {"dataset": spec.dataset, "limit": spec.limit}
+    files = resolve_files(spec)
+    return {"files": [[str(f.resolve()), f.stat().st_size] for f in files], "limit": spec.limit}

@@ -1,0 +1,122 @@
+"""The output directory: results and stats as Parquet parts, written atomically.
+
+Layout of ``<output>/``:
+    job.json                 what determines the results (the resume fingerprint) and the effective job
+    results/part-*.parquet   one file per committed batch; together they read as one dataset
+    stats/part-*.parquet     one row per committed batch
+    summary-<shard>.json     totals of the latest run of that shard
+    shards/<shard>.done      completion marker of a finished shard
+
+Every file is written under a temporary name starting with '.', fsynced, then renamed: readers
+(pyarrow.dataset ignores dot-files) never see a file cut short by a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+RESULT_FIELDS = [
+    pa.field("id", pa.string()),
+    pa.field("output", pa.string()),
+    pa.field("finish_reason", pa.string()),
+    pa.field("prompt_tokens", pa.int32()),
+    pa.field("cached_prompt_tokens", pa.int32()),
+    pa.field("output_tokens", pa.int32()),
+    pa.field("error_code", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("adjustment", pa.string()),
+    pa.field("batch", pa.int32()),
+]
+
+STATS_SCHEMA = pa.schema([
+    pa.field("shard", pa.string()),
+    pa.field("run_id", pa.string()),
+    pa.field("batch", pa.int32()),
+    pa.field("started_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("wall_s", pa.float64()),
+    pa.field("requests", pa.int32()),
+    pa.field("errors", pa.int32()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("cached_prompt_tokens", pa.int64()),
+    pa.field("output_tokens", pa.int64()),
+    pa.field("output_tok_s", pa.float64()),
+    pa.field("total_tok_s", pa.float64()),
+    pa.field("requests_s", pa.float64()),
+    pa.field("cache_hit_rate", pa.float64()),
+    pa.field("finish_stop", pa.int32()),
+    pa.field("finish_length", pa.int32()),
+    pa.field("finish_abort", pa.int32()),
+    pa.field("finish_error", pa.int32()),
+    pa.field("gpu_memory_used_gb", pa.float64()),
+    pa.field("gpu_memory_peak_gb", pa.float64()),
+    pa.field("gpu_utilization", pa.float64()),
+])
+
+
+def results_schema(kept: pa.Schema) -> pa.Schema:
+    """Result columns: id, the kept input columns, then the generation columns."""
+    return pa.schema([RESULT_FIELDS[0], *kept, *RESULT_FIELDS[1:]])
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, fsync, and rename into place; the file appears whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def write_json(path: Path, data: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def write_parquet(path: Path, table: pa.Table, metadata: dict[str, str], compression: str) -> None:
+    meta = {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+    table = table.replace_schema_metadata(meta)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
+
+
+def part_name(shard: str, run_id: str, batch: int) -> str:
+    return f"part-{shard}-{run_id}-b{batch:06d}.parquet"
+
+
+def committed_parts(folder: Path) -> list[Path]:
+    """The complete part files; temporary files (dot-names) are never data."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith("."))
+
+
+def sweep_temporaries(out: Path) -> int:
+    """Remove temporary files left by a crashed writer; returns how many."""
+    n = 0
+    for folder in (out, out / "results", out / "stats"):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+            n += 1
+    return n

@@ -1,0 +1,352 @@
+"""Run a job: pre-flight, resume, keep the engine fed, commit each batch as it completes.
+
+The engine gets requests one by one and the queue is topped up while finished batches are
+written, so vLLM never drains between batches. A batch's results land as one atomic Parquet part
+when its last row finishes; a crash loses at most the rows still in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from . import checkpoint
+from .config import JobSpec
+from .engine import Completion, engine_arguments, get_engine, sampling_params, vllm_version
+from .errors import ExitStatus, JobError, RowError
+from .gpu import GpuMonitor
+from .inputs import InputRow, input_identity, iter_rows
+from .models import resolve_model
+from .output import STATS_SCHEMA, part_name, results_schema, sweep_temporaries, write_json, write_parquet
+from .preflight import InputReport, check_input, coerce, row_id
+from .progress import Progress
+from .prompts import PromptRenderer, RenderedPrompt
+from .scheduler import chunked, grouped
+from .sharding import ALL, Shard
+from .stats import BatchStats, RunTotals, batch_stats
+
+log = logging.getLogger("batch_runner")
+
+
+@dataclass
+class RunOptions:
+    fresh: bool = False
+    retry_errors: bool = False
+    shard: Shard = ALL
+    dry_run: bool = False
+    dry_run_rows: int = 3
+
+
+@dataclass
+class RunResult:
+    status: ExitStatus
+    out: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class StopRequest:
+    """SIGTERM/SIGINT: the first asks for a clean stop, a second exits at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (embedded use): no handlers
+                pass
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.requested = signal.Signals(signum).name
+        print(f"batch-run: {self.requested} received: saving finished rows, then stopping "
+              "(signal again to exit at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class _Batch:
+    number: int
+    rows: list[tuple[str, InputRow]]
+    results: list[dict[str, Any] | None]
+    pending: int = 0
+
+
+def _check_output_writable(out: Path) -> None:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise JobError(f"output.dir: cannot write to {out} ({probe} is not a writable folder)")
+
+
+def _load_tokenizer(model_path: str, job: JobSpec):
+    from transformers import AutoTokenizer
+
+    source = job.model.tokenizer or model_path
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=job.model.trust_remote_code,
+                                             revision=job.model.revision)
+    except (OSError, ValueError) as e:
+        raise JobError(f"model: cannot load the tokenizer of {source}: {e}") from e
+
+
+def _context_length(model_path: str, job: JobSpec) -> int:
+    if job.model.max_model_len:
+        return job.model.max_model_len
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=job.model.trust_remote_code)
+    return int(getattr(config, "max_position_embeddings", 2048))
+
+
+def fingerprint(job: JobSpec, shard: Shard) -> dict[str, Any]:
+    """What determines the results: model, rendering, sampling, input identity, shard count."""
+    return {
+        "model": job.model.model_dump(),
+        "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window"}),
+        "sampling": job.sampling.model_dump(),
+        "input": {**input_identity(job.input), "id_column": job.input.id_column,
+                  "keep_columns": job.input.keep_columns},
+        "shards": shard.count,
+    }
+
+
+class _Run:
+    """The state of one run of one shard."""
+
+    def __init__(self, job: JobSpec, out: Path, shard: Shard, report: InputReport, renderer: PromptRenderer,
+                 engine, engine_info: dict[str, Any], stop: StopRequest):
+        self.job, self.out, self.shard, self.report = job, out, shard, report
+        self.renderer, self.engine, self.stop = renderer, engine, stop
+        self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.schema = results_schema(report.kept_schema)
+        self.meta = {"batch_runner": json.dumps({
+            "job": job.name, "model": job.model.name, "run_id": self.run_id, "shard": shard.label,
+            "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
+        self.open: dict[int, _Batch] = {}
+        self.keys: dict[str, tuple[int, int]] = {}  # request key -> (batch, position)
+        self._adjust: dict[str, str | None] = {}  # request key -> what on_too_long changed
+        self.totals = RunTotals()
+        self.gpu = GpuMonitor()
+        self.params: dict[int, Any] = {}
+        self.last_commit = time.perf_counter()
+        self.progress: Progress | None = None
+
+    # -- results -------------------------------------------------------------------------
+    def _base(self, batch: _Batch, pos: int) -> dict[str, Any]:
+        rid, row = batch.rows[pos]
+        kept = {f.name: coerce(row.data.get(f.name), f.type) for f in self.report.kept_schema}
+        return {"id": rid, **kept, "batch": batch.number}
+
+    def _error_result(self, batch: _Batch, pos: int, err: RowError) -> dict[str, Any]:
+        return {**self._base(batch, pos), "output": None, "finish_reason": "error",
+                "prompt_tokens": getattr(err, "prompt_tokens", None), "cached_prompt_tokens": None,
+                "output_tokens": 0, "error_code": err.code, "error": f"{err.code}: {err.message}",
+                "adjustment": None}
+
+    def _result(self, batch: _Batch, pos: int, c: Completion, adjustment: str | None) -> dict[str, Any]:
+        return {**self._base(batch, pos), "output": c.text, "finish_reason": c.finish_reason,
+                "prompt_tokens": c.prompt_tokens, "cached_prompt_tokens": c.cached_prompt_tokens,
+                "output_tokens": c.output_tokens, "error_code": None, "error": None, "adjustment": adjustment}
+
+    # -- submission ----------------------------------------------------------------------
+    def _params(self, max_tokens: int):
+        if max_tokens not in self.params:
+            self.params[max_tokens] = sampling_params(self.job.sampling, max_tokens)
+        return self.params[max_tokens]
+
+    def submit(self, number: int, rows: list[tuple[str, InputRow]]) -> None:
+        batch = _Batch(number, rows, [None] * len(rows))
+        self.open[number] = batch
+        rendered = self.renderer.render_many([row.data for _, row in rows])
+        for pos, r in enumerate(rendered):
+            if isinstance(r, RowError):
+                batch.results[pos] = self._error_result(batch, pos, r)
+                continue
+            key = f"{self.run_id}:{number}:{pos}"
+            try:
+                self.engine.submit(key, r.token_ids, self._params(r.max_tokens))
+            except RowError as e:
+                e.prompt_tokens = len(r.token_ids)
+                batch.results[pos] = self._error_result(batch, pos, e)
+                continue
+            self.keys[key] = (number, pos)
+            self._adjust[key] = r.adjustment
+            batch.pending += 1
+        if batch.pending == 0:
+            self.commit(batch)
+
+    def collect(self) -> None:
+        for c in self.engine.poll():
+            number, pos = self.keys.pop(c.key)
+            batch = self.open[number]
+            batch.results[pos] = self._result(batch, pos, c, self._adjust.pop(c.key, None))
+            batch.pending -= 1
+            if batch.pending == 0:
+                self.commit(batch)
+
+    # -- commits -------------------------------------------------------------------------
+    def commit(self, batch: _Batch) -> None:
+        """Write the finished rows of a batch as one part, with its stats row."""
+        self.open.pop(batch.number, None)
+        results = [r for r in batch.results if r is not None]
+        if not results:
+            return
+        name = part_name(self.shard.label, self.run_id, batch.number)
+        table = pa.Table.from_pylist(results, schema=self.schema)
+        write_parquet(self.out / "results" / name, table, self.meta, self.job.output.compression)
+        stats = batch_stats(self.shard.label, self.run_id, batch.number, self.last_commit, results, self.gpu.sample())
+        self.last_commit = time.perf_counter()
+        row = stats.row()
+        write_parquet(self.out / "stats" / name, pa.Table.from_pylist([row], schema=STATS_SCHEMA), self.meta,
+                      self.job.output.compression)
+        self.totals.add(stats, results)
+        if self.progress:
+            self.progress.batch(row, self.totals.output_tokens / max(self.totals.wall_s, 1e-9))
+
+    def flush_partial(self) -> None:
+        """Commit the finished rows of open batches; abort the rest (they run again on resume)."""
+        unfinished = list(self.keys)
+        try:
+            self.engine.abort(unfinished)
+        except Exception:  # the engine may already be gone (signal reached it too)
+            log.debug("abort failed", exc_info=True)
+        self.keys.clear()
+        for batch in list(self.open.values()):
+            self.commit(batch)
+
+    # -- the loop ------------------------------------------------------------------------
+    def rows(self, skip: set[str]):
+        spec = self.job.input
+        for row in iter_rows(spec):
+            rid = str(row_id(spec, row.index, row.data))
+            if self.shard.owns(rid) and rid not in skip:
+                yield rid, row
+
+    def execute(self, skip: set[str], queue_target: int) -> None:
+        self.progress = Progress(self.report.shard_rows - len(skip), self.job.output.log_format, self.job.name)
+        p = self.job.prompt
+        order = self.rows(skip)
+        if p.group_by_prefix:
+            order = grouped(order, lambda item: self.renderer.prefix_key(item[1].data), p.group_window)
+        try:
+            for number, rows in enumerate(chunked(order, self.job.output.batch_size)):
+                if self.stop.requested:
+                    break
+                self.submit(number, rows)
+                while self.engine.unfinished() >= queue_target and not self.stop.requested:
+                    self.collect()
+            while self.keys and not self.stop.requested:
+                self.collect()
+        finally:
+            self.flush_partial()
+            self.progress.close()
+
+
+def _dry_run(job: JobSpec, renderer: PromptRenderer, report: InputReport, n: int) -> dict[str, Any]:
+    shown = []
+    for row in iter_rows(job.input):
+        if len(shown) >= n:
+            break
+        try:
+            r: RenderedPrompt | RowError = renderer.render(row.data)
+        except RowError as e:
+            r = e
+        rid = str(row_id(job.input, row.index, row.data))
+        if isinstance(r, RowError):
+            shown.append({"id": rid, "error": str(r)})
+        else:
+            shown.append({"id": rid, "prompt_tokens": len(r.token_ids), "max_tokens": r.max_tokens,
+                          "prompt": renderer.tokenizer.decode(r.token_ids)})
+    return {"rows": report.rows, "shard_rows": report.shard_rows, "prompts": shown}
+
+
+def _shard_totals(out: Path, shard: Shard) -> dict[str, Any]:
+    import pyarrow.dataset as ds
+
+    parts = checkpoint.shard_parts(out / "results", shard.label)
+    if not parts:
+        return {"rows": 0, "errors": 0, "errors_by_code": {}}
+    t = ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=["error_code"])
+    codes = [c for c in t.column("error_code").to_pylist() if c]
+    by_code: dict[str, int] = {}
+    for c in codes:
+        by_code[c] = by_code.get(c, 0) + 1
+    return {"rows": t.num_rows, "errors": len(codes), "errors_by_code": by_code}
+
+
+def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
+    """Run (or resume) one shard of a job; see the module docstring."""
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    out, shard = job.output_dir, options.shard
+    if not options.dry_run:
+        _check_output_writable(out)
+    model_path = resolve_model(job.model.name)
+    tokenizer = _load_tokenizer(model_path, job)
+    renderer = PromptRenderer(job.prompt, tokenizer, _context_length(model_path, job), job.sampling.max_tokens)
+    sampling_params(job.sampling)  # bad sampling values fail here, before anything starts
+    report = check_input(job.input, renderer.columns, shard)
+    if options.dry_run:
+        return RunResult(ExitStatus.OK, out, _dry_run(job, renderer, report, options.dry_run_rows))
+
+    out.mkdir(parents=True, exist_ok=True)
+    with checkpoint.OutputLock(out, shard.label), StopRequest() as stop:
+        if options.fresh and (moved := checkpoint.move_aside(out)):
+            log.warning("moved the old results to %s", moved)
+        checkpoint.check_fingerprint(out, fingerprint(job, shard), json.loads(job.model_dump_json()))
+        sweep_temporaries(out)
+        checkpoint.clear_shard_marker(out, shard.label)
+        if options.retry_errors:
+            checkpoint.drop_error_rows(out / "results", job.output.compression)
+        skip = checkpoint.done_ids(out / "results", shard.label)
+        args, dropped = engine_arguments(model_path, job.model, job.engine)
+        if dropped:
+            log.warning("engine options not in vLLM %s, not passed: %s", vllm_version(), ", ".join(dropped))
+        engine = get_engine(args) if len(skip) < report.shard_rows else None
+        if engine is not None:
+            renderer.max_model_len = engine.max_model_len
+        engine_info = {k: v for k, v in args.items() if k != "model"} | {"ignored": dropped}
+        run = _Run(job, out, shard, report, renderer, engine, engine_info, stop)
+        if engine is not None:
+            queue = max(2 * int(args.get("max_num_seqs") or 256), job.output.batch_size)
+            run.execute(skip, queue)
+        totals = _shard_totals(out, shard)
+        complete = totals["rows"] == report.shard_rows
+        status = (ExitStatus.INTERRUPTED if stop.requested and not complete
+                  else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
+        summary = {
+            "job": job.name, "model": job.model.name, "model_path": model_path, "shard": shard.label,
+            "status": status.name.lower(), "exit_status": int(status), "complete": complete,
+            "interrupted_by": stop.requested, "started_at": started.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(), "duration_s": round(time.perf_counter() - t0, 2),
+            "input_rows": report.rows, "shard_rows": report.shard_rows, "skipped_done": len(skip),
+            "output": totals, "this_run": run.totals.as_dict(), "engine": engine_info,
+            "vllm": vllm_version(), "host": socket.gethostname(), "run_id": run.run_id,
+            "gpu_memory_peak_gb": run.gpu.peak_gb}
+        name = "summary.json" if shard.count == 1 else f"summary-{shard.label}.json"
+        write_json(out / name, summary)
+        if complete:
+            checkpoint.mark_shard_done(out, shard.label, summary)
+    return RunResult(status, out, summary)

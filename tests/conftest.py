@@ -1,0 +1,69 @@
+"""Shared fixtures: job files written per test, the CLI in-process and as a real subprocess.
+
+In-process CLI runs share one vLLM engine (batch_runner.engine keeps it for the process), so the
+engine starts once for the whole session; subprocess runs are kept few because each starts its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from batch_runner.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+SUMMARIZE = ROOT / "jobs" / "summarize.yaml"
+
+
+def base_job(tmp_path: Path, **sections) -> dict:
+    """The summarize job, pointed into tmp_path, with sections updated from keyword arguments."""
+    job = yaml.safe_load(SUMMARIZE.read_text())
+    job["input"]["path"] = str(ROOT / "inputs" / "news.jsonl")
+    job["output"]["dir"] = str(tmp_path / "out")
+    for name, values in sections.items():
+        job.setdefault(name, {}).update(values)
+    return job
+
+
+def write_job(tmp_path: Path, name: str = "job.yaml", **sections) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(base_job(tmp_path, **sections), sort_keys=False))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def news_rows(n: int) -> list[dict]:
+    rows = [json.loads(line) for line in (ROOT / "inputs" / "news.jsonl").read_text().splitlines()]
+    return rows[:n]
+
+
+@pytest.fixture
+def cli():
+    """Run ``batch-run ARGS`` in this process; returns the click Result."""
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def batch_run_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "batch_runner.cli", *map(str, args)]
+
+
+def start_batch_run(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(batch_run_cmd(*args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kw)

@@ -1,0 +1,83 @@
+"""Pure logic: sharding, grouping, fingerprints, atomic writes (no engine)."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch_runner.checkpoint import changed_keys, fingerprint_hash
+from batch_runner.errors import JobError
+from batch_runner.output import atomic_write, committed_parts, sweep_temporaries
+from batch_runner.scheduler import chunked, grouped
+from batch_runner.sharding import Shard, parse_shard, shard_from_slurm, shard_of
+
+
+def test_shards_partition_ids_stably():
+    ids = [f"row-{i}" for i in range(2000)]
+    owners = [[Shard(i, 4).owns(x) for i in range(4)] for x in ids]
+    assert all(sum(o) == 1 for o in owners)
+    counts = [sum(o[i] for o in owners) for i in range(4)]
+    assert min(counts) > 400  # roughly balanced
+    assert shard_of("row-7", 4) == shard_of("row-7", 4)
+    assert [shard_of(x, 4) for x in ids[:5]] == [shard_of(x, 4) for x in ids[:5]]
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8"}, Shard(3, 8)),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "8"}, Shard(4, 8)),
+])
+def test_shard_from_slurm(env, expected):
+    assert shard_from_slurm(env) == expected
+
+
+def test_bad_shards():
+    with pytest.raises(JobError):
+        parse_shard("4/4")
+    with pytest.raises(JobError):
+        parse_shard("a/b")
+    with pytest.raises(JobError):
+        shard_from_slurm({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "4"})
+
+
+def test_grouping_keeps_every_row_and_groups_within_window():
+    rows = [(i, f"p{i % 3}") for i in range(12)]
+    out = list(grouped(rows, key=lambda r: r[1], window=12))
+    assert sorted(out) == sorted(rows)
+    keys = [r[1] for r in out]
+    assert keys == ["p0"] * 4 + ["p1"] * 4 + ["p2"] * 4
+    small = list(grouped(rows, key=lambda r: r[1], window=6))
+    assert sorted(small) == sorted(rows)
+    assert [r[1] for r in small[:6]] == ["p0", "p0", "p1", "p1", "p2", "p2"]
+
+
+def test_chunked():
+    assert list(chunked(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_fingerprint_changes_are_named():
+    a = {"sampling": {"temperature": 0.0}, "model": {"name": "m"}}
+    b = {"sampling": {"temperature": 0.7}, "model": {"name": "m"}}
+    assert fingerprint_hash(a) != fingerprint_hash(b)
+    assert changed_keys(a, b) == ["sampling.temperature: 0.0 -> 0.7"]
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "results" / "part-x.parquet"
+
+    def broken(tmp):
+        pq.write_table(pa.table({"a": [1]}), tmp)
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, broken)
+    assert not target.exists()
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+def test_temporaries_are_never_parts(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / ".part-a.parquet.x.tmp").write_bytes(b"half a file")
+    atomic_write(results / "part-b.parquet", lambda tmp: pq.write_table(pa.table({"a": [1]}), tmp))
+    assert [p.name for p in committed_parts(results)] == ["part-b.parquet"]
+    assert sweep_temporaries(tmp_path) == 1

@@ -107,5 +107,48 @@ def _print_summary(s: dict) -> None:
         click.echo(f"{k:>13}  {v}")
 
 
+@main.command("status")
+@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+def status_cmd(output_dir: str) -> None:
+    """Show which shards of OUTPUT_DIR are complete, partial or missing.
+
+    Prints the Slurm array indices to resubmit, assuming the array was --array=0-(N-1).
+    Exit status 0 when every shard is complete, 1 otherwise.
+    """
+    from pathlib import Path
+
+    from .shards import array_ranges, shard_states
+
+    try:
+        states = shard_states(Path(output_dir))
+    except BatchRunnerError as e:
+        _fail(e)
+    click.echo(f"{'shard':>12}  {'state':<9} {'rows':>8} {'errors':>7}")
+    for s in states:
+        click.echo(f"{s.shard.label:>12}  {s.state:<9} {s.rows:>8} {s.errors:>7}")
+    todo = [s.shard.index for s in states if s.state != "complete"]
+    done = len(states) - len(todo)
+    click.echo(f"\n{done}/{len(states)} shards complete, {sum(s.rows for s in states)} rows, "
+               f"{sum(s.errors for s in states)} errors")
+    if todo:
+        click.echo(f"resubmit: --array={array_ranges(todo)}")
+    sys.exit(0 if not todo else 1)
+
+
+@main.command("merge")
+@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+def merge_cmd(output_dir: str) -> None:
+    """Check every shard of OUTPUT_DIR is complete; write merged/results.parquet and merged/stats.parquet."""
+    from pathlib import Path
+
+    from .shards import merge
+
+    try:
+        target, rows = merge(Path(output_dir))
+    except BatchRunnerError as e:
+        _fail(e)
+    click.echo(f"merged {rows} rows into {target}")
+
+
 if __name__ == "__main__":
     main()

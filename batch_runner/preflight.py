@@ -69,7 +69,7 @@ def coerce(value: Any, type_: pa.DataType) -> Any:
 def check_input(spec: InputSpec, columns: list[str], shard: Shard) -> InputReport:
     """Stream the input once; raise one ``JobError`` listing every problem found."""
     problems: list[str] = []
-    seen: dict[str, str] = {}
+    seen: dict[str, int] = {}  # id -> input row number (an int: 1M ids must fit in little memory)
     roles = {c: "input.keep_columns" for c in spec.keep_columns}
     roles.update({c: "the prompt" for c in columns})
     if spec.id_column:
@@ -96,9 +96,9 @@ def check_input(spec: InputSpec, columns: list[str], shard: Shard) -> InputRepor
                 continue
             rid = str(rid)
             if rid in seen:
-                problem(f"{row.where}: duplicate id {rid!r} (first at {seen[rid]})")
+                problem(f"{row.where}: duplicate id {rid!r} (first at input row {seen[rid] + 1})")
             else:
-                seen[rid] = row.where
+                seen[rid] = row.index
             if shard.owns(rid):
                 report.shard_rows += 1
     except JobError as e:

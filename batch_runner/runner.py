@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pyarrow as pa
 from . import checkpoint
 from .config import JobSpec
 from .engine import Completion, engine_arguments, get_engine, sampling_params, vllm_version
-from .errors import ExitStatus, JobError, RowError
+from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError
 from .gpu import GpuMonitor
 from .inputs import InputRow, input_identity, iter_rows
 from .models import resolve_model
@@ -56,11 +57,19 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+STOP_GRACE_S = 60.0  # after a stop request, the longest we wait for the engine before saving and exiting
+
+
 class StopRequest:
-    """SIGTERM/SIGINT: the first asks for a clean stop, a second exits at once."""
+    """SIGTERM/SIGINT: the first asks for a clean stop, a second exits at once.
+
+    If the engine does not answer within STOP_GRACE_S (it may have been killed by the same
+    signal), ``on_timeout`` saves what is finished and ends the process.
+    """
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self.on_timeout = lambda: None
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -78,6 +87,9 @@ class StopRequest:
         self.requested = signal.Signals(signum).name
         print(f"batch-run: {self.requested} received: saving finished rows, then stopping "
               "(signal again to exit at once)", file=sys.stderr, flush=True)
+        timer = threading.Timer(STOP_GRACE_S, self.on_timeout)
+        timer.daemon = True
+        timer.start()
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
@@ -152,6 +164,8 @@ class _Run:
         self.params: dict[int, Any] = {}
         self.last_commit = time.perf_counter()
         self.progress: Progress | None = None
+        self.lock = threading.Lock()  # the main loop and the stop watchdog never commit at once
+        stop.on_timeout = self.hard_stop
 
     # -- results -------------------------------------------------------------------------
     def _base(self, batch: _Batch, pos: int) -> dict[str, Any]:
@@ -198,7 +212,12 @@ class _Run:
             self.commit(batch)
 
     def collect(self) -> None:
-        for c in self.engine.poll():
+        completions = self.engine.poll()
+        with self.lock:
+            self._record(completions)
+
+    def _record(self, completions: list[Completion]) -> None:
+        for c in completions:
             number, pos = self.keys.pop(c.key)
             batch = self.open[number]
             batch.results[pos] = self._result(batch, pos, c, self._adjust.pop(c.key, None))
@@ -236,6 +255,15 @@ class _Run:
         for batch in list(self.open.values()):
             self.commit(batch)
 
+    def hard_stop(self) -> None:
+        """The engine did not answer after a stop request: save finished rows, exit resumable."""
+        with self.lock:
+            for batch in list(self.open.values()):
+                self.commit(batch)
+        print("batch-run: the engine did not stop in time; finished rows saved, exiting (rerun to resume)",
+              file=sys.stderr, flush=True)
+        os._exit(int(ExitStatus.INTERRUPTED))
+
     # -- the loop ------------------------------------------------------------------------
     def rows(self, skip: set[str]):
         spec = self.job.input
@@ -254,13 +282,22 @@ class _Run:
             for number, rows in enumerate(chunked(order, self.job.output.batch_size)):
                 if self.stop.requested:
                     break
-                self.submit(number, rows)
+                with self.lock:
+                    self.submit(number, rows)
                 while self.engine.unfinished() >= queue_target and not self.stop.requested:
                     self.collect()
             while self.keys and not self.stop.requested:
                 self.collect()
+        except BatchRunnerError:
+            raise
+        except Exception as e:  # the engine died; a signal may have reached it first
+            if not self.stop.requested:
+                raise EngineError(f"the engine failed during the run: {type(e).__name__}: {e}\n"
+                                  "Finished rows were saved; rerun the job to resume.") from e
+            log.warning("the engine stopped with the signal (%s); saving finished rows", type(e).__name__)
         finally:
-            self.flush_partial()
+            with self.lock:
+                self.flush_partial()
             self.progress.close()
 
 

@@ -1,0 +1,89 @@
+"""Looking at a (sharded) output directory: which shards are done, and merging them into one.
+
+Until it is merged, the directory already reads as one Parquet dataset (``<output>/results``);
+``merge`` checks that every shard is complete and every id appears once, then writes one
+compacted results file and one stats table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from .checkpoint import shard_parts
+from .errors import JobError
+from .output import atomic_write, committed_parts
+from .sharding import Shard
+
+
+@dataclass
+class ShardState:
+    shard: Shard
+    state: str  # complete | partial | missing
+    rows: int
+    errors: int
+    expected: int | None
+
+
+def _shard_count(out: Path) -> int:
+    path = out / "job.json"
+    if not path.exists():
+        raise JobError(f"{out}: not a batch-run output (no job.json)")
+    return int(json.loads(path.read_text())["fingerprint"]["shards"])
+
+
+def shard_states(out: Path) -> list[ShardState]:
+    states = []
+    for i in range(_shard_count(out)):
+        shard = Shard(i, _shard_count(out))
+        parts = shard_parts(out / "results", shard.label)
+        rows = errors = 0
+        if parts:
+            t = ds.dataset([str(p) for p in parts]).to_table(columns=["error_code"])
+            rows, errors = t.num_rows, t.num_rows - t.column("error_code").null_count
+        marker = out / "shards" / f"{shard.label}.done"
+        expected = json.loads(marker.read_text())["shard_rows"] if marker.exists() else None
+        state = "complete" if marker.exists() else "partial" if parts else "missing"
+        states.append(ShardState(shard, state, rows, errors, expected))
+    return states
+
+
+def array_ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8' (Slurm's --array syntax)."""
+    out, start = [], None
+    for i, n in enumerate(indices):
+        if start is None:
+            start = n
+        if i + 1 == len(indices) or indices[i + 1] != n + 1:
+            out.append(f"{start}-{n}" if n != start else f"{n}")
+            start = None
+    return ",".join(out)
+
+
+def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
+    """Write ``merged/results.parquet`` and ``merged/stats.parquet``; refuse unless complete."""
+    states = shard_states(out)
+    unfinished = [s.shard.index for s in states if s.state != "complete"]
+    if unfinished:
+        raise JobError(f"{out}: shards not complete: {array_ranges(unfinished)}; "
+                       f"resubmit them (sbatch --array={array_ranges(unfinished)} ...), then merge")
+    results = ds.dataset([str(p) for p in committed_parts(out / "results")], format="parquet")
+    ids = results.to_table(columns=["id"]).column("id")
+    if pc.count_distinct(ids).as_py() != len(ids):
+        raise JobError(f"{out}: some ids appear more than once; the output is inconsistent")
+    target = out / "merged" / "results.parquet"
+
+    def write_results(tmp: str) -> None:
+        with pq.ParquetWriter(tmp, results.schema, compression=compression) as w:
+            for batch in results.to_batches():  # streams: never the whole table in memory
+                w.write_batch(batch)
+
+    atomic_write(target, write_results)
+    stats = ds.dataset([str(p) for p in committed_parts(out / "stats")], format="parquet").to_table()
+    atomic_write(out / "merged" / "stats.parquet", lambda tmp: pq.write_table(stats, tmp, compression=compression))
+    return target, len(ids)

@@ -1,0 +1,82 @@
+"""Crashes, signals and concurrent runs, with real processes and the real engine.
+
+Each subprocess starts its own engine, so there are only two: one killed with SIGKILL, one
+stopped with SIGTERM while a second run tries the same output.
+"""
+
+import json
+import os
+import signal
+import time
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import news_rows, start_batch_run, write_job
+
+pytestmark = pytest.mark.engine
+
+ROWS = 40
+JOB = dict(sampling={"max_tokens": 16}, output={"batch_size": 4}, engine={"max_num_seqs": 4})
+
+
+def wait_for_parts(out, n, proc, timeout=600):
+    """Wait until at least n result parts are committed; fail if the process ends first."""
+    deadline = time.time() + timeout
+    results = out / "results"
+    while time.time() < deadline:
+        parts = list(results.glob("part-*.parquet")) if results.exists() else []
+        if len(parts) >= n:
+            return parts
+        if proc.poll() is not None:
+            pytest.fail(f"batch-run ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        time.sleep(0.5)
+    pytest.fail("no result parts appeared in time")
+
+
+def assert_exactly_once(out, n):
+    for part in (out / "results").glob("*"):
+        assert not part.name.startswith("."), f"temporary file left behind: {part}"
+        pq.read_table(part)  # every part is a whole Parquet file
+    df = pd.read_parquet(out / "results")
+    assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(n))
+    assert df["id"].is_unique
+
+
+def test_kill_9_then_resume_answers_every_row_once(cli, tmp_path):
+    job = write_job(tmp_path, **JOB)
+    proc = start_batch_run("run", job, "--limit", ROWS)
+    wait_for_parts(tmp_path / "out", 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its engine processes, with no warning
+    proc.wait()
+    done_before = len(pd.read_parquet(tmp_path / "out" / "results"))
+    assert 0 < done_before < ROWS
+
+    result = cli("run", job, "--limit", ROWS)
+    assert result.exit_code == 0, result.output
+    assert f"{done_before} were done before" in result.output
+    assert_exactly_once(tmp_path / "out", ROWS)
+
+
+def test_sigterm_stops_cleanly_and_locks_out_a_second_run(cli, tmp_path):
+    job = write_job(tmp_path, **JOB)
+    proc = start_batch_run("run", job, "--limit", ROWS)
+    out = tmp_path / "out"
+    wait_for_parts(out, 1, proc)
+
+    second = cli("run", job, "--limit", ROWS)  # while the first still runs
+    assert second.exit_code == 2
+    assert "another run is writing to this output" in second.output
+
+    os.killpg(proc.pid, signal.SIGTERM)  # as scancel and Slurm's time limit do
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 75, err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == "SIGTERM"
+    stats = pd.read_parquet(out / "stats")
+    assert stats["requests"].sum() == summary["output"]["rows"] < ROWS
+
+    result = cli("run", job, "--limit", ROWS)
+    assert result.exit_code == 0, result.output
+    assert_exactly_once(out, ROWS)

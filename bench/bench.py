@@ -78,8 +78,8 @@ def build_workload(name: str, spec: dict, tok, folder: Path, seed: int = 0) -> d
     if spec["prefixes"] > 1:
         rng.shuffle(rows)  # w2: rows of one prefix are scattered through the input
     pq.write_table(pa.Table.from_pylist(rows), folder / f"{name}.parquet")
-    prompt_tokens = [len(tok.apply_chat_template(_messages(r), tokenize=True, add_generation_prompt=True))
-                     for r in rows[:50]]
+    prompt_tokens = [len(tok(tok.apply_chat_template(_messages(r), tokenize=False, add_generation_prompt=True),
+                             add_special_tokens=False).input_ids) for r in rows[:50]]
     return {"rows": len(rows), "mean_prompt_tokens_first50": sum(prompt_tokens) / len(prompt_tokens),
             "max_tokens": spec["max_tokens"]}
 
@@ -179,8 +179,9 @@ def child_traditional(args) -> None:
     t0 = time.perf_counter()
     if args.smoke:
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
-    else:  # config only: random weights, same speed and memory as the real model
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model), dtype=dtype)
+    else:  # config only: random weights, same speed and memory as the real model, made on the GPU
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model), dtype=dtype)
     model.to(device).eval()
     start_s = time.perf_counter() - t0
     prompts = _rendered(Path(args.folder), workload, tok)[: args.traditional_rows]
@@ -275,7 +276,7 @@ def model_params(model: str) -> float:
     h, L, v, inter = c.hidden_size, c.num_hidden_layers, c.vocab_size, c.intermediate_size
     kv = getattr(c, "num_key_value_heads", c.num_attention_heads) * (h // c.num_attention_heads)
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter
-    return L * per_layer + 2 * v * h
+    return L * per_layer + (1 if getattr(c, "tie_word_embeddings", False) else 2) * v * h
 
 
 def run_child(args, variant: str, workloads: list[str]) -> list[dict]:

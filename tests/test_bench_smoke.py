@@ -1,0 +1,26 @@
+"""The benchmark harness in its smoke mode (tiny model, a few rows, on the CPU), so it cannot rot."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.engine
+
+
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--smoke", "--out", str(out),
+                           "--only", "raw-tuned,batch-run,traditional"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())
+    rows = {r["variant"]: r for r in data["rows"]}
+    assert set(rows) == {"raw-tuned", "batch-run", "traditional"}
+    for r in rows.values():
+        assert r["requests"] > 0 and r["output_tokens"] > 0 and r["out_tok_s"] > 0
+    assert rows["batch-run"]["requests"] == rows["raw-tuned"]["requests"] == 6
+    assert rows["batch-run"]["cache_hit"] > 0  # the shared system prompt
+    assert "| w1 | batch-run |" in (out / "results.md").read_text()

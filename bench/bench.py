@@ -294,6 +294,9 @@ def run_child(args, variant: str, workloads: list[str]) -> list[dict]:
         print(f"variant {variant} failed ({proc.returncode}); see {log}", flush=True)
         return [dict(variant=variant, workload=w, failed=f"exit {proc.returncode}") for w in workloads]
     for r in results:
+        if r.get("stats_dir"):  # keep the per-batch stats of batch-run as one file, for the chart
+            table = pq.ParquetDataset(r.pop("stats_dir")).read()
+            pq.write_table(table, Path(args.out) / f"stats-{r['workload']}-{variant}.parquet")
         r["process_wall_s"] = round(wall, 1)
         r["gpu_peak_gb"] = round(gpu.peak, 2) if gpu.peak is not None else None
     return results

@@ -150,5 +150,22 @@ def merge_cmd(output_dir: str) -> None:
     click.echo(f"merged {rows} rows into {target}")
 
 
+def entry() -> None:
+    """The console script: run the CLI, shut the engine down, and exit without waiting on
+    interpreter teardown (seen on the GPU build: the process hung for minutes after its last write)."""
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        from .engine import shutdown_engines
+
+        shutdown_engines()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

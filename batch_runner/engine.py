@@ -202,3 +202,13 @@ def get_engine(args: dict[str, Any]) -> VllmEngine:
         _cache.clear()
         _cache[key] = VllmEngine(args)
     return _cache[key]
+
+
+def shutdown_engines() -> None:
+    """Shut down the process's engine, if one was started."""
+    for engine in _cache.values():
+        try:
+            engine.close()
+        except Exception:  # best effort at exit; the engine's processes end with ours anyway
+            log.debug("engine shutdown failed", exc_info=True)
+    _cache.clear()

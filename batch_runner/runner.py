@@ -57,6 +57,7 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+QUEUE_DEPTH = 4  # requests kept unfinished in the engine, in multiples of max_num_seqs
 STOP_GRACE_S = 60.0  # after a stop request, the longest we wait for the engine before saving and exiting
 
 
@@ -367,7 +368,9 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
         engine_info = {k: v for k, v in args.items() if k != "model"} | {"ignored": dropped}
         run = _Run(job, out, shard, report, renderer, engine, engine_info, stop)
         if engine is not None:
-            queue = max(2 * int(args.get("max_num_seqs") or 256), job.output.batch_size)
+            # Keep several scheduler-fulls of requests waiting, so the engine never idles while this
+            # process renders, tokenizes and writes (on an H100, 2x max_num_seqs measured 0.87x raw).
+            queue = max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
             run.execute(skip, queue)
         totals = _shard_totals(out, shard)
         complete = totals["rows"] == report.shard_rows

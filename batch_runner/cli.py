@@ -25,6 +25,17 @@ class _DefaultToRun(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _setup_logging(verbose: bool) -> None:
+    """batch-runner's own messages on stderr, prefixed; vLLM's logging is left as vLLM sets it."""
+    logger = logging.getLogger("batch_runner")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("batch-run: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def _fail(e: BatchRunnerError) -> None:
     click.echo(f"batch-run: error: {e}", err=True)
     sys.exit(int(e.exit_status))
@@ -65,7 +76,7 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
     from .runner import RunOptions, run_job
     from .sharding import ALL, parse_shard, shard_from_slurm
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="batch-run: %(message)s")
+    _setup_logging(verbose)
     extra = list(overrides) + ([f"input.limit={limit}"] if limit else []) + \
         ([f"output.dir={json.dumps(output_dir)}"] if output_dir else [])
     try:

@@ -1,0 +1,35 @@
+"""Throughput over a run, from batch-run's stats Parquet: python bench/chart.py OUT.png STATS...
+
+Plots output tokens committed against time: the slope is the throughput. (A batch's own rate is
+noisy: batches finish in waves, and one committed right after another has a tiny wall_s.)
+"""
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def main(out: str, paths: list[str]) -> None:
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
+    for path in paths:
+        df = pd.read_parquet(path).sort_values("finished_at")
+        t = df["wall_s"].cumsum()
+        label = Path(path).stem.removeprefix("stats-")
+        rate = df["output_tokens"].sum() / df["wall_s"].sum()
+        ax.plot([0, *t], [0, *df["output_tokens"].cumsum()], marker=".", label=f"{label}: {rate:,.0f} output tok/s")
+    ax.set_xlabel("seconds since generation started")
+    ax.set_ylabel("output tokens committed")
+    ax.set_title("batch-run on one H100, Mistral-7B shape (dummy weights), vLLM 0.26.0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

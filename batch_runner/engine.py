@@ -146,9 +146,9 @@ class VllmEngine:
         except Exception as e:  # vLLM raises many types here; all are fatal for the run
             raise EngineError(
                 f"the engine could not start with model {args.get('model')}: {type(e).__name__}: {e}\n"
-                "If it ran out of memory (KV cache, CUDA OOM), lower engine.gpu_memory_utilization's demand "
-                "by setting model.max_model_len, engine.max_num_seqs or engine.max_num_batched_tokens, "
-                "or raise engine.gpu_memory_utilization if other processes do not share the device."
+                "If it ran out of memory (no room for the KV cache, CUDA out of memory): lower model.max_model_len, "
+                "engine.max_num_seqs or engine.max_num_batched_tokens, or let vLLM take more of the device with "
+                f"engine.gpu_memory_utilization (now {args.get('gpu_memory_utilization')})."
             ) from e
         self.engine = self.llm.llm_engine
         self.max_model_len: int = self.engine.model_config.max_model_len

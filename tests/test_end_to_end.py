@@ -106,6 +106,15 @@ def test_changed_sampling_refuses_to_resume(cli, jsonl_run):
     assert "--fresh" in result.output
 
 
+def test_a_larger_limit_resumes_and_adds_the_new_rows(cli, jsonl_run):
+    tmp, job, _ = jsonl_run
+    result = cli("run", job, "--limit", "36")
+    assert result.exit_code == 0, result.output
+    assert "32 were done before" in result.output
+    df = read_results(tmp / "out")
+    assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(36))
+
+
 def test_parquet_input(cli, tmp_path):
     job = write_job(tmp_path, sampling=FAST, input={"path": str(ROOT / "inputs" / "news.parquet")})
     result = cli("run", job, "--limit", "6")

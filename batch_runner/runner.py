@@ -152,6 +152,7 @@ class _Run:
                  engine, engine_info: dict[str, Any], stop: StopRequest):
         self.job, self.out, self.shard, self.report = job, out, shard, report
         self.renderer, self.engine, self.stop = renderer, engine, stop
+        self.engine_info = engine_info
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.schema = results_schema(report.kept_schema)
         self.meta = {"batch_runner": json.dumps({
@@ -334,6 +335,19 @@ def _shard_totals(out: Path, shard: Shard) -> dict[str, Any]:
     return {"rows": t.num_rows, "errors": len(codes), "errors_by_code": by_code}
 
 
+def _summary(job: JobSpec, run: _Run, model_path: str, status: ExitStatus, complete: bool,
+             totals: dict[str, Any], skipped: int, started: datetime, t0: float) -> dict[str, Any]:
+    return {
+        "job": job.name, "model": job.model.name, "model_path": model_path, "shard": run.shard.label,
+        "status": status.name.lower(), "exit_status": int(status), "complete": complete,
+        "interrupted_by": run.stop.requested, "started_at": started.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(), "duration_s": round(time.perf_counter() - t0, 2),
+        "input_rows": run.report.rows, "shard_rows": run.report.shard_rows, "skipped_done": skipped,
+        "output": totals, "this_run": run.totals.as_dict(), "engine": run.engine_info,
+        "vllm": vllm_version(), "host": socket.gethostname(), "run_id": run.run_id,
+        "gpu_memory_peak_gb": run.gpu.peak_gb}
+
+
 def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     """Run (or resume) one shard of a job; see the module docstring."""
     started = datetime.now(timezone.utc)
@@ -373,18 +387,10 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
             queue = max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
             run.execute(skip, queue)
         totals = _shard_totals(out, shard)
-        complete = totals["rows"] == report.shard_rows
+        complete = totals["rows"] >= report.shard_rows  # ids are unique: every row of this run is done
         status = (ExitStatus.INTERRUPTED if stop.requested and not complete
                   else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
-        summary = {
-            "job": job.name, "model": job.model.name, "model_path": model_path, "shard": shard.label,
-            "status": status.name.lower(), "exit_status": int(status), "complete": complete,
-            "interrupted_by": stop.requested, "started_at": started.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(), "duration_s": round(time.perf_counter() - t0, 2),
-            "input_rows": report.rows, "shard_rows": report.shard_rows, "skipped_done": len(skip),
-            "output": totals, "this_run": run.totals.as_dict(), "engine": engine_info,
-            "vllm": vllm_version(), "host": socket.gethostname(), "run_id": run.run_id,
-            "gpu_memory_peak_gb": run.gpu.peak_gb}
+        summary = _summary(job, run, model_path, status, complete, totals, len(skip), started, t0)
         name = "summary.json" if shard.count == 1 else f"summary-{shard.label}.json"
         write_json(out / name, summary)
         if complete:

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .errors import BatchRunnerError, ExitStatus
+from .errors import BatchRunnerError
 
 
 class _DefaultToRun(click.Group):

@@ -36,7 +36,7 @@ from .progress import Progress
 from .prompts import PromptRenderer, RenderedPrompt
 from .scheduler import chunked, grouped
 from .sharding import ALL, Shard
-from .stats import BatchStats, RunTotals, batch_stats
+from .stats import RunTotals, batch_stats
 
 log = logging.getLogger("batch_runner")
 

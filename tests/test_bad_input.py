@@ -3,12 +3,10 @@
 These run the real CLI in-process; pre-flight fails before any engine starts.
 """
 
-import json
 import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from conftest import news_rows, write_job, write_jsonl
 

@@ -113,6 +113,19 @@ def shard_parts(results: Path, shard: str) -> list[Path]:
     return [p for p in committed_parts(results) if p.name.startswith(f"part-{shard}-")]
 
 
+def shard_totals(results: Path, shard: str) -> dict[str, Any]:
+    """Committed rows and errors (by code) of one shard."""
+    parts = shard_parts(results, shard)
+    if not parts:
+        return {"rows": 0, "errors": 0, "errors_by_code": {}}
+    table = ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=["error_code"])
+    by_code: dict[str, int] = {}
+    for code in table.column("error_code").to_pylist():
+        if code:
+            by_code[code] = by_code.get(code, 0) + 1
+    return {"rows": table.num_rows, "errors": sum(by_code.values()), "errors_by_code": by_code}
+
+
 def done_ids(results: Path, shard: str) -> set[str]:
     """Ids of this shard whose result is committed."""
     parts = shard_parts(results, shard)

@@ -84,15 +84,16 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
     """
     from vllm.engine.arg_utils import EngineArgs
 
+    cpu = is_cpu_platform()
     args: dict[str, Any] = dict(PROFILES[engine.profile])
-    if is_cpu_platform():
+    if cpu:
         args.update(CPU_OVERRIDES)
     explicit = engine.model_dump(exclude={"profile", "extra", "data_parallel"}, exclude_none=True)
     if explicit.get("tensor_parallel_size") == "auto":
         explicit["tensor_parallel_size"] = max(1, visible_gpus())
     args.update(explicit)
     args.update(model.model_dump(exclude={"name"}, exclude_none=True))
-    if is_cpu_platform() and model.dtype == "auto" and not cpu_has_bf16():
+    if cpu and model.dtype == "auto" and not cpu_has_bf16():
         args["dtype"] = "float32"
     args.update(engine.extra)
     args["model"] = model_path

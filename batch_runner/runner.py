@@ -159,8 +159,8 @@ class _Run:
             "job": job.name, "model": job.model.name, "run_id": self.run_id, "shard": shard.label,
             "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
         self.open: dict[int, _Batch] = {}
-        self.keys: dict[str, tuple[int, int]] = {}  # request key -> (batch, position)
-        self._adjust: dict[str, str | None] = {}  # request key -> what on_too_long changed
+        # request key -> (batch, position, what on_too_long changed) for requests in the engine
+        self.keys: dict[str, tuple[int, int, str | None]] = {}
         self.totals = RunTotals()
         self.gpu = GpuMonitor()
         self.params: dict[int, Any] = {}
@@ -207,8 +207,7 @@ class _Run:
                 e.prompt_tokens = len(r.token_ids)
                 batch.results[pos] = self._error_result(batch, pos, e)
                 continue
-            self.keys[key] = (number, pos)
-            self._adjust[key] = r.adjustment
+            self.keys[key] = (number, pos, r.adjustment)
             batch.pending += 1
         if batch.pending == 0:
             self.commit(batch)
@@ -220,9 +219,9 @@ class _Run:
 
     def _record(self, completions: list[Completion]) -> None:
         for c in completions:
-            number, pos = self.keys.pop(c.key)
+            number, pos, adjustment = self.keys.pop(c.key)
             batch = self.open[number]
-            batch.results[pos] = self._result(batch, pos, c, self._adjust.pop(c.key, None))
+            batch.results[pos] = self._result(batch, pos, c, adjustment)
             batch.pending -= 1
             if batch.pending == 0:
                 self.commit(batch)
@@ -321,20 +320,6 @@ def _dry_run(job: JobSpec, renderer: PromptRenderer, report: InputReport, n: int
     return {"rows": report.rows, "shard_rows": report.shard_rows, "prompts": shown}
 
 
-def _shard_totals(out: Path, shard: Shard) -> dict[str, Any]:
-    import pyarrow.dataset as ds
-
-    parts = checkpoint.shard_parts(out / "results", shard.label)
-    if not parts:
-        return {"rows": 0, "errors": 0, "errors_by_code": {}}
-    t = ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=["error_code"])
-    codes = [c for c in t.column("error_code").to_pylist() if c]
-    by_code: dict[str, int] = {}
-    for c in codes:
-        by_code[c] = by_code.get(c, 0) + 1
-    return {"rows": t.num_rows, "errors": len(codes), "errors_by_code": by_code}
-
-
 def _summary(job: JobSpec, run: _Run, model_path: str, status: ExitStatus, complete: bool,
              totals: dict[str, Any], skipped: int, started: datetime, t0: float) -> dict[str, Any]:
     return {
@@ -386,7 +371,7 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
             # process renders, tokenizes and writes (on an H100, 2x max_num_seqs measured 0.87x raw).
             queue = max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
             run.execute(skip, queue)
-        totals = _shard_totals(out, shard)
+        totals = checkpoint.shard_totals(out / "results", shard.label)
         complete = totals["rows"] >= report.shard_rows  # ids are unique: every row of this run is done
         status = (ExitStatus.INTERRUPTED if stop.requested and not complete
                   else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .checkpoint import shard_parts
+from .checkpoint import shard_totals
 from .errors import JobError
 from .output import atomic_write, committed_parts
 from .sharding import Shard
@@ -39,16 +39,14 @@ def _shard_count(out: Path) -> int:
 
 def shard_states(out: Path) -> list[ShardState]:
     states = []
-    for i in range(_shard_count(out)):
-        shard = Shard(i, _shard_count(out))
-        parts = shard_parts(out / "results", shard.label)
-        rows = errors = 0
-        if parts:
-            t = ds.dataset([str(p) for p in parts]).to_table(columns=["error_code"])
-            rows, errors = t.num_rows, t.num_rows - t.column("error_code").null_count
+    count = _shard_count(out)
+    for i in range(count):
+        shard = Shard(i, count)
+        totals = shard_totals(out / "results", shard.label)
+        rows, errors = totals["rows"], totals["errors"]
         marker = out / "shards" / f"{shard.label}.done"
         expected = json.loads(marker.read_text())["shard_rows"] if marker.exists() else None
-        state = "complete" if marker.exists() else "partial" if parts else "missing"
+        state = "complete" if marker.exists() else "partial" if rows else "missing"
         states.append(ShardState(shard, state, rows, errors, expected))
     return states
 

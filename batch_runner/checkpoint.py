@@ -135,8 +135,8 @@ def done_ids(results: Path, shard: str) -> set[str]:
     return set(table.column("id").to_pylist())
 
 
-def drop_error_rows(results: Path, compression: str) -> int:
-    """--retry-errors: rewrite each part without its error rows, so those ids run again.
+def drop_error_rows(results: Path, shard: str, compression: str) -> int:
+    """--retry-errors: rewrite each part of this shard without its error rows, so those ids run again.
 
     Each part is replaced atomically; at every moment every id is in at most one committed part.
     """
@@ -145,7 +145,7 @@ def drop_error_rows(results: Path, compression: str) -> int:
     from .output import atomic_write
 
     dropped = 0
-    for part in committed_parts(results):
+    for part in shard_parts(results, shard):
         table = pq.read_table(part)
         failed = pc.is_valid(table.column("error_code"))
         n = pc.sum(failed).as_py() or 0
@@ -155,7 +155,7 @@ def drop_error_rows(results: Path, compression: str) -> int:
         if kept.num_rows == 0:
             part.unlink()
         else:
-            atomic_write(part, lambda tmp: pq.write_table(kept, tmp, compression=compression))
+            atomic_write(part, lambda tmp, kept=kept: pq.write_table(kept, tmp, compression=compression))
         dropped += n
     return dropped
 

@@ -73,6 +73,7 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
     resume), 1 unexpected failure.
     """
     from .config import load_job
+    from .parallel import WORKER_ENV, run_parallel
     from .runner import RunOptions, run_job
     from .sharding import ALL, parse_shard, shard_from_slurm
 
@@ -84,6 +85,12 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
         shard = parse_shard(shard_text) if shard_text else shard_from_slurm(os.environ)
         if shard and not shard_text:
             click.echo(f"batch-run: Slurm array task: shard {shard.index}/{shard.count}", err=True)
+        if not dry_run and job.engine.data_parallel != 1 and os.environ.get(WORKER_ENV) != "1":
+            parallel = run_parallel(job, job_file, extra, shard or ALL, fresh, retry_errors, verbose)
+            if parallel is not None:
+                status, combined = parallel
+                _print_combined(combined, status)
+                sys.exit(int(status))
         result = run_job(job, RunOptions(fresh=fresh, retry_errors=retry_errors, shard=shard or ALL, dry_run=dry_run))
     except BatchRunnerError as e:
         _fail(e)
@@ -118,20 +125,30 @@ def _print_summary(s: dict) -> None:
         click.echo(f"{k:>13}  {v}")
 
 
+def _print_combined(c, status) -> None:
+    click.echo("")
+    for k, v in [("status", status.name.lower()), ("engines", len(c.shards)), ("shards", ", ".join(c.shards) or "none finished"),
+                 ("rows", f"{c.rows}/{c.shard_rows} written"), ("errors", c.errors),
+                 ("throughput", f"{c.output_tok_s:,.1f} output tok/s (sum over the engines)")]:
+        click.echo(f"{k:>13}  {v}")
+
+
 @main.command("status")
 @click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
 def status_cmd(output_dir: str) -> None:
     """Show which shards of OUTPUT_DIR are complete, partial or missing.
 
-    Prints the Slurm array indices to resubmit, assuming the array was --array=0-(N-1).
+    Prints the Slurm array indices to resubmit, assuming the array was --array=0-(N-1) (with
+    engine.data_parallel D, array task I ran shards I*D to I*D+D-1).
     Exit status 0 when every shard is complete, 1 otherwise.
     """
     from pathlib import Path
 
-    from .shards import array_ranges, shard_states
+    from .shards import array_ranges, array_tasks, shard_states
 
     try:
         states = shard_states(Path(output_dir))
+        tasks = array_tasks(Path(output_dir), states)
     except BatchRunnerError as e:
         _fail(e)
     click.echo(f"{'shard':>12}  {'state':<9} {'rows':>8} {'errors':>7}")
@@ -142,7 +159,7 @@ def status_cmd(output_dir: str) -> None:
     click.echo(f"\n{done}/{len(states)} shards complete, {sum(s.rows for s in states)} rows, "
                f"{sum(s.errors for s in states)} errors")
     if todo:
-        click.echo(f"resubmit: --array={array_ranges(todo)}")
+        click.echo(f"resubmit: --array={array_ranges(tasks)}")
     sys.exit(0 if not todo else 1)
 
 

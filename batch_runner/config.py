@@ -58,14 +58,6 @@ class EngineSpec(_Section):
             raise ValueError("must be a positive integer or 'auto'")
         return v
 
-    @field_validator("data_parallel")
-    @classmethod
-    def _one_engine(cls, v: int | str) -> int | str:
-        if v != 1:
-            raise ValueError("several engines per node are not implemented yet; run one shard per GPU "
-                             "instead (--shard I/N with CUDA_VISIBLE_DEVICES=I, or a Slurm array)")
-        return v
-
 
 class InputSpec(_Section):
     path: str | None = Field(None, description="A .jsonl/.json/.parquet file, a glob or a directory of them.")

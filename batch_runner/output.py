@@ -112,11 +112,14 @@ def committed_parts(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("part-*.parquet") if not p.name.startswith("."))
 
 
-def sweep_temporaries(out: Path) -> int:
-    """Remove temporary files left by a crashed writer; returns how many."""
+def sweep_temporaries(out: Path, shard: str) -> int:
+    """Remove temporary files left by a crashed writer of this shard; returns how many.
+
+    Only this shard's: other shards may be writing into the same folders right now.
+    """
     n = 0
     for folder in (out, out / "results", out / "stats"):
-        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        for tmp in folder.glob(f".*{shard}*.tmp") if folder.is_dir() else ():
             tmp.unlink(missing_ok=True)
             n += 1
     return n

@@ -15,13 +15,15 @@ log = logging.getLogger("batch_runner")
 
 
 class Progress:
-    def __init__(self, total: int, log_format: str, label: str):
+    def __init__(self, total: int, log_format: str, label: str, shard: str):
         self.log_format = log_format
         self.bar = None
         if sys.stderr.isatty() and log_format == "text":
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=label, unit="row", dynamic_ncols=True)
+        elif log_format == "json":  # lets a reader (data_parallel's parent) know the total up front
+            print(json.dumps({"event": "start", "shard": shard, "rows_total": total}), file=sys.stderr, flush=True)
         self.total = total
         self.done = 0
 

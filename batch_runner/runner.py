@@ -105,7 +105,7 @@ class _Batch:
     pending: int = 0
 
 
-def _check_output_writable(out: Path) -> None:
+def check_output_writable(out: Path) -> None:
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -274,7 +274,8 @@ class _Run:
                 yield rid, row
 
     def execute(self, skip: set[str], queue_target: int) -> None:
-        self.progress = Progress(self.report.shard_rows - len(skip), self.job.output.log_format, self.job.name)
+        self.progress = Progress(self.report.shard_rows - len(skip), self.job.output.log_format, self.job.name,
+                                 self.shard.label)
         p = self.job.prompt
         order = self.rows(skip)
         if p.group_by_prefix:
@@ -339,7 +340,7 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     t0 = time.perf_counter()
     out, shard = job.output_dir, options.shard
     if not options.dry_run:
-        _check_output_writable(out)
+        check_output_writable(out)
     model_path = resolve_model(job.model.name)
     tokenizer = _load_tokenizer(model_path, job)
     renderer = PromptRenderer(job.prompt, tokenizer, _context_length(model_path, job), job.sampling.max_tokens)
@@ -353,10 +354,10 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
         if options.fresh and (moved := checkpoint.move_aside(out)):
             log.warning("moved the old results to %s", moved)
         checkpoint.check_fingerprint(out, fingerprint(job, shard), json.loads(job.model_dump_json()))
-        sweep_temporaries(out)
+        sweep_temporaries(out, shard.label)
         checkpoint.clear_shard_marker(out, shard.label)
         if options.retry_errors:
-            checkpoint.drop_error_rows(out / "results", job.output.compression)
+            checkpoint.drop_error_rows(out / "results", shard.label, job.output.compression)
         skip = checkpoint.done_ids(out / "results", shard.label)
         args, dropped = engine_arguments(model_path, job.model, job.engine)
         if dropped:

@@ -30,16 +30,16 @@ class ShardState:
     expected: int | None
 
 
-def _shard_count(out: Path) -> int:
+def _recorded(out: Path) -> dict:
     path = out / "job.json"
     if not path.exists():
         raise JobError(f"{out}: not a batch-run output (no job.json)")
-    return int(json.loads(path.read_text())["fingerprint"]["shards"])
+    return json.loads(path.read_text())
 
 
 def shard_states(out: Path) -> list[ShardState]:
     states = []
-    count = _shard_count(out)
+    count = int(_recorded(out)["fingerprint"]["shards"])
     for i in range(count):
         shard = Shard(i, count)
         totals = shard_totals(out / "results", shard.label)
@@ -49,6 +49,14 @@ def shard_states(out: Path) -> list[ShardState]:
         state = "complete" if marker.exists() else "partial" if rows else "missing"
         states.append(ShardState(shard, state, rows, errors, expected))
     return states
+
+
+def array_tasks(out: Path, states: list[ShardState]) -> list[int]:
+    """The Slurm array indices that run the unfinished shards (with data_parallel D, task I runs
+    shards I*D .. I*D+D-1)."""
+    dp = _recorded(out).get("job", {}).get("engine", {}).get("data_parallel", 1)
+    dp = dp if isinstance(dp, int) and dp > 0 else 1
+    return sorted({s.shard.index // dp for s in states if s.state != "complete"})
 
 
 def array_ranges(indices: list[int]) -> str:
@@ -68,8 +76,8 @@ def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
     states = shard_states(out)
     unfinished = [s.shard.index for s in states if s.state != "complete"]
     if unfinished:
-        raise JobError(f"{out}: shards not complete: {array_ranges(unfinished)}; "
-                       f"resubmit them (sbatch --array={array_ranges(unfinished)} ...), then merge")
+        raise JobError(f"{out}: shards not complete: {array_ranges(unfinished)}; resubmit them "
+                       f"(sbatch --array={array_ranges(array_tasks(out, states))} ..., or rerun the job), then merge")
     results = ds.dataset([str(p) for p in committed_parts(out / "results")], format="parquet")
     ids = results.to_table(columns=["id"]).column("id")
     if pc.count_distinct(ids).as_py() != len(ids):

@@ -12,6 +12,7 @@ Workloads (token counts measured with the model's tokenizer):
     w1  2000 rows, one 1000-token system prompt, 300-token documents, 128 output tokens
     w2  400 distinct 2000-token prefixes x 10 rows, 100-token documents, 64 output tokens, shuffled
     w3  2000 unique 500-1500-token prompts, 256 output tokens
+    w4  w1 with 6000 rows, for engine.data_parallel 1 against 2 (--workloads w4, two GPUs)
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ WORKLOADS = {
     "w1": dict(rows=2000, prefixes=1, prefix_tokens=1000, doc_tokens=(300, 300), max_tokens=128),
     "w2": dict(rows=4000, prefixes=400, prefix_tokens=2000, doc_tokens=(100, 100), max_tokens=64),
     "w3": dict(rows=2000, prefixes=0, prefix_tokens=0, doc_tokens=(500, 1500), max_tokens=256),
+    # w1 three times over, so that each of two engines still runs long past its ramp-up
+    "w4": dict(rows=6000, prefixes=1, prefix_tokens=1000, doc_tokens=(300, 300), max_tokens=128),
 }
 SMOKE = {"w1": dict(rows=6, prefixes=1, prefix_tokens=120, doc_tokens=(40, 40), max_tokens=8)}
 # Which variants run on which workload (the issue's matrix).
@@ -48,6 +51,8 @@ MATRIX = {
     "batch-run-nocache": ["w1"],
     "batch-run-nogroup": ["w2"],
     "traditional": ["w1"],
+    "batch-run-dp1": ["w4"],  # engine.data_parallel 1 against 2 (a two-GPU machine)
+    "batch-run-dp2": ["w4"],
 }
 WORDS = ("the of and to in is was for on that with as by at from his her it an are were be this which or has had "
          "not but they their one all been also more when who there can new into other two some time after first may "
@@ -150,7 +155,9 @@ def child_batch_run(args) -> None:
     folder = Path(args.folder)
     job = folder / f"{workload}.yaml"
     extra = {"batch-run-nocache": ["--set", "engine.enable_prefix_caching=false"],
-             "batch-run-nogroup": ["--set", "prompt.group_by_prefix=false"]}.get(args.variant, [])
+             "batch-run-nogroup": ["--set", "prompt.group_by_prefix=false"],
+             "batch-run-dp1": ["--set", "engine.data_parallel=1"],
+             "batch-run-dp2": ["--set", "engine.data_parallel=2"]}.get(args.variant, [])
     out = folder / f"out-{workload}-{args.variant}"
     cmd = [sys.executable, "-m", "batch_runner.cli", "run", str(job), "--output", str(out), "--fresh", *extra]
     t0 = time.perf_counter()
@@ -159,9 +166,23 @@ def child_batch_run(args) -> None:
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"batch-run exited {proc.returncode}")
-    s = json.loads((out / "summary.json").read_text())["this_run"]
+    if args.variant.startswith("batch-run-dp"):
+        s = _stats_totals(out / "stats")  # the engines of data_parallel write one summary each
+    else:
+        s = json.loads((out / "summary.json").read_text())["this_run"]
     _emit(args, workload, wall - s["generation_s"], s["generation_s"], s["requests"], s["prompt_tokens"],
           s["cached_prompt_tokens"], s["output_tokens"], stats_dir=str(out / "stats"))
+
+
+def _stats_totals(stats: Path) -> dict:
+    """Totals over every shard's batches; generation time from the first batch's start to the last's end."""
+    import pyarrow.compute as pc
+
+    t = pq.ParquetDataset(stats).read()
+    span = pc.max(t["finished_at"]).as_py() - pc.min(t["started_at"]).as_py()
+    return {"generation_s": span.total_seconds(), **{k: pc.sum(t[c]).as_py() for k, c in [
+        ("requests", "requests"), ("prompt_tokens", "prompt_tokens"), ("cached_prompt_tokens", "cached_prompt_tokens"),
+        ("output_tokens", "output_tokens")]}}
 
 
 def child_traditional(args) -> None:

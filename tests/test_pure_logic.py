@@ -77,7 +77,44 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_temporaries_are_never_parts(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
-    (results / ".part-a.parquet.x.tmp").write_bytes(b"half a file")
+    (results / ".part-0000-of-0002-r-b000001.parquet.x.tmp").write_bytes(b"half a file")
+    (results / ".part-0001-of-0002-r-b000001.parquet.y.tmp").write_bytes(b"another shard, still writing")
     atomic_write(results / "part-b.parquet", lambda tmp: pq.write_table(pa.table({"a": [1]}), tmp))
     assert [p.name for p in committed_parts(results)] == ["part-b.parquet"]
-    assert sweep_temporaries(tmp_path) == 1
+    assert sweep_temporaries(tmp_path, "0000-of-0002") == 1  # only its own shard's
+    assert [p.name for p in results.glob(".*")] == [".part-0001-of-0002-r-b000001.parquet.y.tmp"]
+
+
+@pytest.mark.parametrize("dp, tp, devices, shard, expected, expected_tp", [
+    ("auto", 1, ["0", "1", "2", "3"], Shard(0, 1), [("0000-of-0004", ["0"]), ("0003-of-0004", ["3"])], 1),
+    (2, "auto", ["4", "5", "6", "7"], Shard(0, 1), [("0000-of-0002", ["4", "5"]), ("0001-of-0002", ["6", "7"])], 2),
+    (2, 1, ["0", "1"], Shard(3, 4), [("0006-of-0008", ["0"]), ("0007-of-0008", ["1"])], 1),  # Slurm task 3 of 4
+    ("auto", 1, [], Shard(0, 1), [("0000-of-0001", None), ("0000-of-0001", None)], 1),  # no GPU: one engine
+    (2, 1, [], Shard(0, 1), [("0000-of-0002", None), ("0001-of-0002", None)], 1),  # no GPU: both on the CPU
+])
+def test_data_parallel_plan(dp, tp, devices, shard, expected, expected_tp):
+    from batch_runner.config import EngineSpec
+    from batch_runner.parallel import plan
+
+    workers, got_tp = plan(EngineSpec(data_parallel=dp, tensor_parallel_size=tp), shard, devices)
+    assert [(workers[0].shard.label, workers[0].devices), (workers[-1].shard.label, workers[-1].devices)] == expected
+    assert got_tp == expected_tp
+
+
+def test_data_parallel_needs_enough_gpus():
+    from batch_runner.config import EngineSpec
+    from batch_runner.parallel import plan
+
+    with pytest.raises(JobError, match="need 4 GPUs, but 2 are visible"):
+        plan(EngineSpec(data_parallel=2, tensor_parallel_size=2), Shard(0, 1), ["0", "1"])
+
+
+def test_combined_exit_status_is_the_worst():
+    from batch_runner.errors import ExitStatus
+    from batch_runner.parallel import combined_status, describe_exit
+
+    assert combined_status([0, 0]) == ExitStatus.OK
+    assert combined_status([0, 3]) == ExitStatus.ROW_ERRORS
+    assert combined_status([3, 75]) == ExitStatus.INTERRUPTED
+    assert combined_status([75, -9]) == ExitStatus.FAILED
+    assert describe_exit(-9) == "was killed by SIGKILL"

@@ -118,3 +118,18 @@ def test_combined_exit_status_is_the_worst():
     assert combined_status([3, 75]) == ExitStatus.INTERRUPTED
     assert combined_status([75, -9]) == ExitStatus.FAILED
     assert describe_exit(-9) == "was killed by SIGKILL"
+
+
+def test_resubmit_indices_with_data_parallel(tmp_path):
+    import json
+
+    from batch_runner.shards import array_tasks, shard_states
+
+    (tmp_path / "job.json").write_text(json.dumps(
+        {"fingerprint": {"shards": 6}, "job": {"engine": {"data_parallel": 2}}}))
+    (tmp_path / "shards").mkdir()
+    for label in ("0000-of-0006", "0001-of-0006", "0003-of-0006"):
+        (tmp_path / "shards" / f"{label}.done").write_text("{}")
+    states = shard_states(tmp_path)
+    # shards 2 and 4-5 are unfinished: array tasks 1 (shards 2-3) and 2 (shards 4-5)
+    assert array_tasks(tmp_path, states) == [1, 2]

@@ -129,7 +129,7 @@ def test_resubmit_indices_with_data_parallel(tmp_path):
         {"fingerprint": {"shards": 6}, "job": {"engine": {"data_parallel": 2}}}))
     (tmp_path / "shards").mkdir()
     for label in ("0000-of-0006", "0001-of-0006", "0003-of-0006"):
-        (tmp_path / "shards" / f"{label}.done").write_text("{}")
+        (tmp_path / "shards" / f"{label}.done").write_text(json.dumps({"shard_rows": 0}))
     states = shard_states(tmp_path)
     # shards 2 and 4-5 are unfinished: array tasks 1 (shards 2-3) and 2 (shards 4-5)
     assert array_tasks(tmp_path, states) == [1, 2]

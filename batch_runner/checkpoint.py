@@ -109,6 +109,21 @@ class OutputLock:
         self.release()
 
 
+def output_locked(out: Path, shard: str) -> bool:
+    """Whether a run holds this shard's lock right now (for status and report; takes no lock)."""
+    try:
+        fd = os.open(out / f".lock-{shard}", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also drops the lock if we got it
+    return False
+
+
 def shard_parts(results: Path, shard: str) -> list[Path]:
     return [p for p in committed_parts(results) if p.name.startswith(f"part-{shard}-")]
 

@@ -50,6 +50,7 @@ def main() -> None:
     batch-run JOB.yaml [OPTIONS]      run (or resume) a job
     batch-run status OUTPUT_DIR       which shards are done, partial or missing
     batch-run merge OUTPUT_DIR        compact a finished output into one dataset
+    batch-run report OUTPUT_DIR       summary, HTML page and charts of an output
     """
 
 
@@ -63,9 +64,11 @@ def main() -> None:
 @click.option("--fresh", is_flag=True, help="Move existing results aside (to DIR.replaced-TIME) and start over.")
 @click.option("--retry-errors", is_flag=True, help="Run again the rows whose earlier result is an error.")
 @click.option("--shard", "shard_text", metavar="I/N", help="Run only shard I of N (0-based). Default: from Slurm's array variables.")
+@click.option("--metrics-dir", type=click.Path(file_okay=False),
+              help="node_exporter textfile directory for Prometheus metrics (overrides output.metrics_dir).")
 @click.option("-v", "--verbose", is_flag=True, help="Log batch-runner's decisions (info level).")
 def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output_dir: str | None, dry_run: bool,
-            fresh: bool, retry_errors: bool, shard_text: str | None, verbose: bool) -> None:
+            fresh: bool, retry_errors: bool, shard_text: str | None, metrics_dir: str | None, verbose: bool) -> None:
     """Run (or resume) the job in JOB_FILE.
 
     Rerunning with the same output directory resumes: rows already written are skipped. Exit
@@ -79,7 +82,8 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
 
     _setup_logging(verbose)
     extra = list(overrides) + ([f"input.limit={limit}"] if limit else []) + \
-        ([f"output.dir={json.dumps(output_dir)}"] if output_dir else [])
+        ([f"output.dir={json.dumps(output_dir)}"] if output_dir else []) + \
+        ([f"output.metrics_dir={json.dumps(metrics_dir)}"] if metrics_dir else [])
     try:
         job = load_job(job_file, extra)
         shard = parse_shard(shard_text) if shard_text else shard_from_slurm(os.environ)
@@ -176,6 +180,28 @@ def merge_cmd(output_dir: str) -> None:
     except BatchRunnerError as e:
         _fail(e)
     click.echo(f"merged {rows} rows into {target}")
+
+
+@main.command("report")
+@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--to", "target", type=click.Path(file_okay=False), help="Folder for the HTML page and PNG charts (default OUTPUT_DIR/report).")
+def report_cmd(output_dir: str, target: str | None) -> None:
+    """Summarize OUTPUT_DIR (finished or still running) on one screen; write an HTML page and PNG charts.
+
+    The summary: rows, errors by code, tokens, throughput, prefix-cache hit rate, GPU memory,
+    duration, and a line per shard where sharded. The charts: output tokens/s and cache hit rate
+    per batch over time, output-length distribution, rows by outcome.
+    """
+    from pathlib import Path
+
+    from .report import write_report
+
+    try:
+        summary, page = write_report(Path(output_dir), Path(target) if target else None)
+    except BatchRunnerError as e:
+        _fail(e)
+    click.echo(summary)
+    click.echo(f"\n{'report':>12}  {page} (charts beside it as PNG)")
 
 
 def entry() -> None:

@@ -106,6 +106,8 @@ class OutputSpec(_Section):
     batch_size: int = Field(256, gt=0, description="Rows per results part file (a crash loses at most these).")
     compression: str = Field("zstd", description="Parquet compression codec.")
     log_format: Literal["text", "json"] = Field("text", description="Per-batch log lines on stderr.")
+    metrics_dir: str | None = Field(
+        None, description="node_exporter textfile directory: Prometheus metrics written there during and after the run.")
 
 
 class JobSpec(_Section):

@@ -28,6 +28,7 @@ from .config import JobSpec
 from .engine import Completion, engine_arguments, get_engine, sampling_params, vllm_version
 from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError
 from .gpu import GpuMonitor
+from .metrics import MetricsFile, Snapshot
 from .inputs import InputRow, input_identity, iter_rows
 from .models import resolve_model
 from .output import STATS_SCHEMA, part_name, results_schema, sweep_temporaries, write_json, write_parquet
@@ -168,6 +169,22 @@ class _Run:
         self.progress: Progress | None = None
         self.lock = threading.Lock()  # the main loop and the stop watchdog never commit at once
         stop.on_timeout = self.hard_stop
+        self.before = checkpoint.shard_totals(out / "results", shard.label)  # committed by earlier runs
+        self.metrics = MetricsFile(Path(job.output.metrics_dir), job.name, shard.label) \
+            if job.output.metrics_dir else None
+
+    def write_metrics(self, exit_status: int | None = None) -> None:
+        if self.metrics is None:
+            return
+        t = self.totals
+        errors = dict(self.before["errors_by_code"])
+        for code, n in t.error_codes.items():
+            errors[code] = errors.get(code, 0) + n
+        self.metrics.update(Snapshot(
+            rows=self.report.shard_rows, rows_done=self.before["rows"] + t.requests, errors_by_code=errors,
+            prompt_tokens=t.prompt_tokens, cached_prompt_tokens=t.cached_prompt_tokens,
+            output_tokens=t.output_tokens, output_tok_s=t.output_tokens / t.wall_s if t.wall_s else 0.0,
+            exit_status=exit_status), force=exit_status is not None)
 
     # -- results -------------------------------------------------------------------------
     def _base(self, batch: _Batch, pos: int) -> dict[str, Any]:
@@ -244,6 +261,7 @@ class _Run:
         self.totals.add(stats, results)
         if self.progress:
             self.progress.batch(row, self.totals.output_tokens / max(self.totals.wall_s, 1e-9))
+        self.write_metrics()
 
     def flush_partial(self) -> None:
         """Commit the finished rows of open batches; abort the rest (they run again on resume)."""
@@ -367,16 +385,22 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
             renderer.max_model_len = engine.max_model_len
         engine_info = {k: v for k, v in args.items() if k != "model"} | {"ignored": dropped}
         run = _Run(job, out, shard, report, renderer, engine, engine_info, stop)
+        run.write_metrics()
         if engine is not None:
             # Keep several scheduler-fulls of requests waiting, so the engine never idles while this
             # process renders, tokenizes and writes (on an H100, 2x max_num_seqs measured 0.87x raw).
             queue = max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
-            run.execute(skip, queue)
+            try:
+                run.execute(skip, queue)
+            except BaseException as e:  # the metrics say how it ended, then the error goes on up
+                run.write_metrics(int(getattr(e, "exit_status", ExitStatus.FAILED)))
+                raise
         totals = checkpoint.shard_totals(out / "results", shard.label)
         complete = totals["rows"] >= report.shard_rows  # ids are unique: every row of this run is done
         status = (ExitStatus.INTERRUPTED if stop.requested and not complete
                   else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
         summary = _summary(job, run, model_path, status, complete, totals, len(skip), started, t0)
+        run.write_metrics(int(status))
         name = "summary.json" if shard.count == 1 else f"summary-{shard.label}.json"
         write_json(out / name, summary)
         if complete:

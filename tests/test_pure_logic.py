@@ -133,3 +133,25 @@ def test_resubmit_indices_with_data_parallel(tmp_path):
     states = shard_states(tmp_path)
     # shards 2 and 4-5 are unfinished: array tasks 1 (shards 2-3) and 2 (shards 4-5)
     assert array_tasks(tmp_path, states) == [1, 2]
+
+
+def test_metrics_while_running_parse_and_escape_labels(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from batch_runner.metrics import MetricsFile, Snapshot
+
+    m = MetricsFile(tmp_path, 'odd"name', "0001-of-0004", interval=3600)
+    snap = Snapshot(rows=10, rows_done=4, errors_by_code={"prompt_too_long": 1}, prompt_tokens=100,
+                    cached_prompt_tokens=50, output_tokens=20, output_tok_s=2.5)
+    m.update(snap)
+    first = m.path.read_text()
+    m.update(snap)  # within the interval: not written again
+    assert m.path.read_text() == first
+    samples = {s.name: s for f in text_string_to_metric_families(first) for s in f.samples}
+    assert samples["batch_run_running"].value == 1
+    assert "batch_run_exit_status" not in samples  # not ended yet
+    assert samples["batch_run_rows_done"].labels["batch_job"] == 'odd"name'
+    m.update(Snapshot(**{**snap.__dict__, "exit_status": 75}), force=True)
+    samples = {s.name: s for f in text_string_to_metric_families(m.path.read_text()) for s in f.samples}
+    assert samples["batch_run_exit_status"].value == 75
+    assert "batch_run_last_success_timestamp_seconds" not in samples  # interrupted is no success

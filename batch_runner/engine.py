@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .config import EngineSpec, ModelSpec, SamplingSpec
+from .config import EngineSpec, ModelSpec
 from .errors import EngineError, JobError, RowError
+from .sampling import rejections
 
 log = logging.getLogger("batch_runner")
 
@@ -46,13 +49,30 @@ def cpu_has_bf16() -> bool:
 
 
 @dataclass(frozen=True)
-class Completion:
-    key: str
+class Sample:
     text: str
     finish_reason: str | None
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class Completion:
+    key: str
+    samples: list[Sample]  # one per sampling.n
     prompt_tokens: int
     cached_prompt_tokens: int
-    output_tokens: int
+
+    @property
+    def text(self) -> str:
+        return self.samples[0].text
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.samples[0].finish_reason
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(s.output_tokens for s in self.samples)
 
 
 def vllm_version() -> str:
@@ -92,9 +112,10 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
     if explicit.get("tensor_parallel_size") == "auto":
         explicit["tensor_parallel_size"] = max(1, visible_gpus())
     args.update(explicit)
-    args.update(model.model_dump(exclude={"name"}, exclude_none=True))
+    args.update(model.model_dump(exclude={"name", "lora_adapters", "lora", "lora_column"}, exclude_none=True))
     if cpu and model.dtype == "auto" and not cpu_has_bf16():
         args["dtype"] = "float32"
+    args.update(lora_arguments(model))
     args.update(engine.extra)
     args["model"] = model_path
     known = {f.name for f in dataclasses.fields(EngineArgs)}
@@ -106,33 +127,35 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
     return args, dropped
 
 
-def _rejections() -> tuple[type[Exception], ...]:
-    """The exception types vLLM raises for one invalid request (newer versions add their own)."""
+def _lora_rank(path: Path) -> int:
     try:
-        from vllm.exceptions import VLLMValidationError
-    except ImportError:  # older vLLM: ValueError only
-        return (ValueError, TypeError)
-    return (ValueError, TypeError, VLLMValidationError)
+        return int(json.loads((path / "adapter_config.json").read_text()).get("r", 16))
+    except (OSError, ValueError) as e:
+        raise JobError(f"model.lora_adapters: {path} is not a PEFT LoRA adapter folder "
+                       f"(adapter_config.json: {e})") from e
 
 
-def sampling_params(spec: SamplingSpec, max_tokens: int | None = None):
-    """A ``vllm.SamplingParams`` from the job's sampling section; bad values are a ``JobError``."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+# The ranks vLLM accepts as max_lora_rank (0.26 and 0.32 alike); an adapter's rank rounds up.
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
-    values = spec.model_dump(exclude={"extra", "top_k", "stop"})
-    if spec.top_k is not None:
-        values["top_k"] = spec.top_k
-    values["stop"] = spec.stop or None
-    values.update(spec.extra)
-    if max_tokens is not None:
-        values["max_tokens"] = max_tokens
-    try:
-        params = SamplingParams(**values)
-    except _rejections() as e:
-        raise JobError(f"sampling: {e}") from e
-    params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, no streaming
-    return params
+
+def lora_arguments(model: ModelSpec) -> dict[str, Any]:
+    """Engine arguments for the job's LoRA adapters: room for all of them, at their largest rank."""
+    if not model.lora_adapters:
+        return {}
+    rank = max(_lora_rank(Path(p)) for p in model.lora_adapters.values())
+    allowed = [r for r in _LORA_RANKS if r >= rank]
+    if not allowed:
+        raise JobError(f"model.lora_adapters: rank {rank} is above vLLM's largest max_lora_rank {_LORA_RANKS[-1]}")
+    return {"enable_lora": True, "max_loras": len(model.lora_adapters), "max_lora_rank": allowed[0]}
+
+
+def lora_requests(model: ModelSpec) -> dict[str, Any]:
+    """One ``LoRARequest`` per adapter name (ids from 1: vLLM reserves 0 for none)."""
+    from vllm.lora.request import LoRARequest
+
+    return {name: LoRARequest(name, i, str(Path(path).resolve()))
+            for i, (name, path) in enumerate(sorted(model.lora_adapters.items()), 1)}
 
 
 class VllmEngine:
@@ -154,10 +177,10 @@ class VllmEngine:
         self.engine = self.llm.llm_engine
         self.max_model_len: int = self.engine.model_config.max_model_len
 
-    def submit(self, key: str, token_ids: list[int], params) -> None:
+    def submit(self, key: str, token_ids: list[int], params, lora=None) -> None:
         try:
-            self.engine.add_request(key, {"prompt_token_ids": token_ids}, params)
-        except _rejections() as e:  # vLLM rejects one request, not the run
+            self.engine.add_request(key, {"prompt_token_ids": token_ids}, params, lora_request=lora)
+        except rejections() as e:  # vLLM rejects one request, not the run
             raise RowError("engine_rejected", str(e)) from e
 
     def unfinished(self) -> int:
@@ -169,11 +192,10 @@ class VllmEngine:
         for out in self.engine.step():
             if not out.finished:
                 continue
-            sample = out.outputs[0]
             done.append(Completion(
-                key=out.request_id, text=sample.text, finish_reason=sample.finish_reason,
-                prompt_tokens=len(out.prompt_token_ids or ()), cached_prompt_tokens=out.num_cached_tokens or 0,
-                output_tokens=len(sample.token_ids)))
+                key=out.request_id,
+                samples=[Sample(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs],
+                prompt_tokens=len(out.prompt_token_ids or ()), cached_prompt_tokens=out.num_cached_tokens or 0))
         return done
 
     def abort(self, keys: list[str]) -> None:

@@ -146,10 +146,18 @@ def iter_rows(spec: InputSpec) -> Iterator[InputRow]:
         yield row
 
 
+def _read_openai(path: Path, start: int) -> Iterator[InputRow]:
+    from .openai_batch import request_row
+
+    for row in _read_jsonl(path, start):
+        yield InputRow(row.index, row.where, request_row(row.data, row.where))
+
+
 def _read_files(spec: InputSpec) -> Iterator[InputRow]:
     start = 0
+    readers = {"jsonl": _read_jsonl, "parquet": _read_parquet, "openai": _read_openai}
     for path in resolve_files(spec):
-        reader = _read_jsonl if _format_of(spec, path) == "jsonl" else _read_parquet
+        reader = readers[_format_of(spec, path)]
         for row in reader(path, start):
             yield row
             start = row.index + 1

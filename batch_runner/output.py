@@ -33,6 +33,11 @@ RESULT_FIELDS = [
     pa.field("error_code", pa.string()),
     pa.field("error", pa.string()),
     pa.field("adjustment", pa.string()),
+    # sampling.json_schema: the parsed output, as canonical JSON text
+    pa.field("json", pa.string()),
+    # n > 1: every sample (the first is also in output); null when n is 1
+    pa.field("samples", pa.list_(pa.struct([("text", pa.string()), ("finish_reason", pa.string()),
+                                            ("output_tokens", pa.int32())]))),
     pa.field("batch", pa.int32()),
 ]
 

@@ -66,12 +66,15 @@ def coerce(value: Any, type_: pa.DataType) -> Any:
     return value
 
 
-def check_input(spec: InputSpec, columns: list[str], shard: Shard) -> InputReport:
-    """Stream the input once; raise one ``JobError`` listing every problem found."""
+def check_input(spec: InputSpec, columns: dict[str, str], shard: Shard) -> InputReport:
+    """Stream the input once; raise one ``JobError`` listing every problem found.
+
+    ``columns`` maps each column the job reads to what reads it, for the messages.
+    """
     problems: list[str] = []
     seen: dict[str, int] = {}  # id -> input row number (an int: 1M ids must fit in little memory)
     roles = {c: "input.keep_columns" for c in spec.keep_columns}
-    roles.update({c: "the prompt" for c in columns})
+    roles.update(columns)
     if spec.id_column:
         roles[spec.id_column] = "input.id_column"
     present: dict[str, int] = {c: 0 for c in roles}

@@ -38,20 +38,35 @@ def _check_value(column: str, value: Any) -> None:
         raise RowError("null_value", f"column '{column}' is NaN")
 
 
+def _check_messages(value: Any, column: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value):
+        raise RowError("invalid_value", f"column '{column}' must be a non-empty list of {{role, content}} messages")
+    return value
+
+
 class PromptRenderer:
-    """Turns one input row into a ``RenderedPrompt``, or raises ``RowError``."""
+    """Turns one input row into a ``RenderedPrompt``, or raises ``RowError``.
+
+    A row's prompt comes from the user template (with the system prompt, through the chat
+    template), from a column holding a whole chat (through the chat template), or from a column of
+    raw prompt text (no chat template, as OpenAI's /v1/completions).
+    """
 
     def __init__(self, spec: PromptSpec, tokenizer, max_model_len: int, max_tokens: int):
         self.spec = spec
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.max_tokens = max_tokens
-        env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-        try:
-            self._template = env.from_string(spec.template)
-            self.columns = sorted(meta.find_undeclared_variables(env.parse(spec.template)))
-        except jinja2.TemplateSyntaxError as e:
-            raise JobError(f"prompt.template, line {e.lineno}: template syntax error: {e.message}") from e
+        self._template = None
+        self.columns: list[str] = []  # columns every row must have (checked by the pre-flight pass)
+        if spec.template is not None:
+            env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+            try:
+                self._template = env.from_string(spec.template)
+                self.columns = sorted(meta.find_undeclared_variables(env.parse(spec.template)))
+            except jinja2.TemplateSyntaxError as e:
+                raise JobError(f"prompt.template, line {e.lineno}: template syntax error: {e.message}") from e
         if spec.system_column:
             self.columns = sorted({*self.columns, spec.system_column})
 
@@ -69,9 +84,34 @@ class PromptRenderer:
         """A short key equal for rows that share a system prompt; cheap, for grouping."""
         try:
             system = self.system_for(row) or ""
+            messages = row.get(self.spec.messages_column) if self.spec.messages_column else None
+            if isinstance(messages, list) and messages and isinstance(messages[0], dict) \
+                    and messages[0].get("role") == "system":
+                system = str(messages[0].get("content"))
         except RowError:
             system = ""
         return hashlib.blake2b(system.encode(), digest_size=8).hexdigest()
+
+    def _text(self, row: dict[str, Any]) -> tuple[str | None, str | None, str, bool]:
+        """(system, user, prompt text, whether it went through the chat template) of a row; user is
+        None where there is no template."""
+        spec = self.spec
+        if self._template is not None:
+            system, user = self.system_for(row), self.user_text(row)
+            return system, user, self.chat_text(system, user), True
+        messages = row.get(spec.messages_column) if spec.messages_column else None
+        if messages is not None:
+            messages = _check_messages(messages, spec.messages_column)
+            if spec.system and messages[0].get("role") != "system":
+                messages = [{"role": "system", "content": spec.system}, *messages]
+            return None, None, self._apply_chat(messages), True
+        prompt = row.get(spec.prompt_column) if spec.prompt_column else None
+        if prompt is None:
+            wanted = " or ".join(f"'{c}'" for c in (spec.messages_column, spec.prompt_column) if c)
+            raise RowError("missing_column", f"the row has no {wanted}")
+        if not isinstance(prompt, str):
+            raise RowError("invalid_value", f"column '{spec.prompt_column}' must be text, got {type(prompt).__name__}")
+        return None, None, prompt, False
 
     def user_text(self, row: dict[str, Any]) -> str:
         for column in self.columns:
@@ -85,8 +125,14 @@ class PromptRenderer:
 
     def chat_text(self, system: str | None, user: str) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True, chat_template=self.spec.chat_template)
+        return self._apply_chat(messages)
+
+    def _apply_chat(self, messages: list[dict[str, Any]]) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, chat_template=self.spec.chat_template)
+        except Exception as e:  # the model's template may reject a chat (roles out of order...)
+            raise RowError("template_error", f"the chat template rejected the messages: {e}") from e
 
     def encode(self, text: str) -> list[int]:
         # The chat template already holds the special tokens (BOS...): add none twice.
@@ -98,35 +144,44 @@ class PromptRenderer:
             raise result
         return result
 
-    def render_many(self, rows: list[dict[str, Any]]) -> list[RenderedPrompt | RowError]:
-        """Render a batch; the tokenizer encodes all texts in one (parallel) call."""
+    def render_many(self, rows: list[dict[str, Any]], max_tokens: list[int] | None = None
+                    ) -> list[RenderedPrompt | RowError]:
+        """Render a batch; the tokenizer encodes all texts in one (parallel) call.
+
+        ``max_tokens`` gives each row's own (per-row sampling); default the job's.
+        """
         out: list[RenderedPrompt | RowError | None] = [None] * len(rows)
-        parts: list[tuple[int, str | None, str]] = []
+        parts: list[tuple[int, str | None, str | None, str, bool]] = []
         for i, row in enumerate(rows):
             try:
-                parts.append((i, self.system_for(row), self.user_text(row)))
+                parts.append((i, *self._text(row)))
             except RowError as e:
                 out[i] = e
-        texts = [self.chat_text(system, user) for _, system, user in parts]
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        for (i, system, user), ids in zip(parts, encoded):
+        encoded: dict[int, list[int]] = {}
+        for is_chat in (True, False):
+            group = [p for p in parts if p[4] is is_chat]
+            if group:  # chat texts hold their special tokens (BOS...) already; raw prompts get them here
+                ids = self.tokenizer([p[3] for p in group], add_special_tokens=not is_chat)["input_ids"]
+                encoded.update(zip([p[0] for p in group], ids))
+        for i, system, user, _, _ in parts:
+            ids, want = encoded[i], max_tokens[i] if max_tokens else self.max_tokens
             key = self.prefix_key(rows[i])
-            if self.max_model_len - len(ids) >= self.max_tokens:
-                out[i] = RenderedPrompt(ids, key, self.max_tokens, None)
+            if self.max_model_len - len(ids) >= want:
+                out[i] = RenderedPrompt(ids, key, want, None)
                 continue
             try:
-                out[i] = self._fit(system, user, ids, key)
+                out[i] = self._fit(system, user, ids, key, want)
             except RowError as e:
                 e.prompt_tokens = len(ids)
                 out[i] = e
         return out  # type: ignore[return-value]
 
-    def _fit(self, system: str | None, user: str, ids: list[int], key: str) -> RenderedPrompt:
+    def _fit(self, system: str | None, user: str | None, ids: list[int], key: str, want: int) -> RenderedPrompt:
         """Apply prompt.on_too_long to a prompt that leaves too little room for max_tokens."""
-        n, limit, want = len(ids), self.max_model_len, self.max_tokens
+        n, limit = len(ids), self.max_model_len
         if self.spec.on_too_long == "shrink" and n < limit:
             return RenderedPrompt(ids, key, limit - n, f"max_tokens lowered from {want} to {limit - n}")
-        if self.spec.on_too_long == "truncate":
+        if self.spec.on_too_long == "truncate" and user is not None:  # only a template's user text is cut
             user_ids = self.encode(user)
             cut = n + want - limit + _TRUNCATION_MARGIN
             if cut < len(user_ids):

@@ -25,16 +25,19 @@ import pyarrow as pa
 
 from . import checkpoint
 from .config import JobSpec
-from .engine import Completion, engine_arguments, get_engine, sampling_params, vllm_version
+from .engine import Completion, engine_arguments, get_engine, is_cpu_platform, lora_requests, vllm_version
 from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError
 from .gpu import GpuMonitor
 from .metrics import MetricsFile, Snapshot
 from .inputs import InputRow, input_identity, iter_rows
 from .models import resolve_model
+from .openai_batch import write_openai_files
 from .output import STATS_SCHEMA, part_name, results_schema, sweep_temporaries, write_json, write_parquet
 from .preflight import InputReport, check_input, coerce, row_id
 from .progress import Progress
 from .prompts import PromptRenderer, RenderedPrompt
+from .sampling import RowSampling, sampling_params
+from .structured import check_output
 from .scheduler import chunked, grouped
 from .sharding import ALL, Shard
 from .stats import RunTotals, batch_stats
@@ -160,11 +163,12 @@ class _Run:
             "job": job.name, "model": job.model.name, "run_id": self.run_id, "shard": shard.label,
             "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
         self.open: dict[int, _Batch] = {}
-        # request key -> (batch, position, what on_too_long changed) for requests in the engine
-        self.keys: dict[str, tuple[int, int, str | None]] = {}
+        # request key -> (batch, position, what on_too_long changed, JSON schema) for requests in the engine
+        self.keys: dict[str, tuple[int, int, str | None, dict | None]] = {}
+        self.sampling = RowSampling(job.sampling, openai=job.input.format == "openai")
+        self.loras = lora_requests(job.model) if job.model.lora_adapters else {}
         self.totals = RunTotals()
         self.gpu = GpuMonitor()
-        self.params: dict[int, Any] = {}
         self.last_commit = time.perf_counter()
         self.progress: Progress | None = None
         self.lock = threading.Lock()  # the main loop and the stop watchdog never commit at once
@@ -196,35 +200,62 @@ class _Run:
         return {**self._base(batch, pos), "output": None, "finish_reason": "error",
                 "prompt_tokens": getattr(err, "prompt_tokens", None), "cached_prompt_tokens": None,
                 "output_tokens": 0, "error_code": err.code, "error": f"{err.code}: {err.message}",
-                "adjustment": None}
+                "adjustment": None, "json": None, "samples": None}
 
-    def _result(self, batch: _Batch, pos: int, c: Completion, adjustment: str | None) -> dict[str, Any]:
+    def _result(self, batch: _Batch, pos: int, c: Completion, adjustment: str | None,
+                schema: dict | None) -> dict[str, Any]:
+        parsed, error = check_output([s.text for s in c.samples], schema) if schema is not None else (None, None)
         return {**self._base(batch, pos), "output": c.text, "finish_reason": c.finish_reason,
                 "prompt_tokens": c.prompt_tokens, "cached_prompt_tokens": c.cached_prompt_tokens,
-                "output_tokens": c.output_tokens, "error_code": None, "error": None, "adjustment": adjustment}
+                "output_tokens": c.output_tokens, "error_code": error.code if error else None,
+                "error": f"{error.code}: {error.message}" if error else None, "adjustment": adjustment,
+                "json": parsed,
+                "samples": [vars(s) for s in c.samples] if len(c.samples) > 1 else None}
 
     # -- submission ----------------------------------------------------------------------
-    def _params(self, max_tokens: int):
-        if max_tokens not in self.params:
-            self.params[max_tokens] = sampling_params(self.job.sampling, max_tokens)
-        return self.params[max_tokens]
+    def _lora(self, row: dict[str, Any]):
+        """The row's adapter: its lora_column, else an OpenAI body's model if it names one, else the job's."""
+        spec = self.job.model
+        name = row.get(spec.lora_column) if spec.lora_column else None
+        if name is None and self.job.input.format == "openai" and row.get("model") in self.loras:
+            name = row["model"]
+        name = name if name is not None else spec.lora
+        if name is None:
+            return None
+        if name not in self.loras:
+            raise RowError("unknown_lora", f"LoRA adapter {name!r} is not in model.lora_adapters "
+                                           f"({', '.join(self.loras) or 'none'})")
+        return self.loras[name]
+
+    def _requests(self, rows: list[tuple[str, InputRow]]) -> list[tuple[dict, Any] | RowError]:
+        """Each row's sampling values and adapter, or the RowError that stops it."""
+        out: list[tuple[dict, Any] | RowError] = []
+        for _, row in rows:
+            try:
+                out.append((self.sampling.values(row.data), self._lora(row.data)))
+            except RowError as e:
+                out.append(e)
+        return out
 
     def submit(self, number: int, rows: list[tuple[str, InputRow]]) -> None:
         batch = _Batch(number, rows, [None] * len(rows))
         self.open[number] = batch
-        rendered = self.renderer.render_many([row.data for _, row in rows])
-        for pos, r in enumerate(rendered):
-            if isinstance(r, RowError):
-                batch.results[pos] = self._error_result(batch, pos, r)
+        requests = self._requests(rows)
+        max_tokens = [r[0]["max_tokens"] if not isinstance(r, RowError) else 1 for r in requests]
+        rendered = self.renderer.render_many([row.data for _, row in rows], max_tokens)
+        for pos, (req, r) in enumerate(zip(requests, rendered)):
+            if isinstance(req, RowError) or isinstance(r, RowError):
+                batch.results[pos] = self._error_result(batch, pos, req if isinstance(req, RowError) else r)
                 continue
+            values, lora = req
             key = f"{self.run_id}:{number}:{pos}"
             try:
-                self.engine.submit(key, r.token_ids, self._params(r.max_tokens))
+                self.engine.submit(key, r.token_ids, self.sampling.params(values, r.max_tokens), lora)
             except RowError as e:
                 e.prompt_tokens = len(r.token_ids)
                 batch.results[pos] = self._error_result(batch, pos, e)
                 continue
-            self.keys[key] = (number, pos, r.adjustment)
+            self.keys[key] = (number, pos, r.adjustment, values.get("json_schema"))
             batch.pending += 1
         if batch.pending == 0:
             self.commit(batch)
@@ -236,9 +267,9 @@ class _Run:
 
     def _record(self, completions: list[Completion]) -> None:
         for c in completions:
-            number, pos, adjustment = self.keys.pop(c.key)
+            number, pos, adjustment, schema = self.keys.pop(c.key)
             batch = self.open[number]
-            batch.results[pos] = self._result(batch, pos, c, adjustment)
+            batch.results[pos] = self._result(batch, pos, c, adjustment, schema)
             batch.pending -= 1
             if batch.pending == 0:
                 self.commit(batch)
@@ -352,6 +383,19 @@ def _summary(job: JobSpec, run: _Run, model_path: str, status: ExitStatus, compl
         "gpu_memory_peak_gb": run.gpu.peak_gb}
 
 
+def _columns_read(job: JobSpec, renderer: PromptRenderer) -> dict[str, str]:
+    """Columns the job reads (each must be in some row: a name in no row is a typo), and what reads them."""
+    columns = {c: "the prompt" for c in renderer.columns}
+    columns |= {c: f"sampling.columns.{field}" for field, c in job.sampling.columns.items()}
+    if job.model.lora_column:
+        columns[job.model.lora_column] = "model.lora_column"
+    if job.input.format != "openai":  # there, a file of only chats has no 'prompt' column and vice versa
+        for name in ("messages_column", "prompt_column"):
+            if getattr(job.prompt, name):
+                columns[getattr(job.prompt, name)] = f"prompt.{name}"
+    return columns
+
+
 def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     """Run (or resume) one shard of a job; see the module docstring."""
     started = datetime.now(timezone.utc)
@@ -363,7 +407,7 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     tokenizer = _load_tokenizer(model_path, job)
     renderer = PromptRenderer(job.prompt, tokenizer, _context_length(model_path, job), job.sampling.max_tokens)
     sampling_params(job.sampling)  # bad sampling values fail here, before anything starts
-    report = check_input(job.input, renderer.columns, shard)
+    report = check_input(job.input, _columns_read(job, renderer), shard)
     if options.dry_run:
         return RunResult(ExitStatus.OK, out, _dry_run(job, renderer, report, options.dry_run_rows))
 
@@ -380,6 +424,10 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
         args, dropped = engine_arguments(model_path, job.model, job.engine)
         if dropped:
             log.warning("engine options not in vLLM %s, not passed: %s", vllm_version(), ", ".join(dropped))
+        if job.model.lora_adapters and job.model.lora is None and is_cpu_platform():
+            log.warning("on vLLM's CPU build, rows without a LoRA adapter that share a batch with rows that "
+                        "have one get an adapter's delta (vllm-project/vllm#48421); set model.lora to "
+                        "give every row an adapter")
         engine = get_engine(args) if len(skip) < report.shard_rows else None
         if engine is not None:
             renderer.max_model_len = engine.max_model_len
@@ -405,4 +453,7 @@ def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
         write_json(out / name, summary)
         if complete:
             checkpoint.mark_shard_done(out, shard.label, summary)
+            if job.output.openai and shard.count == 1:  # sharded outputs get theirs from `merge`
+                answered, failed = write_openai_files(out, job.model.name)
+                log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
     return RunResult(status, out, summary)

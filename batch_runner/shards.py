@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from .checkpoint import shard_totals
 from .errors import JobError
+from .openai_batch import write_openai_files
 from .output import atomic_write, committed_parts
 from .sharding import Shard
 
@@ -92,4 +93,7 @@ def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
     atomic_write(target, write_results)
     stats = ds.dataset([str(p) for p in committed_parts(out / "stats")], format="parquet").to_table()
     atomic_write(out / "merged" / "stats.parquet", lambda tmp: pq.write_table(stats, tmp, compression=compression))
+    job = _recorded(out).get("job", {})
+    if job.get("output", {}).get("openai"):
+        write_openai_files(out, job.get("model", {}).get("name", ""))
     return target, len(ids)

@@ -322,7 +322,22 @@ class _Run:
             if self.shard.owns(rid) and rid not in skip:
                 yield rid, row
 
+    def _metrics_ticker(self, done: threading.Event) -> None:
+        """Refresh the metrics file while no batch commits (a long first wave must not look hung)."""
+        while not done.wait(self.metrics.interval):
+            with self.lock:
+                self.write_metrics()
+
     def execute(self, skip: set[str], queue_target: int) -> None:
+        done = threading.Event()
+        if self.metrics is not None:
+            threading.Thread(target=self._metrics_ticker, args=(done,), daemon=True).start()
+        try:
+            self._execute(skip, queue_target)
+        finally:
+            done.set()
+
+    def _execute(self, skip: set[str], queue_target: int) -> None:
         self.progress = Progress(self.report.shard_rows - len(skip), self.job.output.log_format, self.job.name,
                                  self.shard.label)
         p = self.job.prompt

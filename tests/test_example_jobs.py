@@ -1,0 +1,53 @@
+"""The job files under jobs/ that the README shows: each loads, and each that needs no adapter runs."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from batch_runner.config import load_job
+from conftest import ROOT
+
+JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.stem for p in JOBS])
+def test_job_file_loads(path, monkeypatch):
+    monkeypatch.setenv("LORA_FORMAL", "/adapters/formal")
+    monkeypatch.setenv("LORA_BRIEF", "/adapters/brief")
+    job = load_job(path)
+    assert job.name == path.stem
+
+
+@pytest.mark.engine
+def test_openai_batch_example(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = cli("run", "jobs/openai-batch.yaml", "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    sent = [json.loads(line)["custom_id"] for line in (ROOT / "inputs" / "openai-batch.jsonl").read_text().splitlines()]
+    got = [json.loads(line)["custom_id"] for line in (tmp_path / "out" / "openai" / "results.jsonl").read_text().splitlines()]
+    assert sorted(got) == sorted(sent)
+    assert (tmp_path / "out" / "openai" / "errors.jsonl").read_text() == ""
+
+
+@pytest.mark.engine
+def test_per_row_sampling_example(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = cli("run", "jobs/per-row-sampling.yaml", "--output", tmp_path / "out", "--limit", 4)
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "out" / "results")
+    questions = pd.read_json(ROOT / "inputs" / "questions.jsonl", lines=True).set_index("id")
+    for _, row in df.iterrows():
+        assert len(row["samples"]) == 3
+        assert all(s["output_tokens"] <= questions.loc[row["id"], "max_tokens"] for s in row["samples"])
+
+
+@pytest.mark.engine
+def test_classify_json_example(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    result = cli("run", "jobs/classify-json.yaml", "--output", tmp_path / "out", "--limit", 4)
+    assert result.exit_code == 0, result.output
+    df = pd.read_parquet(tmp_path / "out" / "results")
+    assert df["error_code"].isna().all()
+    assert {json.loads(v)["topic"] for v in df["json"]} <= {
+        "council", "schools", "transport", "health", "weather", "culture", "business", "other"}

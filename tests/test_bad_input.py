@@ -127,29 +127,28 @@ def test_dry_run_prints_prompts_and_writes_nothing(cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_openai_lines_that_are_not_requests_are_named(cli, tmp_path):
+def _openai_job(tmp_path, lines):
     import yaml
 
-    ok = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-          "body": {"messages": [{"role": "user", "content": "hi"}]}}
-    path = write_jsonl(tmp_path / "batch.jsonl", [ok, {**ok, "custom_id": ""}])
+    path = write_jsonl(tmp_path / "batch.jsonl", lines)
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"name": "oai", "model": {"name": "smollm2-135m-instruct"},
                                    "input": {"path": str(path), "format": "openai"},
                                    "output": {"dir": str(tmp_path / "out")}}))
+    return path, job
+
+
+def test_openai_lines_that_are_not_requests_are_named(cli, tmp_path):
+    ok = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+          "body": {"messages": [{"role": "user", "content": "hi"}]}}
+    path, job = _openai_job(tmp_path, [ok, {**ok, "custom_id": ""}])
     out = _run_bad(cli, tmp_path, job)
     assert f"{path}, line 2: an OpenAI batch line needs a non-empty string 'custom_id'" in out
 
 
 def test_openai_line_for_another_endpoint_is_named(cli, tmp_path):
-    import yaml
-
     line = {"custom_id": "e", "method": "POST", "url": "/v1/embeddings", "body": {"input": "hi"}}
-    path = write_jsonl(tmp_path / "batch.jsonl", [line])
-    job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({"name": "oai", "model": {"name": "smollm2-135m-instruct"},
-                                   "input": {"path": str(path), "format": "openai"},
-                                   "output": {"dir": str(tmp_path / "out")}}))
+    path, job = _openai_job(tmp_path, [line])
     out = _run_bad(cli, tmp_path, job)
     assert f"{path}, line 1: url '/v1/embeddings' is not supported" in out
 

@@ -146,11 +146,18 @@ def iter_rows(spec: InputSpec) -> Iterator[InputRow]:
         yield row
 
 
+INVALID = "_batch_run_invalid"  # a row the reader could not make sense of: its problem, for pre-flight
+
+
 def _read_openai(path: Path, start: int) -> Iterator[InputRow]:
     from .openai_batch import request_row
 
     for row in _read_jsonl(path, start):
-        yield InputRow(row.index, row.where, request_row(row.data, row.where))
+        try:
+            data = request_row(row.data, row.where)
+        except JobError as e:  # keep reading: pre-flight reports every such line together
+            data = {INVALID: str(e)}
+        yield InputRow(row.index, row.where, data)
 
 
 def _read_files(spec: InputSpec) -> Iterator[InputRow]:

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from .config import InputSpec
 from .errors import JobError
-from .inputs import describe_source, iter_rows
+from .inputs import INVALID, describe_source, iter_rows
 from .sharding import Shard
 
 MAX_PROBLEMS = 20
@@ -88,6 +88,9 @@ def check_input(spec: InputSpec, columns: dict[str, str], shard: Shard) -> Input
     try:
         for row in iter_rows(spec):
             report.rows += 1
+            if INVALID in row.data:
+                problem(row.data[INVALID])
+                continue
             for c in present:
                 if c in row.data:
                     present[c] += 1

@@ -131,7 +131,7 @@ def _print_summary(s: dict) -> None:
 
 def _print_combined(c, status) -> None:
     click.echo("")
-    for k, v in [("status", status.name.lower()), ("engines", len(c.shards)), ("shards", ", ".join(c.shards) or "none finished"),
+    for k, v in [("status", status.name.lower()), ("engines", c.engines), ("shards", ", ".join(c.shards) or "none finished"),
                  ("rows", f"{c.rows}/{c.shard_rows} written"), ("errors", c.errors),
                  ("throughput", f"{c.output_tok_s:,.1f} output tok/s (sum over the engines)")]:
         click.echo(f"{k:>13}  {v}")

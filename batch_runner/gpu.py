@@ -7,6 +7,20 @@ this process, where torch.cuda's counters would see nothing).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+
+
+def visible_devices(env: Mapping[str, str]) -> list[str]:
+    """The GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else every GPU NVML sees."""
+    if "CUDA_VISIBLE_DEVICES" in env:
+        return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no NVML library, no driver: no GPUs
+        return []
 
 
 class GpuMonitor:
@@ -17,9 +31,7 @@ class GpuMonitor:
             import pynvml
 
             pynvml.nvmlInit()
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            indices = [int(i) for i in visible.split(",") if i.strip().isdigit()] if visible else \
-                range(pynvml.nvmlDeviceGetCount())
+            indices = [int(d) for d in visible_devices(os.environ) if d.isdigit()]
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
             self._nvml = pynvml
         except Exception:  # no NVML library, no driver, no GPU: the columns stay null

@@ -18,13 +18,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import EngineSpec
 from .errors import ExitStatus, JobError
+from .gpu import visible_devices
 from .sharding import Shard
 
 WORKER_ENV = "BATCH_RUN_WORKER"  # set in workers: run the given shard, never start workers again
@@ -42,19 +42,6 @@ class Worker:
     @property
     def where(self) -> str:
         return f"GPU {','.join(self.devices)}" if self.devices else "CPU"
-
-
-def visible_devices(env: Mapping[str, str]) -> list[str]:
-    """The GPUs this process may use: CUDA_VISIBLE_DEVICES if set, else every GPU NVML sees."""
-    if "CUDA_VISIBLE_DEVICES" in env:
-        return [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
-    except Exception:  # no driver, no NVML: no GPUs
-        return []
 
 
 def plan(engine: EngineSpec, shard: Shard, devices: list[str]) -> tuple[list[Worker], int]:
@@ -203,6 +190,7 @@ def summaries(out: Path, workers: list[Worker]) -> list[dict[str, Any]]:
 class Combined:
     """Totals over the workers' summaries, for the parent's closing table."""
 
+    engines: int = 0
     shards: list[str] = field(default_factory=list)
     rows: int = 0
     shard_rows: int = 0
@@ -250,7 +238,9 @@ def run_parallel(job, job_file: str, overrides: list[str], shard: Shard, fresh: 
     launcher = Launcher(workers, argv, job.output.log_format, out)
     launcher.start()
     codes = launcher.wait()
-    return combined_status(codes), Combined.of(summaries(out, workers))
+    combined = Combined.of(summaries(out, workers))
+    combined.engines = len(workers)
+    return combined_status(codes), combined
 
 
 def _move_aside(out: Path, workers: list[Worker]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 import pyarrow.dataset as ds
 
 from .checkpoint import output_locked
-from .errors import JobError
 from .output import atomic_write, committed_parts
-from .shards import ShardState, shard_states
+from .shards import ShardState, recorded, shard_states
 
 CHARTS = ("throughput", "cache_hit", "output_tokens", "outcomes")
 
@@ -50,11 +48,9 @@ def _table(folder: Path, columns: list[str] | None = None):
 
 
 def load(out: Path) -> Report:
-    if not (out / "job.json").exists():
-        raise JobError(f"{out}: not a batch-run output (no job.json)")
     import pandas as pd
 
-    job = json.loads((out / "job.json").read_text()).get("job", {})
+    job = recorded(out).get("job", {})
     shards = shard_states(out)
     running = [s.shard.label for s in shards if output_locked(out, s.shard.label)]
     stats = _table(out / "stats")

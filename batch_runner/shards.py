@@ -31,7 +31,8 @@ class ShardState:
     expected: int | None
 
 
-def _recorded(out: Path) -> dict:
+def recorded(out: Path) -> dict:
+    """The output's job.json: fingerprint and effective job."""
     path = out / "job.json"
     if not path.exists():
         raise JobError(f"{out}: not a batch-run output (no job.json)")
@@ -40,7 +41,7 @@ def _recorded(out: Path) -> dict:
 
 def shard_states(out: Path) -> list[ShardState]:
     states = []
-    count = int(_recorded(out)["fingerprint"]["shards"])
+    count = int(recorded(out)["fingerprint"]["shards"])
     for i in range(count):
         shard = Shard(i, count)
         totals = shard_totals(out / "results", shard.label)
@@ -55,7 +56,7 @@ def shard_states(out: Path) -> list[ShardState]:
 def array_tasks(out: Path, states: list[ShardState]) -> list[int]:
     """The Slurm array indices that run the unfinished shards (with data_parallel D, task I runs
     shards I*D .. I*D+D-1)."""
-    dp = _recorded(out).get("job", {}).get("engine", {}).get("data_parallel", 1)
+    dp = recorded(out).get("job", {}).get("engine", {}).get("data_parallel", 1)
     dp = dp if isinstance(dp, int) and dp > 0 else 1
     return sorted({s.shard.index // dp for s in states if s.state != "complete"})
 
@@ -93,7 +94,7 @@ def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
     atomic_write(target, write_results)
     stats = ds.dataset([str(p) for p in committed_parts(out / "stats")], format="parquet").to_table()
     atomic_write(out / "merged" / "stats.parquet", lambda tmp: pq.write_table(stats, tmp, compression=compression))
-    job = _recorded(out).get("job", {})
+    job = recorded(out).get("job", {})
     if job.get("output", {}).get("openai"):
         write_openai_files(out, job.get("model", {}).get("name", ""))
     return target, len(ids)

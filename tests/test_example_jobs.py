@@ -19,11 +19,17 @@ def test_job_file_loads(path, monkeypatch):
     assert job.name == path.stem
 
 
+def run_example(cli, tmp_path, monkeypatch, name, *args):
+    """Run jobs/NAME.yaml from the repository root into tmp_path/out; it must exit 0."""
+    monkeypatch.chdir(ROOT)
+    result = cli("run", f"jobs/{name}.yaml", "--output", tmp_path / "out", *args)
+    assert result.exit_code == 0, result.output
+    return tmp_path / "out"
+
+
 @pytest.mark.engine
 def test_openai_batch_example(cli, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    result = cli("run", "jobs/openai-batch.yaml", "--output", tmp_path / "out")
-    assert result.exit_code == 0, result.output
+    run_example(cli, tmp_path, monkeypatch, "openai-batch")
     sent = [json.loads(line)["custom_id"] for line in (ROOT / "inputs" / "openai-batch.jsonl").read_text().splitlines()]
     got = [json.loads(line)["custom_id"] for line in (tmp_path / "out" / "openai" / "results.jsonl").read_text().splitlines()]
     assert sorted(got) == sorted(sent)
@@ -32,10 +38,7 @@ def test_openai_batch_example(cli, tmp_path, monkeypatch):
 
 @pytest.mark.engine
 def test_per_row_sampling_example(cli, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    result = cli("run", "jobs/per-row-sampling.yaml", "--output", tmp_path / "out", "--limit", 4)
-    assert result.exit_code == 0, result.output
-    df = pd.read_parquet(tmp_path / "out" / "results")
+    df = pd.read_parquet(run_example(cli, tmp_path, monkeypatch, "per-row-sampling", "--limit", 4) / "results")
     questions = pd.read_json(ROOT / "inputs" / "questions.jsonl", lines=True).set_index("id")
     for _, row in df.iterrows():
         assert len(row["samples"]) == 3
@@ -44,10 +47,7 @@ def test_per_row_sampling_example(cli, tmp_path, monkeypatch):
 
 @pytest.mark.engine
 def test_classify_json_example(cli, tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    result = cli("run", "jobs/classify-json.yaml", "--output", tmp_path / "out", "--limit", 4)
-    assert result.exit_code == 0, result.output
-    df = pd.read_parquet(tmp_path / "out" / "results")
+    df = pd.read_parquet(run_example(cli, tmp_path, monkeypatch, "classify-json", "--limit", 4) / "results")
     assert df["error_code"].isna().all()
     assert {json.loads(v)["topic"] for v in df["json"]} <= {
         "council", "schools", "transport", "health", "weather", "culture", "business", "other"}

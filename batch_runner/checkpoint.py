@@ -12,15 +12,17 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .errors import ResumeConflict
+from .errors import JobError, ResumeConflict
 from .output import committed_parts, write_json
 
 
@@ -45,34 +47,129 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             if a.get(k, missing) != b.get(k, missing)]
 
 
-def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any]) -> None:
-    """Record the fingerprint in a new output; refuse an output written by a different job."""
+def read_job_record(out: Path) -> dict[str, Any] | None:
+    """The output's job.json, or None for a new output."""
     path = out / "job.json"
-    if path.exists():
-        recorded = json.loads(path.read_text())
-        if recorded.get("fingerprint_hash") == fingerprint_hash(fingerprint):
-            return
-        changes = changed_keys(recorded.get("fingerprint", {}), fingerprint)
-        raise ResumeConflict(
-            [f"{out} holds results of a different job; resuming would mix them. What changed:"]
-            + [f"  {c}" for c in changes[:20]]
-            + ["Rerun with --fresh to move the old results aside and start over, or write elsewhere with --output DIR."])
-    write_json(path, {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint, "job": job})
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-def move_aside(out: Path) -> Path | None:
-    """--fresh: move the old results to a sibling folder; nothing is deleted behind the user's back.
+def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any], kept: pa.Schema) -> pa.Schema:
+    """Record the fingerprint and the kept columns' types in a new output; refuse an output
+    written by a different job. Returns the kept schema every part of this output must have."""
+    recorded = read_job_record(out)
+    if recorded is not None:
+        if recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
+            raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint))
+        if "kept_schema" in recorded:  # decided by the first run, from the whole input
+            return schema_from_record(recorded["kept_schema"])
+    write_json(out / "job.json", {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint,
+                                  "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job})
+    return kept
 
-    Lock files stay, so that the caller's lock (held while this runs) stays valid.
+
+def fingerprint_conflict(out: Path, recorded: dict[str, Any], fingerprint: dict[str, Any]) -> list[str]:
+    changes = changed_keys(recorded.get("fingerprint", {}), fingerprint)
+    text = (f"{out} holds results of a different job; resuming would mix them. What changed:\n"
+            + "\n".join(f"  {c}" for c in changes[:20])
+            + "\nRerun with --fresh to move the old results aside and start over, or write elsewhere with --output DIR.")
+    return [text]  # one problem, however many lines
+
+
+_TYPES = {"string": pa.string(), "bool": pa.bool_(), "int64": pa.int64(), "double": pa.float64(),
+          "binary": pa.binary()}
+
+
+def schema_from_record(fields: list[list[str]]) -> pa.Schema:
+    return pa.schema([pa.field(name, _TYPES.get(type_, pa.string())) for name, type_ in fields])
+
+
+# What batch-runner writes into an output folder: per shard, and for the whole output.
+def _shard_files(out: Path, label: str) -> list[Path]:
+    files = [p for folder in ("results", "stats", "timeline") for p in committed_parts(out / folder)
+             if p.name.startswith(f"part-{label}-")]
+    files += [out / name for name in (f"summary-{label}.json", f"shards/{label}.done") if (out / name).exists()]
+    if label == "0000-of-0001" and (out / "summary.json").exists():
+        files.append(out / "summary.json")
+    return files
+
+
+_OUTPUT_WIDE = ("job.json", "merged", "openai", "report")
+_LABEL = re.compile(r"part-(\d{4}-of-\d{4})-")
+
+
+def shard_labels(out: Path) -> set[str]:
+    """The shards that have committed anything here, or a lock file."""
+    labels = {m.group(1) for folder in ("results", "stats", "timeline") for p in committed_parts(out / folder)
+              if (m := _LABEL.match(p.name))}
+    labels |= {p.stem for p in (out / "shards").glob("*.done")} if (out / "shards").is_dir() else set()
+    labels |= {p.name.removeprefix(".lock-") for p in out.glob(".lock-*")} if out.is_dir() else set()
+    return labels
+
+
+def move_aside(out: Path, held: set[str], fingerprint: dict[str, Any]) -> Path | None:
+    """--fresh: move this shard's results (and, where no other shard has any, the whole output's
+    files) to a sibling folder; nothing is deleted, nothing batch-runner did not write is moved.
+
+    Other shards' files move only when this run holds their locks too (no run is writing them).
+    A changed job while other shards hold results of the old one is refused: nothing is moved.
     """
-    entries = [p for p in out.iterdir() if not p.name.startswith(".lock-")] if out.is_dir() else []
-    if not entries:
+    locks = []
+    try:
+        mine, busy = set(held), set()  # held: the shards whose locks the caller holds
+        for label in sorted(shard_labels(out) - held):
+            lock = OutputLock(out, label)
+            try:
+                lock.acquire()
+                locks.append(lock)
+                mine.add(label)
+            except ResumeConflict:
+                busy.add(label)
+        others = {label for label in busy if _shard_files(out, label) or output_locked(out, label)}
+        recorded = read_job_record(out)
+        if others and recorded is not None and recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
+            raise ResumeConflict(
+                f"{out}: --fresh cannot change the job of this output while shards {', '.join(sorted(others))} "
+                "are running on it; wait for them, or write elsewhere with --output DIR")
+        files = [f for label in sorted(mine) for f in _shard_files(out, label)]
+        if not others:
+            files += [out / name for name in _OUTPUT_WIDE if (out / name).exists()]
+        return _move(out, files)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _move(out: Path, files: list[Path]) -> Path | None:
+    if not files:
         return None
     target = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
-    target.mkdir()
-    for entry in entries:
-        os.replace(entry, target / entry.name)
+    for f in files:
+        dest = target / f.relative_to(out)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest)
     return target
+
+
+def check_output_dir(out: Path, inputs: list[Path], job_file: Path | None, input_folder: Path | None = None) -> None:
+    """Refuse an output folder whose --fresh or writes would touch what is not batch-runner's:
+    the current folder or one above it, the home folder, a folder holding the input or the job file,
+    or a folder inside an input folder (a rerun would read the results as input)."""
+    o = out.resolve()
+    cwd = Path.cwd().resolve()
+    why = None
+    if o == cwd or o in cwd.parents:
+        why = "is the current folder" if o == cwd else "holds the current folder"
+    elif o == Path.home().resolve():
+        why = "is the home folder"
+    elif any(o == f.resolve().parent or o in f.resolve().parents for f in inputs):
+        why = "holds the input"
+    elif job_file is not None and o in job_file.resolve().parents:
+        why = "holds the job file"
+    elif input_folder is not None and input_folder.resolve() in o.parents:
+        why = f"is inside the input folder {input_folder}"
+    if why:
+        raise JobError(f"output.dir: {out} {why}; give the job its own folder (e.g. outputs/<name>) with "
+                       "output.dir or --output")
 
 
 class OutputLock:
@@ -96,6 +193,10 @@ class OutputLock:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         self._fd = fd
 
+    def acquire_and_release(self) -> None:
+        self.acquire()
+        self.release()
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing drops the flock
@@ -107,6 +208,12 @@ class OutputLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_not_locked(out: Path, shard: str) -> None:
+    """Fail at once, naming the holder, when a run holds this shard's lock (creates nothing)."""
+    if (out / f".lock-{shard}").exists():
+        OutputLock(out, shard).acquire_and_release()
 
 
 def output_locked(out: Path, shard: str) -> bool:
@@ -183,5 +290,5 @@ def mark_shard_done(out: Path, shard: str, summary: dict[str, Any]) -> None:
     write_json(out / "shards" / f"{shard}.done", summary)
 
 
-__all__ = ["OutputLock", "check_fingerprint", "done_ids", "drop_error_rows", "move_aside",
+__all__ = ["OutputLock", "check_fingerprint", "check_output_dir", "done_ids", "drop_error_rows", "move_aside",
            "fingerprint_hash", "mark_shard_done", "clear_shard_marker"]

@@ -79,6 +79,21 @@ class InputSpec(_Section):
     keep_columns: list[str] = Field(default_factory=list, description="Input columns copied into the results.")
     limit: int | None = Field(None, gt=0, description="Only the first N rows.")
 
+    @field_validator("keep_columns")
+    @classmethod
+    def _no_clash(cls, v: list[str]) -> list[str]:
+        from .output import RESULT_NAMES
+
+        clash = [c for c in v if c in RESULT_NAMES]
+        if clash:  # a second column of the same name makes every reader fail on the output
+            raise ValueError(f"{', '.join(map(repr, clash))} is the name of a result column "
+                             f"({', '.join(sorted(RESULT_NAMES))}); the id is always in column 'id' "
+                             "(input.id_column); to keep another such column, copy it under a new name in the input")
+        repeated = sorted({c for c in v if v.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(map(repr, repeated))} is listed more than once")
+        return v
+
     @model_validator(mode="after")
     def _one_source(self) -> "InputSpec":
         if (self.path is None) == (self.dataset is None):
@@ -104,6 +119,8 @@ class PromptSpec(_Section):
         "error", description="A prompt that leaves no room for max_tokens: error row, cut the prompt, or lower max_tokens.")
     group_by_prefix: bool = Field(True, description="Submit rows sharing a system prompt together (prefix cache).")
     group_window: int = Field(8192, gt=0, description="Rows read ahead and grouped by prefix at a time.")
+    expand_env: bool = Field(
+        False, description="Expand ${VAR} in system, template and chat_template (default: prompt text is sent as written).")
 
 
 class SamplingSpec(_Section):
@@ -162,8 +179,8 @@ class JobSpec(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
-            raise ValueError("use letters, digits, '.', '_' and '-' only")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' only, starting with a letter or digit")
         return v
 
     @property
@@ -171,36 +188,60 @@ class JobSpec(_Section):
         return Path(self.output.dir or f"outputs/{self.name}")
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+# The only values in which ${VAR} and $VAR are expanded ("*": every value of that mapping); prompt
+# text is data and is sent as written unless prompt.expand_env asks otherwise.
+EXPANDED_KEYS = [("model", "name"), ("model", "tokenizer"), ("model", "lora_adapters", "*"),
+                 ("input", "path"), ("input", "dataset", "*"), ("output", "dir"), ("output", "metrics_dir")]
+PROMPT_KEYS = [("prompt", "system"), ("prompt", "template"), ("prompt", "chat_template")]
 
 
-def _expand_env(value: Any, where: str, problems: list[str]) -> Any:
-    """Expand ${VAR} and $VAR in every string; an unset variable is a problem, not an empty string."""
-    if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}" if where else str(k), problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
+def expand_env(value: str, where: str, problems: list[str]) -> str:
+    """Expand ${VAR} and $VAR from the environment; $$ is a literal $; an unset variable is a problem."""
     def repl(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
         var = m.group(1) or m.group(2)
         if var not in os.environ:
-            problems.append(f"{where}: environment variable ${var} is not set")
+            problems.append(f"{where}: environment variable ${var} is not set (write $$ for a literal $)")
             return m.group(0)
         return os.environ[var]
 
     return _ENV.sub(repl, value)
 
 
-def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map each mapping key's path to its 1-based line in the YAML file, for error messages."""
+def _expand_keys(data: dict, problems: list[str]) -> None:
+    keys = EXPANDED_KEYS + (PROMPT_KEYS if (data.get("prompt") or {}).get("expand_env") is True else [])
+    for path in keys:
+        node = data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        names = list(node) if path[-1] == "*" else [path[-1]]
+        for name in names:
+            if isinstance(node.get(name), str):
+                node[name] = expand_env(node[name], ".".join([*path[:-1], str(name)]), problems)
+
+
+def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None,
+               repeated: list[str] | None = None) -> dict[tuple, int]:
+    """Map each mapping key's path to its 1-based line in the YAML file, for error messages.
+
+    A key given twice in one mapping goes into ``repeated`` (YAML loaders silently keep the last).
+    """
     out = {} if out is None else out
     if isinstance(node, yaml.MappingNode):
         for key, val in node.value:
             path = prefix + (key.value,)
-            out[path] = key.start_mark.line + 1
-            _key_lines(val, path, out)
+            line = key.start_mark.line + 1
+            if path in out and repeated is not None:
+                repeated.append(f"line {line}: key '{'.'.join(map(str, path))}' is given twice "
+                                f"(first at line {out[path]}); merge the two into one")
+            else:
+                out[path] = line
+            _key_lines(val, path, out, repeated)
     return out
 
 
@@ -272,14 +313,17 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         raise JobError(f"{path}{line}: YAML syntax error: {getattr(e, 'problem', None) or e}") from e
     if not isinstance(data, dict):
         raise JobError(f"{path}: expected a mapping of sections (model, input, prompt...), got {type(data).__name__}")
+    repeated: list[str] = []
+    lines = _key_lines(node, repeated=repeated) if node else {}
+    if repeated:
+        raise JobError([f"{path}, {r}" for r in repeated])
     data = {k: (v if v is not None else {}) for k, v in data.items()}
     _apply_overrides(data, list(overrides))
     problems: list[str] = []
-    data = _expand_env(data, "", problems)
+    _expand_keys(data, problems)
     try:
         job = JobSpec.model_validate(data)
     except ValidationError as e:
-        lines = _key_lines(node) if node else {}
         problems += [_describe(err, str(path), lines) for err in e.errors()]
         raise JobError(problems) from e
     if problems:

@@ -7,17 +7,22 @@ so that an error can name the file and the line.
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
+import io
 import json
+import lzma
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .config import InputSpec
 from .errors import JobError
 
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+COMPRESSED = (".gz", ".zst", ".bz2", ".xz")  # JSONL only; read by their magic bytes, not their names
 CHUNK_ROWS = 4096
 
 
@@ -42,45 +47,89 @@ def resolve_files(spec: InputSpec) -> list[Path]:
         if not files:
             raise JobError(f"input.path: no file matches {raw!r}")
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in SUFFIXES)
         if not files:
-            raise JobError(f"input.path: folder {raw} holds no .jsonl, .json or .parquet file")
+            raise JobError(f"input.path: folder {raw} holds no .jsonl, .json or .parquet file "
+                           f"(JSONL may be compressed: {', '.join(COMPRESSED)})")
     elif path.exists():
         files = [path]
     else:
         raise JobError(f"input.path: {raw} does not exist")
     for f in files:
-        if spec.format == "auto" and f.suffix not in SUFFIXES:
-            raise JobError(f"{f}: unknown input format {f.suffix or '(no suffix)'!r}; "
-                           f"use .jsonl, .json or .parquet, or set input.format")
+        if spec.format == "auto" and _suffix(f) not in SUFFIXES:
+            raise JobError(f"{f}: unknown input format {_suffix(f) or '(no suffix)'!r}; "
+                           f"use .jsonl, .json or .parquet (JSONL also compressed: .jsonl.gz, .jsonl.zst), "
+                           "or set input.format")
     return files
 
 
+def _suffix(path: Path) -> str:
+    """The format suffix, under a compression suffix: data.jsonl.gz -> .jsonl."""
+    if path.suffix in COMPRESSED:
+        return Path(path.stem).suffix
+    return path.suffix
+
+
 def _format_of(spec: InputSpec, path: Path) -> str:
-    return spec.format if spec.format != "auto" else SUFFIXES[path.suffix]
+    return spec.format if spec.format != "auto" else SUFFIXES[_suffix(path)]
+
+
+def _open_bytes(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed when its first bytes say it is gzip, zstd, bzip2 or xz."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(path, "rb")
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(path, "rb")
+    if magic.startswith(b"\x28\xb5\x2f\xfd"):
+        import pyarrow as pa
+
+        return io.BufferedReader(pa.CompressedInputStream(pa.OSFile(str(path)), "zstd"))
+    return open(path, "rb")
+
+
+def _parse_line(raw: bytes, where: str) -> dict[str, Any]:
+    """One JSONL line as a row; a JobError that names the line for anything else."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                       "convert the file to UTF-8") from e
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise JobError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from e
+    except RecursionError as e:
+        raise JobError(f"{where}: JSON nested too deeply to read") from e
+    if not isinstance(data, dict):
+        raise JobError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _read_jsonl(path: Path, start: int) -> Iterator[InputRow]:
     try:
-        f = open(path, encoding="utf-8")
+        f = _open_bytes(path)
     except OSError as e:
-        raise JobError(f"{path}: cannot read input: {e.strerror}") from e
+        raise JobError(f"{path}: cannot read input: {e.strerror or e}") from e
     with f:
         index = start
         try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
+            for lineno, raw in enumerate(f, 1):
+                if lineno == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+                if not raw.strip():
                     continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise JobError(f"{path}, line {lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
-                if not isinstance(data, dict):
-                    raise JobError(f"{path}, line {lineno}: expected a JSON object, got {type(data).__name__}")
-                yield InputRow(index, f"{path}, line {lineno}", data)
+                where = f"{path}, line {lineno}"
+                if lineno == 1 and raw.lstrip().startswith(b"["):
+                    raise JobError(f"{where}: the file holds a JSON array; the input must be JSON Lines, one "
+                                   "object per line (convert it with: jq -c '.[]' FILE > FILE.jsonl)")
+                yield InputRow(index, where, _parse_line(raw, where))
                 index += 1
-        except UnicodeDecodeError as e:
-            raise JobError(f"{path}, line {lineno + 1}: not UTF-8 text ({e.reason})") from e
+        except (OSError, EOFError) as e:  # a cut-short or corrupt compressed file
+            raise JobError(f"{path}: cannot read input: {type(e).__name__}: {e}") from e
 
 
 def _read_parquet(path: Path, start: int) -> Iterator[InputRow]:
@@ -137,11 +186,11 @@ def _read_dataset(spec: InputSpec) -> Iterator[InputRow]:
             index += 1
 
 
-def iter_rows(spec: InputSpec) -> Iterator[InputRow]:
-    """Every input row in order, up to ``spec.limit``."""
+def iter_rows(spec: InputSpec, limited: bool = True) -> Iterator[InputRow]:
+    """Every input row in order, up to ``spec.limit`` (past it too when ``limited`` is False)."""
     rows = _read_dataset(spec) if spec.dataset is not None or spec.format == "hf" else _read_files(spec)
     for row in rows:
-        if spec.limit is not None and row.index >= spec.limit:
+        if limited and spec.limit is not None and row.index >= spec.limit:
             return
         yield row
 

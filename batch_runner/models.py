@@ -7,6 +7,7 @@ once into a Hugging Face folder in a per-user cache; later runs load the folder.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -57,6 +58,7 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp gives 0700: others sharing the cache could not read it
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
@@ -64,13 +66,24 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def resolve_model(name: str) -> str:
     """A path or hub id that vLLM can load; embedded aliases are converted on first use."""
     if name in EMBEDDED:
         target = cache_root() / name
         if not (target / "config.json").exists():
-            package, filename = EMBEDDED[name]
-            convert_gguf(_gguf_path(package, filename), target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Runs started together convert once: the others wait here, then find the folder.
+            with open(target.parent / f".{name}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if not (target / "config.json").exists():
+                    package, filename = EMBEDDED[name]
+                    convert_gguf(_gguf_path(package, filename), target)
         return str(target)
     looks_local = name.startswith((".", "/", "~")) or os.sep in name.strip("/").split("/", 1)[-1]
     path = Path(os.path.expanduser(name))

@@ -4,6 +4,7 @@ Layout of ``<output>/``:
     job.json                 what determines the results (the resume fingerprint) and the effective job
     results/part-*.parquet   one file per committed batch; together they read as one dataset
     stats/part-*.parquet     one row per committed batch
+    timeline/part-*.parquet  one row per interval of generation (the engine's pace over time)
     summary-<shard>.json     totals of the latest run of that shard
     shards/<shard>.done      completion marker of a finished shard
 
@@ -40,22 +41,27 @@ RESULT_FIELDS = [
                                             ("output_tokens", pa.int32())]))),
     pa.field("batch", pa.int32()),
 ]
+RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS)
+UNSTORABLE = "unstorable_value"  # the error code of a row whose kept value does not fit its column
 
+# One row per committed batch. Spans overlap (batches share the engine): span_* rates are one
+# batch's own pace; the run's throughput is in summary.json and the timeline.
 STATS_SCHEMA = pa.schema([
     pa.field("shard", pa.string()),
     pa.field("run_id", pa.string()),
     pa.field("batch", pa.int32()),
+    pa.field("submitted_at", pa.timestamp("ms", tz="UTC")),
     pa.field("started_at", pa.timestamp("ms", tz="UTC")),
     pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
-    pa.field("wall_s", pa.float64()),
+    pa.field("span_s", pa.float64()),
     pa.field("requests", pa.int32()),
     pa.field("errors", pa.int32()),
     pa.field("prompt_tokens", pa.int64()),
     pa.field("cached_prompt_tokens", pa.int64()),
     pa.field("output_tokens", pa.int64()),
-    pa.field("output_tok_s", pa.float64()),
-    pa.field("total_tok_s", pa.float64()),
-    pa.field("requests_s", pa.float64()),
+    pa.field("span_output_tok_s", pa.float64()),
+    pa.field("span_total_tok_s", pa.float64()),
+    pa.field("span_requests_s", pa.float64()),
     pa.field("cache_hit_rate", pa.float64()),
     pa.field("finish_stop", pa.int32()),
     pa.field("finish_length", pa.int32()),
@@ -66,16 +72,100 @@ STATS_SCHEMA = pa.schema([
     pa.field("gpu_utilization", pa.float64()),
 ])
 
+# One row per interval of a run's generation time (timeline.py); intervals tile it, so they add up.
+TIMELINE_SCHEMA = pa.schema([
+    pa.field("shard", pa.string()),
+    pa.field("run_id", pa.string()),
+    pa.field("started_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+    pa.field("interval_s", pa.float64()),
+    pa.field("output_tokens", pa.int64()),
+    pa.field("prompt_tokens", pa.int64()),
+    pa.field("cached_prompt_tokens", pa.int64()),
+    pa.field("output_tok_s", pa.float64()),
+    pa.field("total_tok_s", pa.float64()),
+    pa.field("requests_finished", pa.int32()),
+    pa.field("rows_committed", pa.int32()),
+    pa.field("requests_in_engine", pa.int32()),
+    pa.field("requests_running", pa.int32()),
+    pa.field("requests_waiting", pa.int32()),
+    pa.field("kv_cache_usage", pa.float64()),
+    pa.field("gpu_memory_used_gb", pa.float64()),
+    pa.field("gpu_utilization", pa.float64()),
+    pa.field("source", pa.string()),
+])
+
 
 def results_schema(kept: pa.Schema) -> pa.Schema:
     """Result columns: id, the kept input columns, then the generation columns."""
     return pa.schema([RESULT_FIELDS[0], *kept, *RESULT_FIELDS[1:]])
 
 
+def storable(value: Any, type_: pa.DataType) -> Any:
+    """A kept input value in its column's type; raises ValueError when it cannot be stored there.
+
+    Text columns take any value: scalars and nested values as JSON text, other objects (dates,
+    decimals) as their ``str``. Numbers and booleans must fit their column.
+    """
+    if value is None:
+        return None
+    if pa.types.is_string(type_):
+        if not isinstance(value, str):
+            try:
+                value = json.dumps(value, ensure_ascii=False) if isinstance(value, (bool, int, float, list, dict)) \
+                    else str(value)
+            except (TypeError, ValueError, RecursionError):
+                value = json.dumps(value, ensure_ascii=False, default=str)  # dict keys or items of other types
+        value.encode("utf-8")  # a lone surrogate (from a JSON escape) is not storable text
+        return value
+    if pa.types.is_floating(type_) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if pa.types.is_integer(type_) and isinstance(value, int) and not isinstance(value, bool) \
+            and -2**63 <= value < 2**63:
+        return value
+    if pa.types.is_boolean(type_) and isinstance(value, bool):
+        return value
+    if pa.types.is_binary(type_) and isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise ValueError(f"{type(value).__name__} value does not fit the column's type {type_}")
+
+
+def storable_rows(rows: list[dict[str, Any]], schema: pa.Schema, kept: list[str]) -> list[dict[str, Any]]:
+    """Result rows whose kept values fit their columns, so that no row's data can make a write fail.
+
+    A kept value that cannot be stored in its column is left out (null) and the row becomes an
+    ``unstorable_value`` error row that names the column; its generated output is kept.
+    """
+    types = {name: schema.field(name).type for name in kept}
+    clean = []
+    for row in rows:
+        row, bad = dict(row), []
+        for name in kept:
+            try:
+                row[name] = storable(row.get(name), types[name])
+            except (ValueError, TypeError, RecursionError, UnicodeError, OverflowError) as e:
+                row[name] = None
+                bad.append(f"column '{name}': {str(e)[:200]}")
+        if bad:
+            row["error_code"] = UNSTORABLE
+            row["error"] = f"{UNSTORABLE}: the input value cannot be stored in the results ({'; '.join(bad)})"
+        clean.append(row)
+    return clean
+
+
+def file_mode() -> int:
+    """Permissions of a new file under the process's umask (mkstemp alone gives 0600, which a
+    team sharing an output folder cannot read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync, and rename into place; the file appears whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, file_mode())
     os.close(fd)
     try:
         write(tmp)
@@ -110,6 +200,10 @@ def part_name(shard: str, run_id: str, batch: int) -> str:
     return f"part-{shard}-{run_id}-b{batch:06d}.parquet"
 
 
+def timeline_part_name(shard: str, run_id: str, chunk: int) -> str:
+    return f"part-{shard}-{run_id}-t{chunk:04d}.parquet"
+
+
 def committed_parts(folder: Path) -> list[Path]:
     """The complete part files; temporary files (dot-names) are never data."""
     if not folder.is_dir():
@@ -123,7 +217,7 @@ def sweep_temporaries(out: Path, shard: str) -> int:
     Only this shard's: other shards may be writing into the same folders right now.
     """
     n = 0
-    for folder in (out, out / "results", out / "stats"):
+    for folder in (out, out / "results", out / "stats", out / "timeline"):
         for tmp in folder.glob(f".*{shard}*.tmp") if folder.is_dir() else ():
             tmp.unlink(missing_ok=True)
             n += 1

@@ -7,7 +7,7 @@ results part gets the same schema. Memory holds the set of ids and a few counter
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,47 +23,77 @@ MAX_PROBLEMS = 20
 
 @dataclass
 class InputReport:
-    rows: int = 0  # rows in the input (after limit)
-    shard_rows: int = 0  # rows this shard owns
+    rows: int = 0  # rows this run covers (the input up to its limit)
+    shard_rows: int = 0  # of those, rows this shard owns
+    shard_ids: set[str] = field(default_factory=set)  # their ids: the run is done when all are committed
+    rows_beyond_limit: int = 0  # rows of this shard past the limit: a limited run never completes the shard
     kept_schema: pa.Schema = field(default_factory=lambda: pa.schema([]))
+    notes: list[str] = field(default_factory=list)  # decisions the user should hear of (widened columns)
 
 
 def row_id(spec: InputSpec, index: int, data: dict[str, Any]) -> Any:
     return data.get(spec.id_column) if spec.id_column else str(index)
 
 
+INT64 = (-2**63, 2**63 - 1)
+EXACT_FLOAT_INT = 2**53  # past this an int loses digits as a float
+
+
 class _TypeTracker:
-    """The Arrow type a kept column gets: its values' common type, else JSON text."""
+    """The Arrow type of a kept column, decided from every value of the whole input.
+
+    One kind of value keeps its type; ints and floats together are floats; anything else (mixed
+    kinds, nested values, ints past 64 bits) is stored as text, and ``note`` says why.
+    """
 
     def __init__(self) -> None:
         self.kinds: set[str] = set()
+        self.big_int = False  # an int that int64 cannot hold
+        self.wide_int = False  # an int that float64 cannot hold exactly
 
     def add(self, value: Any) -> None:
-        if value is not None:
-            self.kinds.add("bool" if isinstance(value, bool) else type(value).__name__)
+        if value is None:
+            return
+        if isinstance(value, bool):
+            self.kinds.add("bool")
+        elif isinstance(value, int):
+            self.kinds.add("int")
+            self.big_int |= not INT64[0] <= value <= INT64[1]
+            self.wide_int |= abs(value) > EXACT_FLOAT_INT
+        elif isinstance(value, float):
+            self.kinds.add("float")
+        elif isinstance(value, str):
+            self.kinds.add("str")
+        elif isinstance(value, (bytes, bytearray)):
+            self.kinds.add("bytes")
+        elif isinstance(value, (list, tuple, dict)):
+            self.kinds.add("nested")
+        else:
+            self.kinds.add(type(value).__name__)
 
     def arrow_type(self) -> pa.DataType:
         k = self.kinds
-        if k <= {"str"}:
-            return pa.string()
         if k == {"bool"}:
             return pa.bool_()
-        if k == {"int"}:
+        if k == {"int"} and not self.big_int:
             return pa.int64()
-        if k <= {"int", "float"}:
+        if k in ({"float"}, {"int", "float"}) and not self.wide_int:
             return pa.float64()
-        return pa.string()  # mixed or nested: stored as JSON text
+        if k == {"bytes"}:
+            return pa.binary()
+        return pa.string()
 
-
-def coerce(value: Any, type_: pa.DataType) -> Any:
-    """A kept value in the column's type (nested or mixed values become JSON text)."""
-    if value is None:
-        return None
-    if pa.types.is_string(type_) and not isinstance(value, str):
-        return json.dumps(value, default=str)
-    if pa.types.is_floating(type_):
-        return float(value)
-    return value
+    def note(self, column: str) -> str | None:
+        """Why a column is stored as text when its values are not all text, else None."""
+        if not pa.types.is_string(self.arrow_type()) or self.kinds <= {"str"}:
+            return None
+        if self.big_int and self.kinds == {"int"}:
+            why = "integers past 64 bits"
+        elif self.wide_int and self.kinds == {"int", "float"}:
+            why = "floats and integers past 2**53"
+        else:
+            why = " and ".join(sorted(self.kinds)) + " values"
+        return f"input.keep_columns: column '{column}' holds {why}; it is stored as text (JSON for non-text values)"
 
 
 def check_input(spec: InputSpec, columns: dict[str, str], shard: Shard) -> InputReport:
@@ -86,8 +116,11 @@ def check_input(spec: InputSpec, columns: dict[str, str], shard: Shard) -> Input
             problems.append(text)
 
     try:
-        for row in iter_rows(spec):
-            report.rows += 1
+        # The whole input, past any limit: the output's schema and its ids must not depend on how
+        # much of it one run covers (a limited run, then a full one, write parts of one dataset).
+        for row in iter_rows(spec, limited=False):
+            within = spec.limit is None or row.index < spec.limit
+            report.rows += within
             if INVALID in row.data:
                 problem(row.data[INVALID])
                 continue
@@ -96,17 +129,18 @@ def check_input(spec: InputSpec, columns: dict[str, str], shard: Shard) -> Input
                     present[c] += 1
             for c, t in trackers.items():
                 t.add(row.data.get(c))
-            rid = row_id(spec, row.index, row.data)
+            rid = _checked_id(spec, row, problem)
             if rid is None:
-                problem(f"{row.where}: id column '{spec.id_column}' is missing or null")
                 continue
-            rid = str(rid)
             if rid in seen:
                 problem(f"{row.where}: duplicate id {rid!r} (first at input row {seen[rid] + 1})")
-            else:
-                seen[rid] = row.index
+                continue
+            seen[rid] = row.index
             if shard.owns(rid):
-                report.shard_rows += 1
+                if within:
+                    report.shard_ids.add(rid)
+                else:
+                    report.rows_beyond_limit += 1
     except JobError as e:
         problems.extend(e.problems)  # a reader error ends the pass; report it with the rest
     source = describe_source(spec)
@@ -118,5 +152,25 @@ def check_input(spec: InputSpec, columns: dict[str, str], shard: Shard) -> Input
     if problems:
         truncated = ["... (more problems not shown)"] if len(problems) >= MAX_PROBLEMS else []
         raise JobError(problems + truncated)
+    report.shard_rows = len(report.shard_ids)
     report.kept_schema = pa.schema([pa.field(c, trackers[c].arrow_type()) for c in spec.keep_columns])
+    report.notes = [n for c in spec.keep_columns if (n := trackers[c].note(c))]
     return report
+
+
+def _checked_id(spec: InputSpec, row, problem) -> str | None:
+    """The row's id as text, or None after reporting why it cannot be one."""
+    rid = row_id(spec, row.index, row.data)
+    if rid is None:
+        problem(f"{row.where}: id column '{spec.id_column}' is missing or null")
+        return None
+    if isinstance(rid, (list, tuple, dict, bytes, bytearray)) or (isinstance(rid, float) and not math.isfinite(rid)):
+        problem(f"{row.where}: id column '{spec.id_column}' holds {rid!r:.60}; ids must be text or numbers")
+        return None
+    rid = str(rid)
+    try:
+        rid.encode("utf-8")
+    except UnicodeEncodeError:
+        problem(f"{row.where}: id {rid!r} is not valid text (a lone surrogate escape)")
+        return None
+    return rid

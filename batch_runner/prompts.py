@@ -38,6 +38,15 @@ def _check_value(column: str, value: Any) -> None:
         raise RowError("null_value", f"column '{column}' is NaN")
 
 
+def _check_text(text: str) -> None:
+    """The tokenizer takes a batch of texts; one text it cannot encode must fail only its own row."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RowError("invalid_value", f"the prompt holds text that is not valid Unicode ({e.reason} "
+                                        f"at character {e.start})") from None
+
+
 def _check_messages(value: Any, column: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value):
@@ -119,7 +128,7 @@ class PromptRenderer:
                 raise RowError("missing_column", f"the template needs column '{column}', which this row lacks")
             _check_value(column, row[column])
         try:
-            return self._template.render(**row)
+            return self._template.render(row)  # a mapping, not keywords: a column may be named 'self'
         except jinja2.TemplateError as e:
             raise RowError("template_error", f"{type(e).__name__}: {e}") from e
 
@@ -154,7 +163,9 @@ class PromptRenderer:
         parts: list[tuple[int, str | None, str | None, str, bool]] = []
         for i, row in enumerate(rows):
             try:
-                parts.append((i, *self._text(row)))
+                part = self._text(row)
+                _check_text(part[2])
+                parts.append((i, *part))
             except RowError as e:
                 out[i] = e
         encoded: dict[int, list[int]] = {}

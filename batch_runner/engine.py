@@ -12,26 +12,28 @@ import dataclasses
 import gc
 import json
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import EngineSpec, ModelSpec
+from . import reaper
 from .errors import EngineError, JobError, RowError
 from .sampling import rejections
 
 log = logging.getLogger("batch_runner")
 
-# After the throughput-tuning table of vLLM's performance guide; the last two keys are the
-# guide's V0-era options, which current vLLM no longer has: they are reported, never passed.
+# After the throughput-tuning table of vLLM's performance guide, in the options vLLM V1 has (the
+# guide's scheduler_delay_factor and use_v2_block_manager are V0's: gone, and not passed).
+# disable_log_stats=False keeps the engine's counters, which batch-run's timeline reads.
 PROFILES: dict[str, dict[str, Any]] = {
-    "throughput": dict(max_num_seqs=512, max_num_batched_tokens=32768, gpu_memory_utilization=0.95,
-                       scheduler_delay_factor=0.0, use_v2_block_manager=True),
-    "balanced": dict(max_num_seqs=256, max_num_batched_tokens=16384, gpu_memory_utilization=0.90,
-                     scheduler_delay_factor=0.0, use_v2_block_manager=True),
-    "latency": dict(max_num_seqs=32, max_num_batched_tokens=8192, gpu_memory_utilization=0.85,
-                    scheduler_delay_factor=0.0, use_v2_block_manager=True),
+    "throughput": dict(max_num_seqs=512, max_num_batched_tokens=32768, gpu_memory_utilization=0.95),
+    "balanced": dict(max_num_seqs=256, max_num_batched_tokens=16384, gpu_memory_utilization=0.90),
+    "latency": dict(max_num_seqs=32, max_num_batched_tokens=8192, gpu_memory_utilization=0.85),
 }
+STATS = dict(disable_log_stats=False)
 # On the CPU backend: gpu_memory_utilization is a share of RAM reserved for the KV cache, and
 # torch.compile's warm-up takes minutes on a small machine for no gain (seen on 2 AVX2 cores:
 # 257 s start and 16.8 output tok/s compiled, 29 s and 18.8 tok/s eager).
@@ -61,6 +63,8 @@ class Completion:
     samples: list[Sample]  # one per sampling.n
     prompt_tokens: int
     cached_prompt_tokens: int
+    started_s: float | None = None  # perf_counter time the engine first scheduled it (None: not known)
+    finished_s: float | None = None  # perf_counter time it was seen finished
 
     @property
     def text(self) -> str:
@@ -75,6 +79,19 @@ class Completion:
         return sum(s.output_tokens for s in self.samples)
 
 
+@dataclass(frozen=True)
+class EngineCounters:
+    """The engine's own counters at one moment (vLLM's Prometheus metrics); totals since start."""
+
+    generation_tokens: float
+    prompt_tokens: float
+    prefix_cache_queries: float
+    prefix_cache_hits: float
+    requests_running: float
+    requests_waiting: float
+    kv_cache_usage: float | None
+
+
 def vllm_version() -> str:
     try:
         from importlib.metadata import version
@@ -83,6 +100,23 @@ def vllm_version() -> str:
         return getattr(vllm, "__version__", None) or version("vllm")
     except Exception:  # version lookup is informational only
         return "unknown"
+
+
+TESTED_VLLM = ((0, 26), (0, 32))  # oldest and newest minor versions batch-run is tested with
+ANY_VLLM_ENV = "BATCH_RUNNER_ANY_VLLM"
+
+
+def check_vllm_version() -> None:
+    """Refuse a vLLM outside the tested range (its engine API moves between minor versions)."""
+    version = vllm_version()
+    try:
+        minor = tuple(int(x) for x in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return  # a development build: let it try
+    if not TESTED_VLLM[0] <= minor <= TESTED_VLLM[1] and os.environ.get(ANY_VLLM_ENV) != "1":
+        lo, hi = (".".join(map(str, v)) for v in TESTED_VLLM)
+        raise JobError(f"vLLM {version} is installed; batch-run is tested with vLLM {lo} to {hi}. Install one "
+                       f"(./setup.sh does), or set {ANY_VLLM_ENV}=1 to try this one anyway.")
 
 
 def is_cpu_platform() -> bool:
@@ -105,7 +139,7 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
     from vllm.engine.arg_utils import EngineArgs
 
     cpu = is_cpu_platform()
-    args: dict[str, Any] = dict(PROFILES[engine.profile])
+    args: dict[str, Any] = dict(PROFILES[engine.profile]) | STATS
     if cpu:
         args.update(CPU_OVERRIDES)
     explicit = engine.model_dump(exclude={"profile", "extra", "data_parallel"}, exclude_none=True)
@@ -158,6 +192,12 @@ def lora_requests(model: ModelSpec) -> dict[str, Any]:
             for i, (name, path) in enumerate(sorted(model.lora_adapters.items()), 1)}
 
 
+_COUNTERS = {"vllm:generation_tokens": "generation_tokens", "vllm:prompt_tokens": "prompt_tokens",
+             "vllm:prefix_cache_queries": "prefix_cache_queries", "vllm:prefix_cache_hits": "prefix_cache_hits",
+             "vllm:num_requests_running": "requests_running", "vllm:num_requests_waiting": "requests_waiting",
+             "vllm:kv_cache_usage_perc": "kv_cache_usage", "vllm:gpu_cache_usage_perc": "kv_cache_usage"}
+
+
 class VllmEngine:
     """One ``vllm.LLM``; requests go in one at a time, finished ones come out of ``poll``."""
 
@@ -165,15 +205,13 @@ class VllmEngine:
         from vllm import LLM
 
         self.args = args
+        # Its stats feed batch-run's timeline; vLLM's own periodic log line of them is not wanted.
+        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
         try:
             self.llm = LLM(**args)
         except Exception as e:  # vLLM raises many types here; all are fatal for the run
-            raise EngineError(
-                f"the engine could not start with model {args.get('model')}: {type(e).__name__}: {e}\n"
-                "If it ran out of memory (no room for the KV cache, CUDA out of memory): lower model.max_model_len, "
-                "engine.max_num_seqs or engine.max_num_batched_tokens, or let vLLM take more of the device with "
-                f"engine.gpu_memory_utilization (now {args.get('gpu_memory_utilization')})."
-            ) from e
+            raise EngineError(f"the engine could not start with model {args.get('model')}: {type(e).__name__}: {e}\n"
+                              + _memory_advice(args)) from e
         self.engine = self.llm.llm_engine
         self.max_model_len: int = self.engine.model_config.max_model_len
 
@@ -189,14 +227,36 @@ class VllmEngine:
     def poll(self) -> list[Completion]:
         """Run one engine step; the requests that finished in it."""
         done = []
-        for out in self.engine.step():
+        outputs = self.engine.step()
+        now = time.perf_counter()
+        to_perf = now - time.monotonic()  # the engine core stamps with the monotonic clock
+        for out in outputs:
             if not out.finished:
                 continue
+            scheduled = getattr(getattr(out, "metrics", None), "scheduled_ts", 0.0) or 0.0  # with stats on
             done.append(Completion(
                 key=out.request_id,
                 samples=[Sample(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs],
-                prompt_tokens=len(out.prompt_token_ids or ()), cached_prompt_tokens=out.num_cached_tokens or 0))
+                prompt_tokens=len(out.prompt_token_ids or ()), cached_prompt_tokens=out.num_cached_tokens or 0,
+                started_s=scheduled + to_perf if scheduled else None, finished_s=now))
         return done
+
+    def counters(self) -> EngineCounters | None:
+        """The engine's counters, where this vLLM keeps them (``LLM.get_metrics``), else None."""
+        try:
+            metrics = self.llm.get_metrics()
+        except Exception:  # older vLLM, or stats disabled in engine.extra
+            return None
+        found: dict[str, float] = {}
+        for m in metrics:
+            name = _COUNTERS.get(m.name)
+            if name is not None and isinstance(getattr(m, "value", None), (int, float)):
+                found[name] = found.get(name, 0.0) + float(m.value)  # summed over engines (data parallel)
+        if "generation_tokens" not in found:
+            return None
+        fields = {f.name: found.get(f.name, 0.0) for f in dataclasses.fields(EngineCounters)}
+        fields["kv_cache_usage"] = found.get("kv_cache_usage")
+        return EngineCounters(**fields)
 
     def abort(self, keys: list[str]) -> None:
         if keys:
@@ -208,6 +268,18 @@ class VllmEngine:
             core.shutdown()
         del self.llm, self.engine
         gc.collect()
+
+
+def _memory_advice(args: dict[str, Any]) -> str:
+    from .gpu import gpu_holders
+
+    holders = gpu_holders()
+    held = ("Processes holding GPU memory now:\n" + "\n".join(f"  {h}" for h in holders) + "\n"
+            "If one is an engine left by an earlier run (a batch-run killed before this version guarded "
+            "against that), end it (kill PID) and rerun; the rerun resumes.\n") if holders else ""
+    return (held + "If it ran out of memory (no room for the KV cache, CUDA out of memory): lower "
+            "model.max_model_len, engine.max_num_seqs or engine.max_num_batched_tokens, or let vLLM take more "
+            f"of the device with engine.gpu_memory_utilization (now {args.get('gpu_memory_utilization')}).")
 
 
 _cache: dict[str, VllmEngine] = {}
@@ -223,6 +295,7 @@ def get_engine(args: dict[str, Any]) -> VllmEngine:
         for old in _cache.values():
             old.close()
         _cache.clear()
+        reaper.guard()  # engine processes must not outlive this one, however it ends
         _cache[key] = VllmEngine(args)
     return _cache[key]
 

@@ -46,3 +46,29 @@ class GpuMonitor:
         self.peak_gb = max(self.peak_gb or 0.0, used)
         return {"gpu_memory_used_gb": round(used, 3), "gpu_memory_peak_gb": round(self.peak_gb, 3),
                 "gpu_utilization": float(util)}
+
+
+def gpu_holders() -> list[str]:
+    """The processes holding memory on the visible GPUs, as NVML lists them; [] without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        indices = [int(d) for d in visible_devices(os.environ) if d.isdigit()]
+        found = []
+        for i in indices:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                used = f"{p.usedGpuMemory / 2**30:.1f} GiB" if p.usedGpuMemory else "memory unknown"
+                found.append(f"pid {p.pid} ({_command(p.pid)}) holds {used} on GPU {i}")
+        return found
+    except Exception:  # no NVML, no driver, no permission: nothing to name
+        return []
+
+
+def _command(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80] or "?"
+    except OSError:
+        return "not visible from here"

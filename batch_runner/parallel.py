@@ -38,6 +38,7 @@ class Worker:
     rows_total: int | None = None
     rows_done: int = 0
     output_tokens: int = 0
+    output_tok_s: float = 0.0  # its run's pace, as its progress lines report it
 
     @property
     def where(self) -> str:
@@ -128,19 +129,20 @@ class Launcher:
             w.rows_total = event["rows_total"]
         elif event.get("event") == "batch":
             w.rows_done, w.output_tokens = event["rows_done"], w.output_tokens + event["output_tokens"]
+            w.output_tok_s = event["output_tok_s"]
             self._progress(w, event)
 
     def _progress(self, w: Worker, event: dict[str, Any]) -> None:
         done = sum(x.rows_done for x in self.workers)
         total = sum(x.rows_total or 0 for x in self.workers)
-        tok_s = sum(x.output_tokens for x in self.workers) / max(time.perf_counter() - self.started, 1e-9)
+        tok_s = sum(x.output_tok_s for x in self.workers)  # the engines run side by side: their paces add up
         fields = {"event": "data_parallel", "shard": w.shard.label, "batch": event["batch"], "rows_done": done,
-                  "rows_total": total, "workers": len(self.workers), "output_tok_s_since_start": round(tok_s, 1)}
+                  "rows_total": total, "workers": len(self.workers), "output_tok_s": round(tok_s, 1)}
         if self.log_format == "json":
             print(json.dumps(fields), file=sys.stderr, flush=True)
         else:
             self._say(f"{done}/{total} rows over {len(self.workers)} engines (shard {w.shard.label} batch "
-                      f"{event['batch']}), {tok_s:,.0f} output tok/s since start")
+                      f"{event['batch']}), {tok_s:,.0f} output tok/s")
 
     def wait(self) -> list[int]:
         old = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -224,15 +226,16 @@ def run_parallel(job, job_file: str, overrides: list[str], shard: Shard, fresh: 
     out = job.output_dir
     check_output_writable(out)
     # Validate the job and the whole input once, and convert an embedded model once, before any engine.
-    run_job(job, RunOptions(dry_run=True, dry_run_rows=0, shard=shard))
-    if fresh:
-        _move_aside(out, workers)
+    report = run_job(job, RunOptions(dry_run=True, dry_run_rows=0, shard=shard)).summary["report"]
     sets = [*overrides, f"engine.data_parallel={len(workers)}", f"engine.tensor_parallel_size={tp}",
             "output.log_format=json"]
     # The job exactly as the workers will see it: a changed job fails here once, not once per worker.
     worker_job = load_job(job_file, sets)
+    wanted = fingerprint(worker_job, workers[0].shard)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.check_fingerprint(out, fingerprint(worker_job, workers[0].shard), json.loads(worker_job.model_dump_json()))
+    if fresh:
+        _move_aside(out, workers, wanted)
+    checkpoint.check_fingerprint(out, wanted, json.loads(worker_job.model_dump_json()), report.kept_schema)
     argv = ["run", job_file, *[a for o in sets for a in ("--set", o)],
             *(["--retry-errors"] if retry_errors else []), *(["--verbose"] if verbose else [])]
     launcher = Launcher(workers, argv, job.output.log_format, out)
@@ -243,7 +246,7 @@ def run_parallel(job, job_file: str, overrides: list[str], shard: Shard, fresh: 
     return combined_status(codes), combined
 
 
-def _move_aside(out: Path, workers: list[Worker]) -> None:
+def _move_aside(out: Path, workers: list[Worker], fingerprint: dict[str, Any]) -> None:
     """--fresh for all workers at once, under all their locks (a worker must not do it: they would race)."""
     from . import checkpoint
 
@@ -251,7 +254,7 @@ def _move_aside(out: Path, workers: list[Worker]) -> None:
     try:
         for lock in locks:
             lock.acquire()
-        if moved := checkpoint.move_aside(out):
+        if moved := checkpoint.move_aside(out, {w.shard.label for w in workers}, fingerprint):
             print(f"batch-run: moved the old results to {moved}", file=sys.stderr, flush=True)
     finally:
         for lock in locks:

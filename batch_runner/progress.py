@@ -28,6 +28,7 @@ class Progress:
         self.done = 0
 
     def batch(self, row: dict[str, Any], run_tok_s: float) -> None:
+        """A committed batch; ``run_tok_s`` is the run's pace so far (the engine timeline's)."""
         self.done += row["requests"]
         if self.bar is not None:
             self.bar.update(row["requests"])
@@ -35,13 +36,13 @@ class Progress:
             return
         fields = {"event": "batch", "batch": row["batch"], "shard": row["shard"], "rows_done": self.done,
                   "rows_total": self.total, "requests": row["requests"], "errors": row["errors"],
-                  "output_tokens": row["output_tokens"], "output_tok_s": round(row["output_tok_s"], 1),
-                  "cache_hit_rate": round(row["cache_hit_rate"], 3), "wall_s": round(row["wall_s"], 2)}
+                  "output_tokens": row["output_tokens"], "output_tok_s": round(run_tok_s, 1),
+                  "cache_hit_rate": round(row["cache_hit_rate"], 3), "span_s": round(row["span_s"], 2)}
         if self.log_format == "json":
             print(json.dumps(fields), file=sys.stderr, flush=True)
         else:
             print(f"batch {row['batch']}: {self.done}/{self.total} rows, {row['requests']} requests, "
-                  f"{row['errors']} errors, {fields['output_tok_s']} output tok/s, "
+                  f"{row['errors']} errors, run at {fields['output_tok_s']} output tok/s, "
                   f"cache hit {fields['cache_hit_rate']:.0%}", file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -1,7 +1,9 @@
 """``batch-run report``: a finished (or running) output at a glance, as text, HTML and PNG charts.
 
-Everything comes from the output directory itself: the stats parts (one row per batch), three
-columns of the result parts, the shard markers and the summaries. The HTML page is one file with
+Everything comes from the output directory itself: the stats parts (one row per batch), the engine
+timeline (one row per interval of generation), three columns of the result parts, the shard markers
+and the summaries. Throughput is one definition throughout (stats.rate): committed tokens over the
+generation time that the timeline's intervals tile. The HTML page is one file with
 its charts inlined, so it can be mailed or attached to a ticket.
 """
 
@@ -19,6 +21,7 @@ import pyarrow.dataset as ds
 from .checkpoint import output_locked
 from .output import atomic_write, committed_parts
 from .shards import ShardState, recorded, shard_states
+from .stats import rate
 
 CHARTS = ("throughput", "cache_hit", "output_tokens", "outcomes")
 
@@ -31,6 +34,20 @@ class Report:
     running: list[str]
     stats: Any  # pandas DataFrame, one row per committed batch
     results: Any  # pandas DataFrame: output_tokens, error_code, finish_reason
+    timeline: Any  # pandas DataFrame, one row per interval of generation (may be empty)
+
+    def generation_s(self, shard: str | None = None) -> float:
+        """Engine-seconds of generation: the timeline's intervals (shards side by side add up)."""
+        t = self.timeline
+        if shard is not None and len(t):
+            t = t[t["shard"] == shard]
+        return float(t["interval_s"].sum()) if len(t) else 0.0
+
+    @property
+    def t0(self):
+        """When the output's first batch was submitted (across runs and shards)."""
+        starts = [self.stats["submitted_at"].min()] + ([self.timeline["started_at"].min()] if len(self.timeline) else [])
+        return min(starts)
 
     @property
     def state(self) -> str:
@@ -54,17 +71,14 @@ def load(out: Path) -> Report:
     shards = shard_states(out)
     running = [s.shard.label for s in shards if output_locked(out, s.shard.label)]
     stats = _table(out / "stats")
+    timeline = _table(out / "timeline")
     results = _table(out / "results", ["output_tokens", "error_code", "finish_reason"])
     empty = pd.DataFrame({"output_tokens": [], "error_code": [], "finish_reason": []})
     return Report(out, job, shards, running, stats if stats is not None else pd.DataFrame(),
-                  results if results is not None else empty)
+                  results if results is not None else empty, timeline if timeline is not None else pd.DataFrame())
 
 
 # -- numbers ---------------------------------------------------------------------------------------
-def _rate(num: float, den: float) -> float:
-    return num / den if den else 0.0
-
-
 def figures(r: Report) -> dict[str, Any]:
     s, res = r.stats, r.results
     expected = [x.expected for x in r.shards]
@@ -76,17 +90,17 @@ def figures(r: Report) -> dict[str, Any]:
     f["errors"] = sum(f["errors_by_code"].values())
     if s.empty:
         return f
-    gen = float(s["wall_s"].sum())  # engine-seconds: the shards' generation times added up
-    start, end = s["started_at"].min(), s["finished_at"].max()
+    gen = r.generation_s()
+    start, end = s["submitted_at"].min(), s["finished_at"].max()
     f.update(
         prompt_tokens=int(s["prompt_tokens"].sum()), cached_prompt_tokens=int(s["cached_prompt_tokens"].sum()),
         output_tokens=int(s["output_tokens"].sum()), generation_s=gen, batches=len(s), runs=s["run_id"].nunique(),
         first_batch=start, last_batch=end, span_s=(end - start).total_seconds(),
         gpu_memory_peak_gb=_max(s, "gpu_memory_peak_gb"), gpu_utilization_mean=_mean(s, "gpu_utilization"))
-    f["cache_hit_rate"] = _rate(f["cached_prompt_tokens"], f["prompt_tokens"])
-    f["output_tok_s"] = _rate(f["output_tokens"], gen)
-    f["total_tok_s"] = _rate(f["prompt_tokens"] + f["output_tokens"], gen)
-    f["requests_s"] = _rate(int(s["requests"].sum()), gen)
+    f["cache_hit_rate"] = rate(f["cached_prompt_tokens"], f["prompt_tokens"])
+    f["output_tok_s"] = rate(f["output_tokens"], gen)
+    f["total_tok_s"] = rate(f["prompt_tokens"] + f["output_tokens"], gen)
+    f["requests_s"] = rate(int(s["requests"].sum()), gen)
     return f
 
 
@@ -104,10 +118,10 @@ def per_shard(r: Report) -> list[dict[str, Any]]:
     rows = []
     for sh in r.shards:
         part = r.stats[r.stats["shard"] == sh.shard.label] if not r.stats.empty else r.stats
-        gen = float(part["wall_s"].sum()) if len(part) else 0.0
+        gen = r.generation_s(sh.shard.label)
         state = "running" if sh.shard.label in r.running else sh.state
         rows.append({"shard": sh.shard.label, "state": state, "rows": sh.rows, "expected": sh.expected,
-                     "errors": sh.errors, "output_tok_s": _rate(float(part["output_tokens"].sum()), gen) if gen else None})
+                     "errors": sh.errors, "output_tok_s": rate(float(part["output_tokens"].sum()), gen) if gen else None})
     return rows
 
 
@@ -177,20 +191,21 @@ def _by_shard(r: Report):
 
 
 def _elapsed(r: Report, s):
-    """Seconds since the output's first batch started (across runs and shards)."""
-    return (s["finished_at"] - r.stats["started_at"].min()).dt.total_seconds()
+    """Seconds since the output's first batch was submitted (across runs and shards)."""
+    return (s["finished_at"] - r.t0).dt.total_seconds()
 
 
 def _throughput(r: Report, ax) -> None:
-    # Batches finish in waves (many end in one engine step), so one batch's own rate swings between
-    # near zero and huge; tokens committed over time show the rate as the slope.
-    for label, s in _by_shard(r):
-        gen = s["wall_s"].sum()
-        rate = s["output_tokens"].sum() / gen if gen else 0.0
-        start = (s["started_at"].min() - r.stats["started_at"].min()).total_seconds()
+    # From the engine timeline: tokens as the engine generated them, interval by interval (batches
+    # finish in waves, so tokens committed per batch would show steps, not the engine's pace).
+    t = r.timeline.sort_values("finished_at") if len(r.timeline) else r.timeline
+    for label in sorted(t["shard"].unique()) if len(t) else []:
+        s = t[t["shard"] == label]
+        pace = rate(float(s["output_tokens"].sum()), float(s["interval_s"].sum()))
+        start = (s["started_at"].min() - r.t0).total_seconds()
         x, y = [start, *_elapsed(r, s)], [0, *s["output_tokens"].cumsum()]  # from zero at the shard's start
-        ax.plot(x, y, marker="o", ms=3, label=f"{label}: {rate:,.1f} tok/s")
-    ax.set_title("Output tokens committed over time (slope = throughput)")
+        ax.plot(x, y, marker="o", ms=2, label=f"{label}: {pace:,.1f} tok/s")
+    ax.set_title("Output tokens generated over time (engine timeline; slope = throughput)")
     ax.set_ylabel("output tokens")
     _time_axis(r, ax)
 
@@ -205,7 +220,7 @@ def _cache_hit(r: Report, ax) -> None:
 
 
 def _time_axis(r: Report, ax) -> None:
-    ax.set_xlabel("seconds since the first batch started")
+    ax.set_xlabel("seconds since the first batch was submitted")
     if len(r.stats):
         ax.legend(fontsize=7, title="shard" if len(r.shards) > 1 else None, title_fontsize=7)
     else:

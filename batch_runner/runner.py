@@ -25,22 +25,24 @@ import pyarrow as pa
 
 from . import checkpoint
 from .config import JobSpec
-from .engine import Completion, engine_arguments, get_engine, is_cpu_platform, lora_requests, vllm_version
+from .engine import Completion, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, lora_requests, vllm_version
 from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError
 from .gpu import GpuMonitor
 from .metrics import MetricsFile, Snapshot
-from .inputs import InputRow, input_identity, iter_rows
+from .inputs import InputRow, input_identity, iter_rows, resolve_files
 from .models import resolve_model
 from .openai_batch import write_openai_files
-from .output import STATS_SCHEMA, part_name, results_schema, sweep_temporaries, write_json, write_parquet
-from .preflight import InputReport, check_input, coerce, row_id
+from .output import (STATS_SCHEMA, TIMELINE_SCHEMA, part_name, results_schema, storable_rows, sweep_temporaries,
+                     timeline_part_name, write_json, write_parquet)
+from .preflight import InputReport, check_input, row_id
 from .progress import Progress
 from .prompts import PromptRenderer, RenderedPrompt
 from .sampling import RowSampling, sampling_params
 from .structured import check_output
 from .scheduler import chunked, grouped
 from .sharding import ALL, Shard
-from .stats import RunTotals, batch_stats
+from .stats import BatchTimes, Clock, RunTotals, batch_stats, rate
+from .timeline import Timeline
 
 log = logging.getLogger("batch_runner")
 
@@ -52,6 +54,7 @@ class RunOptions:
     shard: Shard = ALL
     dry_run: bool = False
     dry_run_rows: int = 3
+    job_file: Path | None = None  # for the output-folder check: an output must not hold its own job file
 
 
 @dataclass
@@ -62,6 +65,7 @@ class RunResult:
 
 
 QUEUE_DEPTH = 4  # requests kept unfinished in the engine, in multiples of max_num_seqs
+TIMELINE_INTERVAL_S = 5.0  # seconds per row of the engine timeline
 STOP_GRACE_S = 60.0  # after a stop request, the longest we wait for the engine before saving and exiting
 
 
@@ -106,6 +110,7 @@ class _Batch:
     number: int
     rows: list[tuple[str, InputRow]]
     results: list[dict[str, Any] | None]
+    times: BatchTimes
     pending: int = 0
 
 
@@ -153,12 +158,13 @@ class _Run:
     """The state of one run of one shard."""
 
     def __init__(self, job: JobSpec, out: Path, shard: Shard, report: InputReport, renderer: PromptRenderer,
-                 engine, engine_info: dict[str, Any], stop: StopRequest):
+                 engine, engine_info: dict[str, Any], stop: StopRequest, kept: pa.Schema):
         self.job, self.out, self.shard, self.report = job, out, shard, report
         self.renderer, self.engine, self.stop = renderer, engine, stop
         self.engine_info = engine_info
         self.run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self.schema = results_schema(report.kept_schema)
+        self.kept = kept  # the output's kept columns, as job.json records them
+        self.schema = results_schema(kept)
         self.meta = {"batch_runner": json.dumps({
             "job": job.name, "model": job.model.name, "run_id": self.run_id, "shard": shard.label,
             "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
@@ -169,8 +175,12 @@ class _Run:
         self.loras = lora_requests(job.model) if job.model.lora_adapters else {}
         self.totals = RunTotals()
         self.gpu = GpuMonitor()
-        self.last_commit = time.perf_counter()
+        self.clock = Clock()
+        counters = getattr(engine, "counters", None) or (lambda: None)
+        self.timeline = Timeline(shard.label, self.run_id, self.clock, TIMELINE_INTERVAL_S, counters,
+                                 self.gpu.sample, self._write_timeline)
         self.progress: Progress | None = None
+        self.queue_target = 0  # requests kept unfinished in the engine
         self.lock = threading.Lock()  # the main loop and the stop watchdog never commit at once
         stop.on_timeout = self.hard_stop
         self.before = checkpoint.shard_totals(out / "results", shard.label)  # committed by earlier runs
@@ -187,13 +197,26 @@ class _Run:
         self.metrics.update(Snapshot(
             rows=self.report.shard_rows, rows_done=self.before["rows"] + t.requests, errors_by_code=errors,
             prompt_tokens=t.prompt_tokens, cached_prompt_tokens=t.cached_prompt_tokens,
-            output_tokens=t.output_tokens, output_tok_s=t.output_tokens / t.wall_s if t.wall_s else 0.0,
-            exit_status=exit_status), force=exit_status is not None)
+            output_tokens=t.output_tokens, output_tok_s=self.pace(), exit_status=exit_status),
+            force=exit_status is not None)
+
+    def pace(self) -> float:
+        """This run's output tokens per second of generation: over the whole run once it has ended,
+        else over the timeline's intervals so far (the engine's tokens, committed or not)."""
+        if self.totals.generation_s:
+            return self.totals.output_tok_s
+        rows = self.timeline.rows
+        return rate(sum(r["output_tokens"] for r in rows), sum(r["interval_s"] for r in rows))
+
+    def _write_timeline(self, chunk: int, rows: list[dict]) -> None:
+        table = pa.Table.from_pylist(rows, schema=TIMELINE_SCHEMA)
+        write_parquet(self.out / "timeline" / timeline_part_name(self.shard.label, self.run_id, chunk), table,
+                      self.meta, self.job.output.compression)
 
     # -- results -------------------------------------------------------------------------
     def _base(self, batch: _Batch, pos: int) -> dict[str, Any]:
         rid, row = batch.rows[pos]
-        kept = {f.name: coerce(row.data.get(f.name), f.type) for f in self.report.kept_schema}
+        kept = {name: row.data.get(name) for name in self.kept.names}  # made storable at commit
         return {"id": rid, **kept, "batch": batch.number}
 
     def _error_result(self, batch: _Batch, pos: int, err: RowError) -> dict[str, Any]:
@@ -238,7 +261,9 @@ class _Run:
         return out
 
     def submit(self, number: int, rows: list[tuple[str, InputRow]]) -> None:
-        batch = _Batch(number, rows, [None] * len(rows))
+        now = time.perf_counter()
+        batch = _Batch(number, rows, [None] * len(rows), BatchTimes(submitted=now))
+        self.timeline.begin(now)
         self.open[number] = batch
         requests = self._requests(rows)
         max_tokens = [r[0]["max_tokens"] if not isinstance(r, RowError) else 1 for r in requests]
@@ -264,12 +289,17 @@ class _Run:
         completions = self.engine.poll()
         with self.lock:
             self._record(completions)
+            now = time.perf_counter()
+            if self.timeline.due(now):
+                self.timeline.tick(now, self.engine.unfinished())
 
     def _record(self, completions: list[Completion]) -> None:
         for c in completions:
             number, pos, adjustment, schema = self.keys.pop(c.key)
             batch = self.open[number]
             batch.results[pos] = self._result(batch, pos, c, adjustment, schema)
+            batch.times.saw(c.started_s, c.finished_s)
+            self.timeline.finished(c.output_tokens, c.prompt_tokens, c.cached_prompt_tokens)
             batch.pending -= 1
             if batch.pending == 0:
                 self.commit(batch)
@@ -282,17 +312,26 @@ class _Run:
         if not results:
             return
         name = part_name(self.shard.label, self.run_id, batch.number)
+        results = storable_rows(results, self.schema, self.kept.names)
         table = pa.Table.from_pylist(results, schema=self.schema)
         write_parquet(self.out / "results" / name, table, self.meta, self.job.output.compression)
-        stats = batch_stats(self.shard.label, self.run_id, batch.number, self.last_commit, results, self.gpu.sample())
-        self.last_commit = time.perf_counter()
+        stats = batch_stats(self.shard.label, self.run_id, batch.number, batch.times, self.clock, results,
+                            self.gpu.sample())
         row = stats.row()
         write_parquet(self.out / "stats" / name, pa.Table.from_pylist([row], schema=STATS_SCHEMA), self.meta,
                       self.job.output.compression)
         self.totals.add(stats, results)
+        self.timeline.committed(len(results))
         if self.progress:
-            self.progress.batch(row, self.totals.output_tokens / max(self.totals.wall_s, 1e-9))
+            self.progress.batch(row, self.pace())
         self.write_metrics()
+
+    def end_timeline(self) -> None:
+        """Close the last interval: the run's generation time ends here (last finish, or the stop)."""
+        now = time.perf_counter()
+        if self.timeline.begun is not None:
+            self.timeline.tick(now, self.engine.unfinished() if self.engine else 0)
+            self.totals.generation_s = now - self.timeline.begun
 
     def flush_partial(self) -> None:
         """Commit the finished rows of open batches; abort the rest (they run again on resume)."""
@@ -302,12 +341,14 @@ class _Run:
         except Exception:  # the engine may already be gone (signal reached it too)
             log.debug("abort failed", exc_info=True)
         self.keys.clear()
+        self.end_timeline()
         for batch in list(self.open.values()):
             self.commit(batch)
 
     def hard_stop(self) -> None:
         """The engine did not answer after a stop request: save finished rows, exit resumable."""
         with self.lock:
+            self.end_timeline()
             for batch in list(self.open.values()):
                 self.commit(batch)
         print("batch-run: the engine did not stop in time; finished rows saved, exiting (rerun to resume)",
@@ -328,6 +369,14 @@ class _Run:
             with self.lock:
                 self.write_metrics()
 
+    def execute_all(self, skip: set[str]) -> None:
+        """Run every row not in ``skip``; the metrics say how it ended if it fails."""
+        try:
+            self.execute(skip, self.queue_target)
+        except BaseException as e:
+            self.write_metrics(int(getattr(e, "exit_status", ExitStatus.FAILED)))
+            raise
+
     def execute(self, skip: set[str], queue_target: int) -> None:
         done = threading.Event()
         if self.metrics is not None:
@@ -338,7 +387,7 @@ class _Run:
             done.set()
 
     def _execute(self, skip: set[str], queue_target: int) -> None:
-        self.progress = Progress(self.report.shard_rows - len(skip), self.job.output.log_format, self.job.name,
+        self.progress = Progress(len(self.report.shard_ids - skip), self.job.output.log_format, self.job.name,
                                  self.shard.label)
         p = self.job.prompt
         order = self.rows(skip)
@@ -382,7 +431,7 @@ def _dry_run(job: JobSpec, renderer: PromptRenderer, report: InputReport, n: int
         else:
             shown.append({"id": rid, "prompt_tokens": len(r.token_ids), "max_tokens": r.max_tokens,
                           "prompt": renderer.tokenizer.decode(r.token_ids)})
-    return {"rows": report.rows, "shard_rows": report.shard_rows, "prompts": shown}
+    return {"rows": report.rows, "shard_rows": report.shard_rows, "prompts": shown, "report": report}
 
 
 def _summary(job: JobSpec, run: _Run, model_path: str, status: ExitStatus, complete: bool,
@@ -411,64 +460,93 @@ def _columns_read(job: JobSpec, renderer: PromptRenderer) -> dict[str, str]:
     return columns
 
 
+def check_output_folder(job: JobSpec, shard: Shard, job_file: Path | None) -> None:
+    """Before the long pre-flight: the output folder is safe and writable, and no run holds this shard."""
+    out = job.output_dir
+    inputs = resolve_files(job.input) if job.input.path is not None else []
+    folder = Path(job.input.path) if job.input.path is not None and Path(job.input.path).is_dir() else None
+    checkpoint.check_output_dir(out, inputs, job_file, folder)
+    check_output_writable(out)
+    checkpoint.check_not_locked(out, shard.label)
+
+
 def run_job(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     """Run (or resume) one shard of a job; see the module docstring."""
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     out, shard = job.output_dir, options.shard
     if not options.dry_run:
-        check_output_writable(out)
+        check_output_folder(job, shard, options.job_file)
+        check_vllm_version()
     model_path = resolve_model(job.model.name)
     tokenizer = _load_tokenizer(model_path, job)
     renderer = PromptRenderer(job.prompt, tokenizer, _context_length(model_path, job), job.sampling.max_tokens)
     sampling_params(job.sampling)  # bad sampling values fail here, before anything starts
     report = check_input(job.input, _columns_read(job, renderer), shard)
+    for note in report.notes:
+        log.warning(note)
     if options.dry_run:
         return RunResult(ExitStatus.OK, out, _dry_run(job, renderer, report, options.dry_run_rows))
 
     out.mkdir(parents=True, exist_ok=True)
     with checkpoint.OutputLock(out, shard.label), StopRequest() as stop:
-        if options.fresh and (moved := checkpoint.move_aside(out)):
+        wanted = fingerprint(job, shard)
+        if options.fresh and (moved := checkpoint.move_aside(out, {shard.label}, wanted)):
             log.warning("moved the old results to %s", moved)
-        checkpoint.check_fingerprint(out, fingerprint(job, shard), json.loads(job.model_dump_json()))
+        kept = checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema)
         sweep_temporaries(out, shard.label)
         checkpoint.clear_shard_marker(out, shard.label)
         if options.retry_errors:
             checkpoint.drop_error_rows(out / "results", shard.label, job.output.compression)
-        skip = checkpoint.done_ids(out / "results", shard.label)
-        args, dropped = engine_arguments(model_path, job.model, job.engine)
-        if dropped:
-            log.warning("engine options not in vLLM %s, not passed: %s", vllm_version(), ", ".join(dropped))
-        if job.model.lora_adapters and job.model.lora is None and is_cpu_platform():
-            log.warning("on vLLM's CPU build, rows without a LoRA adapter that share a batch with rows that "
-                        "have one get an adapter's delta (vllm-project/vllm#48421); set model.lora to "
-                        "give every row an adapter")
-        engine = get_engine(args) if len(skip) < report.shard_rows else None
-        if engine is not None:
-            renderer.max_model_len = engine.max_model_len
-        engine_info = {k: v for k, v in args.items() if k != "model"} | {"ignored": dropped}
-        run = _Run(job, out, shard, report, renderer, engine, engine_info, stop)
-        run.write_metrics()
-        if engine is not None:
-            # Keep several scheduler-fulls of requests waiting, so the engine never idles while this
-            # process renders, tokenizes and writes (on an H100, 2x max_num_seqs measured 0.87x raw).
-            queue = max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
-            try:
-                run.execute(skip, queue)
-            except BaseException as e:  # the metrics say how it ended, then the error goes on up
-                run.write_metrics(int(getattr(e, "exit_status", ExitStatus.FAILED)))
-                raise
-        totals = checkpoint.shard_totals(out / "results", shard.label)
-        complete = totals["rows"] >= report.shard_rows  # ids are unique: every row of this run is done
-        status = (ExitStatus.INTERRUPTED if stop.requested and not complete
-                  else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
-        summary = _summary(job, run, model_path, status, complete, totals, len(skip), started, t0)
-        run.write_metrics(int(status))
-        name = "summary.json" if shard.count == 1 else f"summary-{shard.label}.json"
-        write_json(out / name, summary)
-        if complete:
-            checkpoint.mark_shard_done(out, shard.label, summary)
-            if job.output.openai and shard.count == 1:  # sharded outputs get theirs from `merge`
-                answered, failed = write_openai_files(out, job.model.name)
-                log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
+        done = checkpoint.done_ids(out / "results", shard.label)
+        run = _start(job, out, shard, report, renderer, model_path, stop, kept, todo=report.shard_ids - done)
+        if run.engine is not None:
+            run.execute_all(done)
+        return _finish(job, run, model_path, done, started, t0)
+
+
+def _start(job: JobSpec, out: Path, shard: Shard, report: InputReport, renderer: PromptRenderer, model_path: str,
+           stop: StopRequest, kept: pa.Schema, todo: set[str]) -> "_Run":
+    """The run's state, with an engine when any row of this run is still to do."""
+    args, dropped = engine_arguments(model_path, job.model, job.engine)
+    if dropped:
+        log.warning("engine options not in vLLM %s, not passed: %s", vllm_version(), ", ".join(dropped))
+    if job.model.lora_adapters and job.model.lora is None and is_cpu_platform():
+        log.warning("on vLLM's CPU build, rows without a LoRA adapter that share a batch with rows that "
+                    "have one get an adapter's delta (vllm-project/vllm#48421); set model.lora to "
+                    "give every row an adapter")
+    engine = get_engine(args) if todo else None
+    if engine is not None:
+        renderer.max_model_len = engine.max_model_len
+    engine_info = {k: v for k, v in args.items() if k != "model"} | {"ignored": dropped}
+    run = _Run(job, out, shard, report, renderer, engine, engine_info, stop, kept)
+    # Keep several scheduler-fulls of requests waiting, so the engine never idles while this
+    # process renders, tokenizes and writes (on an H100, 2x max_num_seqs measured 0.87x raw).
+    run.queue_target = max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
+    run.write_metrics()
+    return run
+
+
+def _finish(job: JobSpec, run: "_Run", model_path: str, done_before: set[str], started: datetime,
+            t0: float) -> RunResult:
+    """Check what is committed now against the run's ids; summary, marker and exit status."""
+    out, shard, report = run.out, run.shard, run.report
+    committed = checkpoint.done_ids(out / "results", shard.label)
+    missing = report.shard_ids - committed
+    complete = not missing and report.rows_beyond_limit == 0  # the whole shard, not just this run's rows
+    totals = checkpoint.shard_totals(out / "results", shard.label)
+    if missing and not run.stop.requested:  # every row gets a result or an error row; never silently none
+        log.error("%d rows of this run have no result (e.g. %s); rerun to run them",
+                  len(missing), ", ".join(sorted(missing)[:5]))
+    status = (ExitStatus.INTERRUPTED if missing and run.stop.requested else ExitStatus.FAILED if missing
+              else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
+    summary = _summary(job, run, model_path, status, complete, totals, len(done_before & report.shard_ids),
+                       started, t0)
+    run.write_metrics(int(status))
+    write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary)
+    if complete:
+        checkpoint.mark_shard_done(out, shard.label, summary)
+        if job.output.openai and shard.count == 1:  # sharded outputs get theirs from `merge`
+            answered, failed = write_openai_files(out, job.model.name)
+            log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
     return RunResult(status, out, summary)

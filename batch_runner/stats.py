@@ -1,4 +1,12 @@
-"""Per-batch throughput statistics, counted from what vLLM returns, timed with perf_counter."""
+"""Throughput statistics: one definition of a rate, per-batch spans, and the run's totals.
+
+Batches overlap in the engine (a batch starts while earlier ones still run), so each batch's row
+gives its own span, from the engine first scheduling one of its rows to its last finished row (or
+from its submission, where the engine does not say), and its rates over that span:
+``span_*`` columns are that batch's own pace, never to be added up across batches. The run's
+throughput is the run's tokens over the run's generation time (first request submitted to last
+finished); the engine timeline (``timeline.py``) tiles that same time with non-overlapping intervals.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +17,31 @@ from datetime import datetime, timezone
 from typing import Any
 
 
+def rate(amount: float, seconds: float) -> float:
+    """The one definition of a rate: an amount over the seconds it took (0 for no time)."""
+    return amount / seconds if seconds > 0 else 0.0
+
+
+class Clock:
+    """perf_counter times of one run, and their wall-clock timestamps."""
+
+    def __init__(self) -> None:
+        self.perf0 = time.perf_counter()
+        self.wall0 = time.time()
+
+    def stamp(self, perf: float) -> datetime:
+        return datetime.fromtimestamp(self.wall0 + (perf - self.perf0), timezone.utc)
+
+
 @dataclass
 class BatchStats:
     shard: str
     run_id: str
     batch: int
-    started_at: datetime
-    finished_at: datetime
-    wall_s: float
+    submitted_at: datetime  # its first request went into the engine's queue
+    started_at: datetime  # the engine first scheduled one of its requests
+    finished_at: datetime  # its last request finished
+    span_s: float  # finished_at - started_at; overlaps other batches' spans
     requests: int
     errors: int
     prompt_tokens: int
@@ -30,39 +55,39 @@ class BatchStats:
     gpu_memory_peak_gb: float | None = None
     gpu_utilization: float | None = None
 
-    @property
-    def output_tok_s(self) -> float:
-        return self.output_tokens / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def total_tok_s(self) -> float:
-        return (self.prompt_tokens + self.output_tokens) / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def requests_s(self) -> float:
-        return self.requests / self.wall_s if self.wall_s > 0 else 0.0
-
-    @property
-    def cache_hit_rate(self) -> float:
-        return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
-
     def row(self) -> dict[str, Any]:
-        return {**asdict(self), "output_tok_s": self.output_tok_s, "total_tok_s": self.total_tok_s,
-                "requests_s": self.requests_s, "cache_hit_rate": self.cache_hit_rate}
+        return {**asdict(self),
+                "span_output_tok_s": rate(self.output_tokens, self.span_s),
+                "span_total_tok_s": rate(self.prompt_tokens + self.output_tokens, self.span_s),
+                "span_requests_s": rate(self.requests, self.span_s),
+                "cache_hit_rate": rate(self.cached_prompt_tokens, self.prompt_tokens)}
 
 
-def batch_stats(shard: str, run_id: str, batch: int, since: float, results: list[dict[str, Any]],
-                gpu: dict[str, float | None]) -> BatchStats:
-    """Stats of one committed batch. ``since`` is the perf_counter time of the previous commit,
-    so that the wall times of a run's batches add up to its generation time."""
-    now = time.perf_counter()
-    wall = now - since
-    finished = datetime.now(timezone.utc)
+@dataclass
+class BatchTimes:
+    """perf_counter times of one batch in the engine."""
+
+    submitted: float
+    started: float | None = None
+    finished: float | None = None
+
+    def saw(self, started: float | None, finished: float | None) -> None:
+        if started is not None:
+            self.started = started if self.started is None else min(self.started, started)
+        if finished is not None:
+            self.finished = finished if self.finished is None else max(self.finished, finished)
+
+
+def batch_stats(shard: str, run_id: str, batch: int, times: BatchTimes, clock: Clock,
+                results: list[dict[str, Any]], gpu: dict[str, float | None]) -> BatchStats:
+    """Stats of one committed batch (a batch of only error rows has a span of zero)."""
+    started = times.started if times.started is not None else times.submitted
+    finished = times.finished if times.finished is not None else started
     reasons = Counter(r["finish_reason"] for r in results)
     return BatchStats(
-        shard=shard, run_id=run_id, batch=batch,
-        started_at=datetime.fromtimestamp(finished.timestamp() - wall, timezone.utc), finished_at=finished,
-        wall_s=wall, requests=len(results), errors=sum(r["error_code"] is not None for r in results),
+        shard=shard, run_id=run_id, batch=batch, submitted_at=clock.stamp(times.submitted),
+        started_at=clock.stamp(started), finished_at=clock.stamp(finished), span_s=max(0.0, finished - started),
+        requests=len(results), errors=sum(r["error_code"] is not None for r in results),
         prompt_tokens=sum(r["prompt_tokens"] or 0 for r in results),
         cached_prompt_tokens=sum(r["cached_prompt_tokens"] or 0 for r in results),
         output_tokens=sum(r["output_tokens"] or 0 for r in results),
@@ -72,14 +97,14 @@ def batch_stats(shard: str, run_id: str, batch: int, since: float, results: list
 
 @dataclass
 class RunTotals:
-    """Totals over the batches of one run, for the summary and the progress line."""
+    """Totals over the committed batches of one run, and its generation time."""
 
     requests: int = 0
     errors: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     output_tokens: int = 0
-    wall_s: float = 0.0
+    generation_s: float = 0.0  # first request submitted to last finished (or now, while running)
     error_codes: Counter = field(default_factory=Counter)
 
     def add(self, stats: BatchStats, results: list[dict[str, Any]]) -> None:
@@ -88,17 +113,20 @@ class RunTotals:
         self.prompt_tokens += stats.prompt_tokens
         self.cached_prompt_tokens += stats.cached_prompt_tokens
         self.output_tokens += stats.output_tokens
-        self.wall_s += stats.wall_s
         self.error_codes.update(r["error_code"] for r in results if r["error_code"])
 
+    @property
+    def output_tok_s(self) -> float:
+        return rate(self.output_tokens, self.generation_s)
+
     def as_dict(self) -> dict[str, Any]:
-        w = self.wall_s or float("nan")
+        g = self.generation_s
         return {
             "requests": self.requests, "errors": self.errors, "errors_by_code": dict(self.error_codes),
             "prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
-            "output_tokens": self.output_tokens, "generation_s": round(self.wall_s, 3),
-            "output_tok_s": round(self.output_tokens / w, 1) if self.wall_s else 0.0,
-            "total_tok_s": round((self.prompt_tokens + self.output_tokens) / w, 1) if self.wall_s else 0.0,
-            "requests_s": round(self.requests / w, 2) if self.wall_s else 0.0,
-            "cache_hit_rate": round(self.cached_prompt_tokens / self.prompt_tokens, 4) if self.prompt_tokens else 0.0,
+            "output_tokens": self.output_tokens, "generation_s": round(g, 3),
+            "output_tok_s": round(self.output_tok_s, 1),
+            "total_tok_s": round(rate(self.prompt_tokens + self.output_tokens, g), 1),
+            "requests_s": round(rate(self.requests, g), 2),
+            "cache_hit_rate": round(rate(self.cached_prompt_tokens, self.prompt_tokens), 4),
         }

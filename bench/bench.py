@@ -171,15 +171,15 @@ def child_batch_run(args) -> None:
     else:
         s = json.loads((out / "summary.json").read_text())["this_run"]
     _emit(args, workload, wall - s["generation_s"], s["generation_s"], s["requests"], s["prompt_tokens"],
-          s["cached_prompt_tokens"], s["output_tokens"], stats_dir=str(out / "stats"))
+          s["cached_prompt_tokens"], s["output_tokens"], stats_dir=str(out / "timeline"))
 
 
 def _stats_totals(stats: Path) -> dict:
-    """Totals over every shard's batches; generation time from the first batch's start to the last's end."""
+    """Totals over every shard's batches; generation time from the first batch's submission to the last's end."""
     import pyarrow.compute as pc
 
     t = pq.ParquetDataset(stats).read()
-    span = pc.max(t["finished_at"]).as_py() - pc.min(t["started_at"]).as_py()
+    span = pc.max(t["finished_at"]).as_py() - pc.min(t["submitted_at"]).as_py()
     return {"generation_s": span.total_seconds(), **{k: pc.sum(t[c]).as_py() for k, c in [
         ("requests", "requests"), ("prompt_tokens", "prompt_tokens"), ("cached_prompt_tokens", "cached_prompt_tokens"),
         ("output_tokens", "output_tokens")]}}
@@ -315,9 +315,9 @@ def run_child(args, variant: str, workloads: list[str]) -> list[dict]:
         print(f"variant {variant} failed ({proc.returncode}); see {log}", flush=True)
         return [dict(variant=variant, workload=w, failed=f"exit {proc.returncode}") for w in workloads]
     for r in results:
-        if r.get("stats_dir"):  # keep the per-batch stats of batch-run as one file, for the chart
+        if r.get("stats_dir"):  # keep batch-run's engine timeline as one file, for the chart
             table = pq.ParquetDataset(r.pop("stats_dir")).read()
-            pq.write_table(table, Path(args.out) / f"stats-{r['workload']}-{variant}.parquet")
+            pq.write_table(table, Path(args.out) / f"timeline-{r['workload']}-{variant}.parquet")
         r["process_wall_s"] = round(wall, 1)
         r["gpu_peak_gb"] = round(gpu.peak, 2) if gpu.peak is not None else None
     return results

@@ -1,7 +1,7 @@
-"""Throughput over a run, from batch-run's stats Parquet: python bench/chart.py OUT.png STATS...
+"""Throughput over a run, from batch-run's engine timeline: python bench/chart.py OUT.png TIMELINE...
 
-Plots output tokens committed against time: the slope is the throughput. (A batch's own rate is
-noisy: batches finish in waves, and one committed right after another has a tiny wall_s.)
+Plots output tokens generated against time, interval by interval: the slope is the throughput.
+(Charts made before the timeline existed, from per-batch stats, are in docs/ as they were.)
 """
 
 import sys
@@ -18,12 +18,12 @@ def main(out: str, paths: list[str]) -> None:
     fig, ax = plt.subplots(figsize=(8, 4), dpi=110)
     for path in paths:
         df = pd.read_parquet(path).sort_values("finished_at")
-        t = df["wall_s"].cumsum()
-        label = Path(path).stem.removeprefix("stats-")
-        rate = df["output_tokens"].sum() / df["wall_s"].sum()
+        t = df["interval_s"].cumsum()
+        label = Path(path).stem.removeprefix("timeline-")
+        rate = df["output_tokens"].sum() / df["interval_s"].sum()
         ax.plot([0, *t], [0, *df["output_tokens"].cumsum()], marker=".", label=f"{label}: {rate:,.0f} output tok/s")
     ax.set_xlabel("seconds since generation started")
-    ax.set_ylabel("output tokens committed")
+    ax.set_ylabel("output tokens generated")
     ax.set_title("batch-run on one H100, Mistral-7B shape (dummy weights), vLLM 0.26.0")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

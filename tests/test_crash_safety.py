@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from batch_runner.reaper import _descendants, _processes
 from conftest import news_rows, start_batch_run, write_job
 
 pytestmark = pytest.mark.engine
@@ -44,12 +45,29 @@ def assert_exactly_once(out, n):
     assert df["id"].is_unique
 
 
-def test_kill_9_then_resume_answers_every_row_once(cli, tmp_path):
+def engine_processes(pid):
+    """The running descendants of pid, by pid and start time."""
+    procs = _processes()
+    return {p: procs[p][1] for p in _descendants({pid}, procs)}
+
+
+def alive(pid, start):
+    """Whether that process (not a later one with the same pid) still runs."""
+    return _processes().get(pid, (0, None))[1] == start
+
+
+def test_kill_9_leaves_no_engine_process_and_resume_answers_every_row_once(cli, tmp_path):
     job = write_job(tmp_path, **JOB)
     proc = start_batch_run("run", job, "--limit", ROWS)
     wait_for_parts(tmp_path / "out", 2, proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its engine processes, with no warning
+    children = engine_processes(proc.pid)
+    assert any("EngineCore" in open(f"/proc/{p}/cmdline").read() for p in children)
+    os.kill(proc.pid, signal.SIGKILL)  # the runner alone, as the OOM killer does
     proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and (left := {p for p, start in children.items() if alive(p, start)}):
+        time.sleep(0.5)
+    assert not left, f"processes of the killed run still alive: {left}"
     done_before = len(pd.read_parquet(tmp_path / "out" / "results"))
     assert 0 < done_before < ROWS
 

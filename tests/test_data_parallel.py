@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import news_rows, start_batch_run, write_job
+from conftest import news_rows, start_batch_run, write_job, write_jsonl
 
 pytestmark = pytest.mark.engine
 
@@ -35,10 +35,11 @@ def worker_pids(proc, n, timeout=300):
 
 
 def test_dead_worker_is_reported_and_its_shard_resumes(cli, tmp_path):
-    job = write_job(tmp_path, sampling={"max_tokens": 8}, output={"batch_size": 4},
+    rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))  # the whole input: shards can complete
+    job = write_job(tmp_path, sampling={"max_tokens": 8}, output={"batch_size": 4}, input={"path": str(rows)},
                     engine={"data_parallel": 2, "max_num_seqs": 4})
     out = tmp_path / "out"
-    proc = start_batch_run("run", job, "--limit", ROWS)
+    proc = start_batch_run("run", job)
     pids = worker_pids(proc, 2)
     assert sorted(pids) == ["0000-of-0002", "0001-of-0002"]
     os.kill(pids["0001-of-0002"], signal.SIGKILL)
@@ -53,7 +54,7 @@ def test_dead_worker_is_reported_and_its_shard_resumes(cli, tmp_path):
     status = cli("status", out)
     assert "0001-of-0002  missing" in status.output
 
-    rerun = cli("run", job, "--limit", ROWS)
+    rerun = cli("run", job)
     assert rerun.exit_code == 0, rerun.output
     assert "engines  2" in rerun.output
     # shard 0 was complete: its rerun ran nothing again

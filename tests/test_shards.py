@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import news_rows, write_job
+from conftest import news_rows, write_job, write_jsonl
 
 pytestmark = pytest.mark.engine
 
@@ -13,12 +13,13 @@ ROWS = 12
 
 
 def test_slurm_array_shards_status_and_merge(cli, tmp_path, monkeypatch):
-    job = write_job(tmp_path, sampling={"max_tokens": 8}, output={"batch_size": 4})
+    rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))  # the whole input: shards can complete
+    job = write_job(tmp_path, sampling={"max_tokens": 8}, output={"batch_size": 4}, input={"path": str(rows)})
     out = tmp_path / "out"
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
 
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
-    assert cli("run", job, "--limit", ROWS).exit_code == 0
+    assert cli("run", job).exit_code == 0
 
     status = cli("status", out)
     assert status.exit_code == 1
@@ -30,7 +31,7 @@ def test_slurm_array_shards_status_and_merge(cli, tmp_path, monkeypatch):
 
     for task in ("1", "2"):
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
-        result = cli("run", job, "--limit", ROWS)
+        result = cli("run", job)
         assert result.exit_code == 0, result.output
 
     assert cli("status", out).exit_code == 0

@@ -92,6 +92,7 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
     from .config import load_job
     from .parallel import WORKER_ENV, run_parallel
     from .runner import RunOptions, run_job
+    from .shards import array_size
     from .sharding import ALL, parse_shard, shard_from_slurm
 
     _setup_logging(verbose)
@@ -100,9 +101,9 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
         ([f"output.metrics_dir={json.dumps(metrics_dir)}"] if metrics_dir else [])
     try:
         job = load_job(job_file, extra)
-        shard = parse_shard(shard_text) if shard_text else shard_from_slurm(os.environ)
+        shard = parse_shard(shard_text) if shard_text else shard_from_slurm(os.environ, array_size(job.output_dir))
         if shard and not shard_text:
-            click.echo(f"batch-run: Slurm array task: shard {shard.index}/{shard.count}", err=True)
+            click.echo(f"batch-run: Slurm array task {shard.index}: shard {shard.index}/{shard.count}", err=True)
         if not dry_run and job.engine.data_parallel != 1 and os.environ.get(WORKER_ENV) != "1":
             parallel = run_parallel(job, job_file, extra, shard or ALL, fresh, retry_errors, verbose)
             if parallel is not None:
@@ -174,10 +175,13 @@ def status_cmd(output_dir: str) -> None:
     for s in states:
         click.echo(f"{s.shard.label:>12}  {s.state:<9} {s.rows:>8} {s.errors:>7}")
     todo = [s.shard.index for s in states if s.state != "complete"]
+    running = [s.shard.label for s in states if s.state == "running"]
     done = len(states) - len(todo)
     click.echo(f"\n{done}/{len(states)} shards complete, {sum(s.rows for s in states)} rows, "
                f"{sum(s.errors for s in states)} errors")
-    if todo:
+    if running:
+        click.echo(f"running now: {', '.join(running)} (a run holds the lock; not to resubmit)")
+    if tasks:
         click.echo(f"resubmit: --array={array_ranges(tasks)}")
     sys.exit(0 if not todo else 1)
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 from . import checkpoint
 from .config import JobSpec
 from .engine import Completion, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, lora_requests, vllm_version
-from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError
+from .errors import BatchRunnerError, EngineError, ExitStatus, Interrupted, JobError, RowError
 from .gpu import GpuMonitor
 from .metrics import MetricsFile, Snapshot
 from .inputs import InputRow, input_identity, iter_rows, resolve_files
@@ -79,6 +79,7 @@ class StopRequest:
     def __init__(self) -> None:
         self.requested: str | None = None
         self.on_timeout = lambda: None
+        self.starting = False  # the engine is starting: nothing to save, stop at once
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -94,6 +95,9 @@ class StopRequest:
             print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
             os._exit(130)
         self.requested = signal.Signals(signum).name
+        if self.starting:  # a start takes minutes on a GPU; no row has run, so stop now
+            raise Interrupted(f"{self.requested} received while the engine was starting; nothing ran. "
+                              "Rerun (or requeue) to resume")
         print(f"batch-run: {self.requested} received: saving finished rows, then stopping "
               "(signal again to exit at once)", file=sys.stderr, flush=True)
         timer = threading.Timer(STOP_GRACE_S, self.on_timeout)
@@ -515,7 +519,11 @@ def _start(job: JobSpec, out: Path, shard: Shard, report: InputReport, renderer:
         log.warning("on vLLM's CPU build, rows without a LoRA adapter that share a batch with rows that "
                     "have one get an adapter's delta (vllm-project/vllm#48421); set model.lora to "
                     "give every row an adapter")
-    engine = get_engine(args) if todo else None
+    stop.starting = True
+    try:
+        engine = get_engine(args) if todo else None
+    finally:
+        stop.starting = False
     if engine is not None:
         renderer.max_model_len = engine.max_model_len
     engine_info = {k: v for k, v in args.items() if k != "model"} | {"ignored": dropped}

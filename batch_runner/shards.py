@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .checkpoint import shard_totals
+from .checkpoint import output_locked, shard_totals
 from .errors import JobError
 from .openai_batch import write_openai_files
 from .output import atomic_write, committed_parts
@@ -25,7 +25,7 @@ from .sharding import Shard
 @dataclass
 class ShardState:
     shard: Shard
-    state: str  # complete | partial | missing
+    state: str  # complete | running (a run holds its lock) | partial | missing
     rows: int
     errors: int
     expected: int | None
@@ -48,17 +48,32 @@ def shard_states(out: Path) -> list[ShardState]:
         rows, errors = totals["rows"], totals["errors"]
         marker = out / "shards" / f"{shard.label}.done"
         expected = json.loads(marker.read_text())["shard_rows"] if marker.exists() else None
-        state = "complete" if marker.exists() else "partial" if rows else "missing"
+        state = "complete" if marker.exists() else "running" if output_locked(out, shard.label) \
+            else "partial" if rows else "missing"
         states.append(ShardState(shard, state, rows, errors, expected))
     return states
 
 
+def _data_parallel(job_record: dict) -> int:
+    dp = job_record.get("job", {}).get("engine", {}).get("data_parallel", 1)
+    return dp if isinstance(dp, int) and dp > 0 else 1
+
+
+def array_size(out: Path) -> int | None:
+    """The array size of an output's Slurm tasks, fixed by its first run; None for a new output."""
+    path = out / "job.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return int(record["fingerprint"]["shards"]) // _data_parallel(record)
+
+
 def array_tasks(out: Path, states: list[ShardState]) -> list[int]:
-    """The Slurm array indices that run the unfinished shards (with data_parallel D, task I runs
-    shards I*D .. I*D+D-1)."""
-    dp = recorded(out).get("job", {}).get("engine", {}).get("data_parallel", 1)
-    dp = dp if isinstance(dp, int) and dp > 0 else 1
-    return sorted({s.shard.index // dp for s in states if s.state != "complete"})
+    """The Slurm array indices to resubmit: those with an unfinished shard and none running (with
+    data_parallel D, task I runs shards I*D .. I*D+D-1)."""
+    dp = _data_parallel(recorded(out))
+    running = {s.shard.index // dp for s in states if s.state == "running"}
+    return sorted({s.shard.index // dp for s in states if s.state != "complete"} - running)
 
 
 def array_ranges(indices: list[int]) -> str:

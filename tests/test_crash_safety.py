@@ -98,3 +98,20 @@ def test_sigterm_stops_cleanly_and_locks_out_a_second_run(cli, tmp_path):
     result = cli("run", job, "--limit", ROWS)
     assert result.exit_code == 0, result.output
     assert_exactly_once(out, ROWS)
+
+
+def test_sigterm_during_engine_start_stops_at_once(tmp_path):
+    """A start takes minutes on a GPU: a stop then must not wait for it (nothing has run yet)."""
+    proc = start_batch_run("run", write_job(tmp_path, **JOB), "--limit", 4)
+    seen = []
+    for line in proc.stdout:  # vLLM logs (on stdout) its engine's configuration as the start begins
+        seen.append(line)
+        if "Initializing a V1 LLM engine" in line or len(seen) > 2000:
+            break
+    stopped = time.time()
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, "".join(seen[-20:]) + err[-3000:]
+    assert "received while the engine was starting" in err
+    assert time.time() - stopped < 30
+    assert not (tmp_path / "out" / "results").exists()  # nothing ran

@@ -76,7 +76,7 @@ def test_stats_add_up_to_results(jsonl_run):
 
 
 def test_batch_rates_agree_with_the_engine_timeline(jsonl_run):
-    """The 32 rows run as one wave (max_num_seqs 512), so the four batches overlap and finish
+    """The 32 rows run as one wave (32 rows, max_num_seqs 64), so the four batches overlap and finish
     together. A batch can never outpace the engine, and with N batches sharing its span it gets
     about 1/N of the engine's tokens: each batch's span rate lies between timeline/(2N) and
     1.5 x timeline over the same span (1.5 and 2 allow for the timeline's 0.5 s granularity)."""
@@ -99,7 +99,7 @@ def test_summary_and_metadata(jsonl_run):
     assert summary["status"] == "ok"
     assert summary["complete"] is False  # 32 of 240 rows: the run is done, the shard is not
     assert summary["output"]["rows"] == 32
-    assert summary["engine"]["max_num_seqs"] == 512
+    assert summary["engine"]["max_num_seqs"] == 64  # the throughput profile's 512, capped on the CPU
     assert summary["engine"]["ignored"] == []  # the profiles carry only options vLLM has
     meta = ds.dataset(out / "results").schema.metadata
     info = json.loads(meta[b"batch_runner"])

@@ -21,13 +21,19 @@ def test_shards_partition_ids_stably():
     assert [shard_of(x, 4) for x in ids[:5]] == [shard_of(x, 4) for x in ids[:5]]
 
 
-@pytest.mark.parametrize("env, expected", [
-    ({}, None),
-    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8"}, Shard(3, 8)),
-    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_MAX": "8"}, Shard(4, 8)),
+@pytest.mark.parametrize("env, recorded, expected", [
+    ({}, None, None),
+    # a new output: the count is the array's highest index + 1; the index is the task id
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8", "SLURM_ARRAY_TASK_MAX": "7"}, None, Shard(3, 8)),
+    ({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8"}, None, Shard(3, 8)),
+    # a resubmitted subset (Slurm says 2 tasks, min 1): the output's recorded count decides
+    ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "1",
+      "SLURM_ARRAY_TASK_MAX": "2"}, 3, Shard(2, 3)),
+    ({"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "3",
+      "SLURM_ARRAY_TASK_MAX": "5"}, 8, Shard(5, 8)),
 ])
-def test_shard_from_slurm(env, expected):
-    assert shard_from_slurm(env) == expected
+def test_shard_from_slurm(env, recorded, expected):
+    assert shard_from_slurm(env, recorded) == expected
 
 
 def test_bad_shards():
@@ -35,8 +41,22 @@ def test_bad_shards():
         parse_shard("4/4")
     with pytest.raises(JobError):
         parse_shard("a/b")
-    with pytest.raises(JobError):
-        shard_from_slurm({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "4"})
+    with pytest.raises(JobError, match="not a shard of this output: it has 4 shards .0-3, fixed by its first run"):
+        shard_from_slurm({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "10"}, 4)
+
+
+def test_status_offers_no_running_shard_to_resubmit(tmp_path):
+    import json
+
+    from batch_runner.checkpoint import OutputLock
+    from batch_runner.shards import array_size, array_tasks, shard_states
+
+    (tmp_path / "job.json").write_text(json.dumps({"fingerprint": {"shards": 3}, "job": {"engine": {}}}))
+    assert array_size(tmp_path) == 3
+    with OutputLock(tmp_path, "0001-of-0003"):
+        states = shard_states(tmp_path)
+        assert [s.state for s in states] == ["missing", "running", "missing"]
+        assert array_tasks(tmp_path, states) == [0, 2]
 
 
 def test_grouping_keeps_every_row_and_groups_within_window():

@@ -171,7 +171,7 @@ def child_batch_run(args) -> None:
     else:
         s = json.loads((out / "summary.json").read_text())["this_run"]
     _emit(args, workload, wall - s["generation_s"], s["generation_s"], s["requests"], s["prompt_tokens"],
-          s["cached_prompt_tokens"], s["output_tokens"], stats_dir=str(out / "timeline"))
+          s["cached_prompt_tokens"], s["output_tokens"], output_dir=str(out))
 
 
 def _stats_totals(stats: Path) -> dict:
@@ -315,9 +315,13 @@ def run_child(args, variant: str, workloads: list[str]) -> list[dict]:
         print(f"variant {variant} failed ({proc.returncode}); see {log}", flush=True)
         return [dict(variant=variant, workload=w, failed=f"exit {proc.returncode}") for w in workloads]
     for r in results:
-        if r.get("stats_dir"):  # keep batch-run's engine timeline as one file, for the chart
-            table = pq.ParquetDataset(r.pop("stats_dir")).read()
-            pq.write_table(table, Path(args.out) / f"timeline-{r['workload']}-{variant}.parquet")
+        if r.get("output_dir"):  # keep batch-run's batch stats and engine timeline, one file each
+            for kind in ("stats", "timeline"):
+                folder = Path(r["output_dir"]) / kind
+                if folder.is_dir():
+                    table = pq.ParquetDataset(folder).read()
+                    pq.write_table(table, Path(args.out) / f"{kind}-{r['workload']}-{variant}-{time.strftime('%H%M%S')}.parquet")
+            r.pop("output_dir")
         r["process_wall_s"] = round(wall, 1)
         r["gpu_peak_gb"] = round(gpu.peak, 2) if gpu.peak is not None else None
     return results

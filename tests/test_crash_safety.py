@@ -19,7 +19,10 @@ from conftest import news_rows, start_batch_run, write_job
 pytestmark = pytest.mark.engine
 
 ROWS = 40
-JOB = dict(sampling={"max_tokens": 16}, output={"batch_size": 4}, engine={"max_num_seqs": 4})
+JOB = dict(sampling={"max_tokens": 16}, output={"batch_size": 4})
+# The killed runs take 4 sequences at a time, so that parts are committed while they run; engine
+# settings are not part of the fingerprint, so the resumes run in-process on the tests' shared engine.
+SLOW = ("--set", "engine.max_num_seqs=4")
 
 
 def wait_for_parts(out, n, proc, timeout=600):
@@ -58,7 +61,7 @@ def alive(pid, start):
 
 def test_kill_9_leaves_no_engine_process_and_resume_answers_every_row_once(cli, tmp_path):
     job = write_job(tmp_path, **JOB)
-    proc = start_batch_run("run", job, "--limit", ROWS)
+    proc = start_batch_run("run", job, "--limit", ROWS, *SLOW)
     wait_for_parts(tmp_path / "out", 2, proc)
     children = engine_processes(proc.pid)
     assert any("EngineCore" in open(f"/proc/{p}/cmdline").read() for p in children)
@@ -79,11 +82,11 @@ def test_kill_9_leaves_no_engine_process_and_resume_answers_every_row_once(cli, 
 
 def test_sigterm_stops_cleanly_and_locks_out_a_second_run(cli, tmp_path):
     job = write_job(tmp_path, **JOB)
-    proc = start_batch_run("run", job, "--limit", ROWS)
+    proc = start_batch_run("run", job, "--limit", ROWS, *SLOW)
     out = tmp_path / "out"
     wait_for_parts(out, 1, proc)
 
-    second = cli("run", job, "--limit", ROWS)  # while the first still runs
+    second = cli("run", job, "--limit", ROWS, *SLOW)  # while the first still runs
     assert second.exit_code == 2
     assert "another run is writing to this output" in second.output
 
@@ -102,7 +105,7 @@ def test_sigterm_stops_cleanly_and_locks_out_a_second_run(cli, tmp_path):
 
 def test_sigterm_during_engine_start_stops_at_once(tmp_path):
     """A start takes minutes on a GPU: a stop then must not wait for it (nothing has run yet)."""
-    proc = start_batch_run("run", write_job(tmp_path, **JOB), "--limit", 4)
+    proc = start_batch_run("run", write_job(tmp_path, **JOB), "--limit", 4, *SLOW)
     seen = []
     for line in proc.stdout:  # vLLM logs (on stdout) its engine's configuration as the start begins
         seen.append(line)

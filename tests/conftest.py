@@ -1,7 +1,8 @@
 """Shared fixtures: job files written per test, the CLI in-process and as a real subprocess.
 
 In-process CLI runs share one vLLM engine (batch_runner.engine keeps it for the process), so the
-engine starts once for the whole session; subprocess runs are kept few because each starts its own.
+engine starts once for the whole session, and tests that need other engine settings (marker
+own_engine) run after all the others; subprocess runs are kept few because each starts its own.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def news_rows(n: int) -> list[dict]:
     rows = [json.loads(line) for line in (ROOT / "inputs" / "news.jsonl").read_text().splitlines()]
     return rows[:n]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked own_engine run last. The in-process tests share one engine (batch_runner.engine
+    keeps one per process, for the same arguments), and a test with engine settings of its own in
+    between would make the next test restart it (about 30 s each on 2 cores)."""
+    items.sort(key=lambda item: item.get_closest_marker("own_engine") is not None)  # a stable sort
 
 
 @pytest.fixture

@@ -130,6 +130,7 @@ def test_changed_sampling_refuses_to_resume(cli, jsonl_run):
     assert result.exit_code == 2
     assert "sampling.temperature: 0.0 -> 0.5" in result.output
     assert "--fresh" in result.output
+    assert "problems found" not in result.output  # one problem, told in several lines
 
 
 def test_a_larger_limit_resumes_and_adds_the_new_rows(cli, jsonl_run):

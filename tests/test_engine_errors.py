@@ -4,7 +4,7 @@ import pytest
 
 from conftest import write_job
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.own_engine]  # a start that fails: no shared engine
 
 
 def test_kv_cache_that_does_not_fit_names_the_settings(cli, tmp_path):

@@ -169,6 +169,7 @@ def make_adapter(folder, seed):
     return folder
 
 
+@pytest.mark.own_engine  # LoRA and one sequence at a time: an engine of its own
 def test_lora_adapters_per_job_and_per_row(cli, tmp_path):
     # One sequence at a time and no prefix cache: greedy text then does not depend on which rows
     # share a batch (it did: a flaky test), nor on vLLM's CPU LoRA kernels mixing adapters within

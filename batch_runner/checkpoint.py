@@ -71,7 +71,8 @@ def fingerprint_conflict(out: Path, recorded: dict[str, Any], fingerprint: dict[
     changes = changed_keys(recorded.get("fingerprint", {}), fingerprint)
     text = (f"{out} holds results of a different job; resuming would mix them. What changed:\n"
             + "\n".join(f"  {c}" for c in changes[:20])
-            + "\nRerun with --fresh to move the old results aside and start over, or write elsewhere with --output DIR.")
+            + "\nRerun with --fresh to move the old results aside and start over, "
+              "or write elsewhere with --output DIR.")
     return [text]  # one problem, however many lines
 
 

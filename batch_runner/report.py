@@ -46,7 +46,9 @@ class Report:
     @property
     def t0(self):
         """When the output's first batch was submitted (across runs and shards)."""
-        starts = [self.stats["submitted_at"].min()] + ([self.timeline["started_at"].min()] if len(self.timeline) else [])
+        starts = [self.stats["submitted_at"].min()]
+        if len(self.timeline):
+            starts.append(self.timeline["started_at"].min())
         return min(starts)
 
     @property

@@ -25,7 +25,8 @@ import pyarrow as pa
 
 from . import checkpoint
 from .config import JobSpec
-from .engine import Completion, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, lora_requests, vllm_version
+from .engine import (Completion, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, lora_requests,
+                     vllm_version)
 from .errors import BatchRunnerError, EngineError, ExitStatus, Interrupted, JobError, RowError
 from .gpu import GpuMonitor
 from .metrics import MetricsFile, Snapshot

@@ -320,7 +320,8 @@ def run_child(args, variant: str, workloads: list[str]) -> list[dict]:
                 folder = Path(r["output_dir"]) / kind
                 if folder.is_dir():
                     table = pq.ParquetDataset(folder).read()
-                    pq.write_table(table, Path(args.out) / f"{kind}-{r['workload']}-{variant}-{time.strftime('%H%M%S')}.parquet")
+                    name = f"{kind}-{r['workload']}-{variant}-{time.strftime('%H%M%S')}.parquet"
+                    pq.write_table(table, Path(args.out) / name)
             r.pop("output_dir")
         r["process_wall_s"] = round(wall, 1)
         r["gpu_peak_gb"] = round(gpu.peak, 2) if gpu.peak is not None else None

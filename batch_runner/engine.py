@@ -210,8 +210,6 @@ class VllmEngine:
         from vllm import LLM
 
         self.args = args
-        # Its stats feed batch-run's timeline; vLLM's own periodic log line of them is not wanted.
-        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
         try:
             self.llm = LLM(**args)
         except Interrupted:  # a stop signal during the start: not the engine's failure
@@ -221,6 +219,9 @@ class VllmEngine:
                               + _memory_advice(args)) from e
         self.engine = self.llm.llm_engine
         self.max_model_len: int = self.engine.model_config.max_model_len
+        # Its stats feed batch-run's timeline; vLLM's own log line of them every 10 s is not wanted.
+        # (Set after LLM(): its logging setup resets the levels of vLLM's loggers.)
+        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
 
     def submit(self, key: str, token_ids: list[int], params, lora=None) -> None:
         try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import reaper
 from .config import EngineSpec
 from .errors import ExitStatus, JobError
 from .gpu import visible_devices
@@ -96,6 +97,7 @@ class Launcher:
         return env
 
     def start(self) -> None:
+        reaper.guard()  # workers (and their engines) must not outlive this parent, however it ends
         for w in self.workers:
             cmd = [sys.executable, "-m", "batch_runner.cli", *self.argv, "--shard", f"{w.shard.index}/{w.shard.count}"]
             # A session of its own: a Ctrl-C on the terminal reaches the parent only, which forwards

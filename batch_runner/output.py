@@ -153,12 +153,17 @@ def storable_rows(rows: list[dict[str, Any]], schema: pa.Schema, kept: list[str]
     return clean
 
 
+def umask() -> int:
+    """The process's umask (reading it means setting it; it is put back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def file_mode() -> int:
     """Permissions of a new file under the process's umask (mkstemp alone gives 0600, which a
     team sharing an output folder cannot read)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~umask()
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

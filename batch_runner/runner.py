@@ -42,7 +42,7 @@ from .sampling import RowSampling, sampling_params
 from .structured import check_output
 from .scheduler import chunked, grouped
 from .sharding import ALL, Shard
-from .stats import BatchTimes, Clock, RunTotals, batch_stats, rate
+from .stats import BatchTimes, Clock, RunTotals, batch_stats
 from .timeline import Timeline
 
 log = logging.getLogger("batch_runner")
@@ -208,10 +208,7 @@ class _Run:
     def pace(self) -> float:
         """This run's output tokens per second of generation: over the whole run once it has ended,
         else over the timeline's intervals so far (the engine's tokens, committed or not)."""
-        if self.totals.generation_s:
-            return self.totals.output_tok_s
-        rows = self.timeline.rows
-        return rate(sum(r["output_tokens"] for r in rows), sum(r["interval_s"] for r in rows))
+        return self.totals.output_tok_s if self.totals.generation_s else self.timeline.pace()
 
     def _write_timeline(self, chunk: int, rows: list[dict]) -> None:
         table = pa.Table.from_pylist(rows, schema=TIMELINE_SCHEMA)

@@ -37,6 +37,7 @@ class Timeline:
         self.shard, self.run_id, self.clock, self.interval_s = shard, run_id, clock, interval_s
         self._counters, self._gpu, self._write = counters, gpu, write
         self.rows: list[dict] = []
+        self._tokens, self._seconds = 0, 0.0  # output tokens and seconds of the rows so far
         self.begun: float | None = None  # perf_counter time of the first submit
         self._mark: float = 0.0
         self._at_mark: EngineCounters | None = None
@@ -60,12 +61,9 @@ class Timeline:
     def due(self, now: float) -> bool:
         return self.begun is not None and now - self._mark >= self.interval_s
 
-    def generation_s(self, now: float) -> float:
-        """The run's generation time so far: the intervals written plus the open one."""
-        return 0.0 if self.begun is None else now - self.begun
-
-    def output_tokens(self) -> int:
-        return sum(r["output_tokens"] for r in self.rows)
+    def pace(self) -> float:
+        """Output tokens per second over the intervals closed so far."""
+        return rate(self._tokens, self._seconds)
 
     def tick(self, now: float, in_engine: int) -> dict | None:
         """Close the open interval at ``now``, write it, start the next; returns its row."""
@@ -74,6 +72,8 @@ class Timeline:
         counters = self._counters()
         row = self._row(now, counters, in_engine)
         self.rows.append(row)
+        self._tokens += row["output_tokens"]
+        self._seconds += row["interval_s"]
         self._mark, self._at_mark, self._ours = now, counters, _Ours()
         chunk = (len(self.rows) - 1) // CHUNK_ROWS
         self._write(chunk, self.rows[chunk * CHUNK_ROWS:])

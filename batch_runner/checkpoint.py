@@ -116,16 +116,15 @@ def move_aside(out: Path, held: set[str], fingerprint: dict[str, Any]) -> Path |
     """
     locks = []
     try:
-        mine, busy = set(held), set()  # held: the shards whose locks the caller holds
+        mine, others = set(held), set()  # held: the shards whose locks the caller holds
         for label in sorted(shard_labels(out) - held):
             lock = OutputLock(out, label)
             try:
                 lock.acquire()
                 locks.append(lock)
                 mine.add(label)
-            except ResumeConflict:
-                busy.add(label)
-        others = {label for label in busy if _shard_files(out, label) or output_locked(out, label)}
+            except ResumeConflict:  # a run is writing that shard now
+                others.add(label)
         recorded = read_job_record(out)
         if others and recorded is not None and recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
             raise ResumeConflict(
@@ -162,7 +161,7 @@ def check_output_dir(out: Path, inputs: list[Path], job_file: Path | None, input
         why = "is the current folder" if o == cwd else "holds the current folder"
     elif o == Path.home().resolve():
         why = "is the home folder"
-    elif any(o == f.resolve().parent or o in f.resolve().parents for f in inputs):
+    elif any(o in f.resolve().parents for f in inputs):
         why = "holds the input"
     elif job_file is not None and o in job_file.resolve().parents:
         why = "holds the job file"

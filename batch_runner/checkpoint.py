@@ -22,7 +22,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from .config import JobSpec
 from .errors import JobError, ResumeConflict
+from .inputs import input_identity, resolve_files
+from .sharding import Shard
 from .output import committed_parts, write_json
 
 
@@ -292,3 +295,33 @@ def mark_shard_done(out: Path, shard: str, summary: dict[str, Any]) -> None:
 
 __all__ = ["OutputLock", "check_fingerprint", "check_output_dir", "done_ids", "drop_error_rows", "move_aside",
            "fingerprint_hash", "mark_shard_done", "clear_shard_marker"]
+
+
+def fingerprint(job: JobSpec, shard: Shard) -> dict[str, Any]:
+    """What determines the results: model, rendering, sampling, input identity, shard count."""
+    return {
+        "model": job.model.model_dump(),
+        "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window"}),
+        "sampling": job.sampling.model_dump(),
+        "input": {**input_identity(job.input), "id_column": job.input.id_column,
+                  "keep_columns": job.input.keep_columns},
+        "shards": shard.count,
+    }
+
+
+def check_output_writable(out: Path) -> None:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise JobError(f"output.dir: cannot write to {out} ({probe} is not a writable folder)")
+
+
+def check_output_folder(job: JobSpec, shard: Shard, job_file: Path | None) -> None:
+    """Before the long pre-flight: the output folder is safe and writable, and no run holds this shard."""
+    out = job.output_dir
+    inputs = resolve_files(job.input) if job.input.path is not None else []
+    folder = Path(job.input.path) if job.input.path is not None and Path(job.input.path).is_dir() else None
+    check_output_dir(out, inputs, job_file, folder)
+    check_output_writable(out)
+    check_not_locked(out, shard.label)

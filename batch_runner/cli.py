@@ -39,12 +39,12 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def _setup_logging(verbose: bool) -> None:
+def setup_logging(verbose: bool, prefix: str = "") -> None:
     """batch-runner's own messages on stderr, prefixed; vLLM's logging is left as vLLM sets it."""
     logger = logging.getLogger("batch_runner")
     if not logger.handlers:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("batch-run: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"batch-run: {prefix}%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
@@ -78,11 +78,14 @@ def main() -> None:
 @click.option("--fresh", is_flag=True, help="Move existing results aside (to DIR.replaced-TIME) and start over.")
 @click.option("--retry-errors", is_flag=True, help="Run again the rows whose earlier result is an error.")
 @click.option("--shard", "shard_text", metavar="I/N", help="Run only shard I of N (0-based). Default: from Slurm's array variables.")
+@click.option("--executor", type=click.Choice(["auto", "local", "slurm", "ray"]),
+              help="Where the shards run (overrides executor.kind): local, slurm, ray; auto: slurm in an array task.")
 @click.option("--metrics-dir", type=click.Path(file_okay=False),
               help="node_exporter textfile directory for Prometheus metrics (overrides output.metrics_dir).")
 @click.option("-v", "--verbose", is_flag=True, help="Log batch-runner's decisions (info level).")
 def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output_dir: str | None, dry_run: bool,
-            fresh: bool, retry_errors: bool, shard_text: str | None, metrics_dir: str | None, verbose: bool) -> None:
+            fresh: bool, retry_errors: bool, shard_text: str | None, executor: str | None, metrics_dir: str | None,
+            verbose: bool) -> None:
     """Run (or resume) the job in JOB_FILE.
 
     Rerunning with the same output directory resumes: rows already written are skipped. Exit
@@ -90,34 +93,27 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
     resume), 1 unexpected failure.
     """
     from .config import load_job
-    from .parallel import WORKER_ENV, run_parallel
-    from .runner import RunOptions, run_job
-    from .shards import array_size
-    from .sharding import ALL, parse_shard, shard_from_slurm
+    from .executors import execute
+    from .runner import RunOptions
+    from .sharding import parse_shard
 
-    _setup_logging(verbose)
+    setup_logging(verbose)
     extra = list(overrides) + ([f"input.limit={limit}"] if limit else []) + \
         ([f"output.dir={json.dumps(output_dir)}"] if output_dir else []) + \
         ([f"output.metrics_dir={json.dumps(metrics_dir)}"] if metrics_dir else [])
     try:
         job = load_job(job_file, extra)
-        shard = parse_shard(shard_text) if shard_text else shard_from_slurm(os.environ, array_size(job.output_dir))
-        if shard and not shard_text:
-            click.echo(f"batch-run: Slurm array task {shard.index}: shard {shard.index}/{shard.count}", err=True)
-        if not dry_run and job.engine.data_parallel != 1 and os.environ.get(WORKER_ENV) != "1":
-            parallel = run_parallel(job, job_file, extra, shard or ALL, fresh, retry_errors, verbose)
-            if parallel is not None:
-                status, combined = parallel
-                _print_combined(combined, status)
-                sys.exit(int(status))
-        result = run_job(job, RunOptions(fresh=fresh, retry_errors=retry_errors, shard=shard or ALL, dry_run=dry_run,
-                                         job_file=Path(job_file)))
+        shard = parse_shard(shard_text) if shard_text else None
+        options = RunOptions(fresh=fresh, retry_errors=retry_errors, dry_run=dry_run, job_file=Path(job_file))
+        result = execute(job, options, executor, shard, verbose)
     except BatchRunnerError as e:
         _fail(e)
     if dry_run:
-        _print_dry_run(result.summary)
+        _print_dry_run(result.preview)
+    elif len(result.summaries) == 1 and result.engines == 1:
+        _print_summary(result.summaries[0])
     else:
-        _print_summary(result.summary)
+        _print_combined(result)
     sys.exit(int(result.status))
 
 
@@ -130,11 +126,11 @@ def _print_dry_run(info: dict) -> None:
             click.echo(p["prompt"])
 
 
-def _print_summary(s: dict) -> None:
-    run, out = s["this_run"], s["output"]
+def _print_summary(s) -> None:
+    run, out = s.this_run, s.output
     rows = [
-        ("job", f"{s['job']} (shard {s['shard']})"), ("status", s["status"]),
-        ("rows", f"{out['rows']}/{s['shard_rows']} written, {s['skipped_done']} were done before"),
+        ("job", f"{s.job} (shard {s.shard})"), ("status", s.status),
+        ("rows", f"{out['rows']}/{s.shard_rows} written, {s.skipped_done} were done before"),
         ("errors", f"{out['errors']} {out['errors_by_code'] or ''}".strip()),
         ("this run", f"{run['requests']} requests in {run['generation_s']} s"),
         ("throughput", f"{run['output_tok_s']} output tok/s, {run['total_tok_s']} total tok/s, {run['requests_s']} req/s"),
@@ -145,11 +141,17 @@ def _print_summary(s: dict) -> None:
         click.echo(f"{k:>13}  {v}")
 
 
-def _print_combined(c, status) -> None:
+def _print_combined(result) -> None:
+    """The closing table of a run of several shards (data_parallel, Ray): totals over their summaries."""
+    found = result.summaries
+    rows = sum(s.output["rows"] for s in found)
     click.echo("")
-    for k, v in [("status", status.name.lower()), ("engines", c.engines), ("shards", ", ".join(c.shards) or "none finished"),
-                 ("rows", f"{c.rows}/{c.shard_rows} written"), ("errors", c.errors),
-                 ("throughput", f"{c.output_tok_s:,.1f} output tok/s (sum over the engines)")]:
+    for k, v in [("status", result.status.name.lower()), ("engines", result.engines),
+                 ("shards", ", ".join(f"{s.shard} {s.status}" for s in found) or "none finished"),
+                 ("rows", f"{rows}/{sum(s.shard_rows for s in found)} written"),
+                 ("errors", sum(s.output["errors"] for s in found)),
+                 ("throughput", f"{sum(s.this_run['output_tok_s'] for s in found):,.1f} output tok/s "
+                                "(sum over the engines: they ran side by side)")]:
         click.echo(f"{k:>13}  {v}")
 
 

@@ -153,6 +153,24 @@ class OutputSpec(_Section):
         None, description="node_exporter textfile directory: Prometheus metrics written there during and after the run.")
 
 
+class ExecutorSpec(_Section):
+    kind: Literal["auto", "local", "slurm", "ray"] = Field(
+        "auto", description="Where the shards run: local (this process; with engine.data_parallel, one process per "
+                            "engine), slurm (the array task's shard), ray (Ray tasks); auto: slurm inside a Slurm "
+                            "array task, else local.")
+    ray_address: str = Field("auto", description="Ray: the cluster to join, as ray.init(address=...) takes it.")
+    shards: int | Auto = Field("auto", description="Ray: how many shards (one task each); auto: one per engine that "
+                                                   "the cluster's GPUs hold.")
+    max_retries: int = Field(3, ge=0, description="Ray: how often a shard's task is retried after its worker is lost.")
+
+    @field_validator("shards")
+    @classmethod
+    def _positive(cls, v):
+        if v != "auto" and v < 1:
+            raise ValueError("must be 'auto' or at least 1")
+        return v
+
+
 class JobSpec(_Section):
     name: str = Field(description="Job name; default output directory is outputs/<name>.")
     description: str | None = Field(None, description="Free text.")
@@ -162,6 +180,7 @@ class JobSpec(_Section):
     prompt: PromptSpec = Field(default_factory=PromptSpec)
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
 
     @model_validator(mode="after")
     def _one_prompt_source(self) -> "JobSpec":
@@ -193,7 +212,8 @@ _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]
 # The only values in which ${VAR} and $VAR are expanded ("*": every value of that mapping); prompt
 # text is data and is sent as written unless prompt.expand_env asks otherwise.
 EXPANDED_KEYS = [("model", "name"), ("model", "tokenizer"), ("model", "lora_adapters", "*"),
-                 ("input", "path"), ("input", "dataset", "*"), ("output", "dir"), ("output", "metrics_dir")]
+                 ("input", "path"), ("input", "dataset", "*"), ("output", "dir"), ("output", "metrics_dir"),
+                 ("executor", "ray_address")]
 PROMPT_KEYS = [("prompt", "system"), ("prompt", "template"), ("prompt", "chat_template")]
 
 

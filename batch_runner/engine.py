@@ -1,9 +1,10 @@
-"""The engine behind a narrow interface: submit one request, poll for finished ones.
+"""The engine stage behind a small protocol over plain values: submit, poll, abort, close.
 
 ``VllmEngine`` drives vLLM's offline engine (``vllm.LLM``) request by request, the way
 ``LLM.generate`` does inside, but lets the runner keep the queue topped up while it writes
-finished batches, so the engine never drains between batches. vLLM is imported lazily: the CLI's
-help, validation and the pure-logic tests start without it.
+finished batches, so the engine never drains between batches. vLLM's types (``SamplingParams``,
+``LoRARequest``, ``RequestOutput``) stay in this module; the other stages see ``records``. vLLM is
+imported lazily: the CLI's help, validation and the pure-logic tests start without it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .config import EngineSpec, ModelSpec
+from .config import EngineSpec, ModelSpec, SamplingSpec
 from . import reaper
 from .errors import EngineError, Interrupted, JobError, RowError
-from .sampling import rejections
+from .records import Completion, EngineCounters, LoraAdapter, Request, Sample
+from .sampling import check_schema
 
 log = logging.getLogger("batch_runner")
 
@@ -52,48 +54,6 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return True
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-@dataclass(frozen=True)
-class Sample:
-    text: str
-    finish_reason: str | None
-    output_tokens: int
-
-
-@dataclass(frozen=True)
-class Completion:
-    key: str
-    samples: list[Sample]  # one per sampling.n
-    prompt_tokens: int
-    cached_prompt_tokens: int
-    started_s: float | None = None  # perf_counter time the engine first scheduled it (None: not known)
-    finished_s: float | None = None  # perf_counter time it was seen finished
-
-    @property
-    def text(self) -> str:
-        return self.samples[0].text
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self.samples[0].finish_reason
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(s.output_tokens for s in self.samples)
-
-
-@dataclass(frozen=True)
-class EngineCounters:
-    """The engine's own counters at one moment (vLLM's Prometheus metrics); totals since start."""
-
-    generation_tokens: float
-    prompt_tokens: float
-    prefix_cache_queries: float
-    prefix_cache_hits: float
-    requests_running: float
-    requests_waiting: float
-    kv_cache_usage: float | None
 
 
 def vllm_version() -> str:
@@ -189,12 +149,59 @@ def lora_arguments(model: ModelSpec) -> dict[str, Any]:
     return {"enable_lora": True, "max_loras": len(model.lora_adapters), "max_lora_rank": allowed[0]}
 
 
-def lora_requests(model: ModelSpec) -> dict[str, Any]:
-    """One ``LoRARequest`` per adapter name (ids from 1: vLLM reserves 0 for none)."""
-    from vllm.lora.request import LoRARequest
+def rejections() -> tuple[type[Exception], ...]:
+    """The exception types vLLM raises for invalid parameters (newer versions add their own)."""
+    try:
+        from vllm.exceptions import VLLMValidationError
+    except ImportError:  # older vLLM: ValueError only
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, VLLMValidationError)
 
-    return {name: LoRARequest(name, i, str(Path(path).resolve()))
-            for i, (name, path) in enumerate(sorted(model.lora_adapters.items()), 1)}
+
+def sampling_params(values: dict[str, Any]):
+    """A ``vllm.SamplingParams`` from plain values; raises what vLLM (or the JSON schema check) raises."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    values = dict(values)
+    schema = values.pop("json_schema", None)
+    if schema is not None:
+        check_schema(schema)
+        values["structured_outputs"] = StructuredOutputsParams(json=schema)
+    if isinstance(values.get("stop"), str):
+        values["stop"] = [values["stop"]]
+    params = SamplingParams(**values)
+    params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, no streaming
+    return params
+
+
+def check_sampling(spec: SamplingSpec) -> None:
+    """The job's own sampling values; a bad one is a ``JobError``, found before anything starts."""
+    from .sampling import base_values
+
+    try:
+        sampling_params(base_values(spec))
+    except rejections() as e:
+        raise JobError(f"sampling: {e}") from e
+
+
+class Engine(Protocol):
+    """What the runner needs of an engine (``VllmEngine``; tests add a fake one)."""
+
+    max_model_len: int
+
+    def submit(self, request: Request) -> None:
+        """Queue one request; ``RowError`` if the engine rejects it (the row gets an error result)."""
+
+    def unfinished(self) -> int:
+        """Requests submitted and not yet returned by ``poll`` (nor aborted)."""
+
+    def poll(self) -> list[Completion]:
+        """Advance the engine one step; the requests that finished in it."""
+
+    def abort(self, keys: list[str]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 _COUNTERS = {"vllm:generation_tokens": "generation_tokens", "vllm:prompt_tokens": "prompt_tokens",
@@ -222,12 +229,36 @@ class VllmEngine:
         # Its stats feed batch-run's timeline; vLLM's own log line of them every 10 s is not wanted.
         # (Set after LLM(): its logging setup resets the levels of vLLM's loggers.)
         logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
+        self._params_cache: dict[str, Any] = {}
+        self._loras: dict[LoraAdapter, Any] = {}
 
-    def submit(self, key: str, token_ids: list[int], params, lora=None) -> None:
+    def submit(self, request: Request) -> None:
         try:
-            self.engine.add_request(key, {"prompt_token_ids": token_ids}, params, lora_request=lora)
+            params = self._params(request.sampling)
+            self.engine.add_request(request.key, {"prompt_token_ids": request.token_ids}, params,
+                                    lora_request=self._lora(request.lora))
         except rejections() as e:  # vLLM rejects one request, not the run
             raise RowError("engine_rejected", str(e)) from e
+
+    def _params(self, values: dict[str, Any]):
+        """vLLM's parameters for these values, built once per distinct set of values."""
+        key = json.dumps(values, sort_keys=True, default=str)
+        if key not in self._params_cache:
+            try:
+                self._params_cache[key] = sampling_params(values)
+            except rejections() as e:
+                raise RowError("invalid_sampling", str(e)) from e
+        return self._params_cache[key]
+
+    def _lora(self, adapter: LoraAdapter | None):
+        """vLLM's request for an adapter (ids from 1, in order of first use: vLLM reserves 0 for none)."""
+        if adapter is None:
+            return None
+        if adapter not in self._loras:  # by name and path: vLLM caches an adapter's weights by its id
+            from vllm.lora.request import LoRARequest
+
+            self._loras[adapter] = LoRARequest(adapter.name, len(self._loras) + 1, adapter.path)
+        return self._loras[adapter]
 
     def unfinished(self) -> int:
         return self.engine.get_num_unfinished_requests()

@@ -10,6 +10,7 @@ the label Prometheus gives the scrape target.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,3 +116,40 @@ class MetricsFile:
             Path(tmp).write_text(text)
         atomic_write(self.path, write)
         self.last_write = now
+
+
+class RunMetrics:
+    """The metrics file of one shard's run: a listener of its commits, refreshed every interval while
+    no batch commits (a long first wave must not look hung), and written once more at the end."""
+
+    def __init__(self, file: MetricsFile, shard_rows: int, before: dict, committer, lock: threading.Lock):
+        self.file, self.shard_rows, self.before = file, shard_rows, before  # before: earlier runs' totals
+        self.committer, self.lock = committer, lock
+        self._done = threading.Event()
+
+    def __call__(self, event) -> None:
+        self.write()
+
+    def write(self, exit_status: int | None = None) -> None:
+        t = self.committer.totals
+        errors = dict(self.before["errors_by_code"])
+        for code, n in t.error_codes.items():
+            errors[code] = errors.get(code, 0) + n
+        self.file.update(Snapshot(
+            rows=self.shard_rows, rows_done=self.before["rows"] + t.requests, errors_by_code=errors,
+            prompt_tokens=t.prompt_tokens, cached_prompt_tokens=t.cached_prompt_tokens,
+            output_tokens=t.output_tokens, output_tok_s=self.committer.pace(), exit_status=exit_status),
+            force=exit_status is not None)
+
+    def __enter__(self) -> "RunMetrics":
+        self.write()
+        threading.Thread(target=self._tick, daemon=True).start()
+        return self
+
+    def _tick(self) -> None:
+        while not self._done.wait(self.file.interval):
+            with self.lock:
+                self.write()
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()

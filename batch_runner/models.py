@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .config import JobSpec
 from .errors import JobError
 from .output import umask
 
@@ -22,10 +23,14 @@ EMBEDDED = {
 }
 
 
+def cache_base() -> Path:
+    """batch-runner's cache: $BATCH_RUNNER_CACHE, else ~/.cache/batch-runner."""
+    return Path(os.environ.get("BATCH_RUNNER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "batch-runner"))
+
+
 def cache_root() -> Path:
-    base = os.environ.get("BATCH_RUNNER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "batch-runner")
-    return Path(base) / "models"
+    return cache_base() / "models"
 
 
 def _gguf_path(package: str, filename: str) -> Path:
@@ -88,3 +93,23 @@ def resolve_model(name: str) -> str:
         raise JobError(f"model.name: {name!r} is neither an embedded model ({', '.join(EMBEDDED)}), "
                        f"an existing folder, nor a Hugging Face id (owner/name)")
     return name
+
+
+def load_tokenizer(model_path: str, job: JobSpec):
+    from transformers import AutoTokenizer
+
+    source = job.model.tokenizer or model_path
+    try:
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=job.model.trust_remote_code,
+                                             revision=job.model.revision)
+    except (OSError, ValueError) as e:
+        raise JobError(f"model: cannot load the tokenizer of {source}: {e}") from e
+
+
+def context_length(model_path: str, job: JobSpec) -> int:
+    if job.model.max_model_len:
+        return job.model.max_model_len
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=job.model.trust_remote_code)
+    return int(getattr(config, "max_position_embeddings", 2048))

@@ -13,9 +13,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from .config import InputSpec
+from .config import InputSpec, JobSpec
 from .errors import JobError
 from .inputs import INVALID, describe_source, iter_rows
+from .prompts import PromptRenderer
 from .sharding import Shard
 
 MAX_PROBLEMS = 20
@@ -174,3 +175,16 @@ def _checked_id(spec: InputSpec, row, problem) -> str | None:
         problem(f"{row.where}: id {rid!r} is not valid text (a lone surrogate escape)")
         return None
     return rid
+
+
+def columns_read(job: JobSpec, renderer: PromptRenderer) -> dict[str, str]:
+    """Columns the job reads (each must be in some row: a name in no row is a typo), and what reads them."""
+    columns = {c: "the prompt" for c in renderer.columns}
+    columns |= {c: f"sampling.columns.{field}" for field, c in job.sampling.columns.items()}
+    if job.model.lora_column:
+        columns[job.model.lora_column] = "model.lora_column"
+    if job.input.format != "openai":  # there, a file of only chats has no 'prompt' column and vice versa
+        for name in ("messages_column", "prompt_column"):
+            if getattr(job.prompt, name):
+                columns[getattr(job.prompt, name)] = f"prompt.{name}"
+    return columns

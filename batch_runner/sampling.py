@@ -1,28 +1,18 @@
 """Each row's sampling: the job's sampling section, then the row's own values.
 
 A row's values come from columns named in ``sampling.columns`` (and, for an OpenAI batch file, from
-its body). vLLM judges them row by row: a value it rejects makes an error row (``invalid_sampling``),
-not a failed job. Parameters are built once per distinct set of values.
+its body). They stay plain values here; the engine builds vLLM's parameters from them and judges
+them row by row: a value it rejects makes an error row (``invalid_sampling``), not a failed job.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from .config import SamplingSpec
-from .errors import JobError, RowError
+from .errors import RowError
 
 OPENAI_COLUMN = "sampling"  # the column an OpenAI batch row keeps its body's sampling fields in
-
-
-def rejections() -> tuple[type[Exception], ...]:
-    """The exception types vLLM raises for invalid parameters (newer versions add their own)."""
-    try:
-        from vllm.exceptions import VLLMValidationError
-    except ImportError:  # older vLLM: ValueError only
-        return (ValueError, TypeError)
-    return (ValueError, TypeError, VLLMValidationError)
 
 
 def base_values(spec: SamplingSpec) -> dict[str, Any]:
@@ -37,23 +27,6 @@ def base_values(spec: SamplingSpec) -> dict[str, Any]:
     return values
 
 
-def build(values: dict[str, Any]):
-    """A ``vllm.SamplingParams``; raises what vLLM (or the JSON schema check) raises."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
-
-    values = dict(values)
-    schema = values.pop("json_schema", None)
-    if schema is not None:
-        check_schema(schema)
-        values["structured_outputs"] = StructuredOutputsParams(json=schema)
-    if isinstance(values.get("stop"), str):
-        values["stop"] = [values["stop"]]
-    params = SamplingParams(**values)
-    params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, no streaming
-    return params
-
-
 def check_schema(schema: Any) -> None:
     import jsonschema
 
@@ -65,23 +38,13 @@ def check_schema(schema: Any) -> None:
         raise ValueError(f"json_schema is not a valid JSON schema: {e.message}") from e
 
 
-def sampling_params(spec: SamplingSpec, max_tokens: int | None = None):
-    """The job's own parameters; a bad value is a ``JobError`` (found before anything starts)."""
-    values = base_values(spec) | ({"max_tokens": max_tokens} if max_tokens is not None else {})
-    try:
-        return build(values)
-    except rejections() as e:
-        raise JobError(f"sampling: {e}") from e
-
-
 class RowSampling:
-    """Sampling values and parameters per row, over the job's defaults."""
+    """Sampling values per row, over the job's defaults."""
 
     def __init__(self, spec: SamplingSpec, openai: bool = False):
         self.base = base_values(spec)
         self.columns = dict(spec.columns)
         self.openai = openai
-        self._cache: dict[str, Any] = {}
 
     def values(self, row: dict[str, Any]) -> dict[str, Any]:
         """The row's sampling values; ``RowError`` if its own values are not a mapping."""
@@ -94,14 +57,3 @@ class RowSampling:
         if "max_tokens" in own and not (isinstance(own["max_tokens"], int) and own["max_tokens"] > 0):
             raise RowError("invalid_sampling", f"max_tokens must be a positive integer, got {own['max_tokens']!r}")
         return self.base | own
-
-    def params(self, values: dict[str, Any], max_tokens: int):
-        """Parameters for these values, with max_tokens as rendering settled it."""
-        values = values | {"max_tokens": max_tokens}
-        key = json.dumps(values, sort_keys=True, default=str)
-        if key not in self._cache:
-            try:
-                self._cache[key] = build(values)
-            except rejections() as e:
-                raise RowError("invalid_sampling", str(e)) from e
-        return self._cache[key]

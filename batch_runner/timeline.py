@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .engine import EngineCounters
+from .records import EngineCounters
 from .stats import Clock, rate
 
 CHUNK_ROWS = 720  # an hour of 5 s intervals per part file

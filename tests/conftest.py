@@ -57,6 +57,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def fake(monkeypatch):
+    """Install a fake engine (tests/fake_engine.py) for the next in-process runs; returns it."""
+    from fake_engine import FakeEngine
+
+    def install(**kw) -> "FakeEngine":
+        engine = FakeEngine(**kw)
+        monkeypatch.setattr("batch_runner.runner.get_engine", lambda args: engine)
+        return engine
+    return install
+
+
+@pytest.fixture
 def cli():
     """Run ``batch-run ARGS`` in this process; returns the click Result."""
     runner = CliRunner()

@@ -1,18 +1,26 @@
 """A fake engine for tests of the runner's own logic: exactly-once paths, commits, the output contract.
 
-It has the real engine's interface (submit, unfinished, poll, abort, close, max_model_len) and
-answers deterministically: each request's text names its prompt length, so a test can check every
-row got its own answer. It never stands in for the path a user runs: the end-to-end tests drive
-the real vLLM engine.
+It implements the engine protocol (``batch_runner.engine.Engine``: submit, unfinished, poll, abort,
+close, max_model_len) and answers deterministically: each request's text names its prompt length, so
+a test can check every row got its own answer. Latency, rejections, stalls, a hang and a death are
+configurable. It never stands in for the path a user runs: the end-to-end tests drive vLLM.
+
+``python tests/fake_engine.py ARGS`` runs the CLI with it in a process of its own (for the paths
+that end a process: kill -9, a second signal, the stop watchdog); its settings come as JSON in the
+environment variable FAKE_ENGINE.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from batch_runner.engine import Completion, Sample
+from batch_runner.errors import RowError
+from batch_runner.records import Completion, Request, Sample
 
 
 @dataclass
@@ -21,18 +29,29 @@ class FakeEngine:
     per_poll: int = 3  # requests finished per poll, oldest first
     latency_s: float = 0.0  # sleep per poll
     output_tokens: int = 5
-    stall: Callable[[str], bool] = lambda key: False  # requests that never finish
+    stall: Callable[[str], bool] = lambda key: False  # requests that never finish (then the engine "dies")
+    reject: Callable[[Request], bool] = lambda request: False  # requests refused at submit (error rows)
+    hang_after: int | None = None  # polls after which poll never returns (an engine that stopped answering)
+    on_poll: Callable[[int], None] = lambda polls: None  # called with the poll count (e.g. to send a signal)
     submitted: list[str] = field(default_factory=list)
+    polls: int = 0
     _queue: list[tuple[str, int]] = field(default_factory=list)
 
-    def submit(self, key: str, token_ids: list[int], params, lora=None) -> None:
-        self.submitted.append(key)
-        self._queue.append((key, len(token_ids)))
+    def submit(self, request: Request) -> None:
+        if self.reject(request):
+            raise RowError("engine_rejected", "the fake engine rejects this request")
+        self.submitted.append(request.key)
+        self._queue.append((request.key, len(request.token_ids)))
 
     def unfinished(self) -> int:
         return len(self._queue)
 
     def poll(self) -> list[Completion]:
+        self.polls += 1
+        self.on_poll(self.polls)
+        if self.hang_after is not None and self.polls > self.hang_after:
+            while True:
+                time.sleep(1)
         if self.latency_s:
             time.sleep(self.latency_s)
         ready = [q for q in self._queue if not self.stall(q[0])][: self.per_poll]
@@ -40,7 +59,8 @@ class FakeEngine:
             raise RuntimeError("fake engine died")
         for q in ready:
             self._queue.remove(q)
-        return [Completion(key, [Sample(f"answer to {n} tokens", "stop", self.output_tokens)], n, 0)
+        now = time.perf_counter()
+        return [Completion(key, [Sample(f"answer to {n} tokens", "stop", self.output_tokens)], n, 0, now, now)
                 for key, n in ready]
 
     def abort(self, keys: list[str]) -> None:
@@ -53,3 +73,20 @@ class FakeEngine:
 def batch_of(key: str) -> int:
     """The runner's batch number in a request key (run_id:batch:position)."""
     return int(key.split(":")[1])
+
+
+def main() -> None:
+    import batch_runner.runner
+    import batch_runner.stop
+    from batch_runner.cli import entry
+
+    settings = json.loads(os.environ.get("FAKE_ENGINE", "{}"))
+    batch_runner.stop.STOP_GRACE_S = settings.pop("stop_grace_s", batch_runner.stop.STOP_GRACE_S)
+    engine = FakeEngine(**settings)
+    batch_runner.runner.get_engine = lambda args: engine
+    sys.argv = ["batch-run", *sys.argv[1:]]
+    entry()
+
+
+if __name__ == "__main__":
+    main()

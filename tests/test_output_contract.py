@@ -21,17 +21,7 @@ from batch_runner.checkpoint import OutputLock
 from batch_runner.config import load_job
 from batch_runner.errors import JobError
 from conftest import news_rows, write_job, write_jsonl
-from fake_engine import FakeEngine, batch_of
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    """Install a fake engine for the next runs; returns it."""
-    def install(**kw) -> FakeEngine:
-        engine = FakeEngine(**kw)
-        monkeypatch.setattr("batch_runner.runner.get_engine", lambda args: engine)
-        return engine
-    return install
+from fake_engine import batch_of
 
 
 def read_everywhere(out) -> pd.DataFrame:

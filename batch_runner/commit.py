@@ -1,0 +1,89 @@
+"""Stage 4: committing. A batch's finished rows become one atomic Parquet part with its stats row;
+the engine timeline is written beside them; listeners (progress, metrics, a parent process) hear
+of each commit as a ``ProgressEvent``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from .output import (STATS_SCHEMA, TIMELINE_SCHEMA, part_name, results_schema, storable_rows, timeline_part_name,
+                     write_parquet)
+from .records import EngineCounters, ProgressEvent, ResultRow
+from .stats import BatchTimes, Clock, RunTotals, batch_stats
+from .timeline import Timeline
+
+Listener = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class PartWriter:
+    """Where and how this run's files are written."""
+
+    out: Path
+    shard: str
+    run_id: str
+    meta: dict[str, str]  # Parquet key-value metadata: job, model, run, engine, host
+    compression: str
+
+    def write(self, folder: str, name: str, table: pa.Table) -> None:
+        write_parquet(self.out / folder / name, table, self.meta, self.compression)
+
+
+class Committer:
+    def __init__(self, writer: PartWriter, kept: pa.Schema, rows_total: int, clock: Clock, gpu: Callable[[], dict],
+                 counters: Callable[[], EngineCounters | None], timeline_interval_s: float):
+        self.writer = writer
+        self.schema, self.kept_names = results_schema(kept), kept.names
+        self.clock, self.gpu = clock, gpu
+        self.totals = RunTotals()
+        self.rows_total, self.rows_done = rows_total, 0
+        self.timeline = Timeline(writer.shard, writer.run_id, clock, timeline_interval_s, counters, gpu,
+                                 self._write_timeline)
+        self.listeners: list[Listener] = []
+
+    def _write_timeline(self, chunk: int, rows: list[dict]) -> None:
+        w = self.writer
+        self.writer.write("timeline", timeline_part_name(w.shard, w.run_id, chunk),
+                          pa.Table.from_pylist(rows, schema=TIMELINE_SCHEMA))
+
+    def pace(self) -> float:
+        """This run's output tokens per second of generation: over the whole run once it has ended,
+        else over the timeline's intervals so far (the engine's tokens, committed or not)."""
+        return self.totals.output_tok_s if self.totals.generation_s else self.timeline.pace()
+
+    def started(self) -> None:
+        self._tell(ProgressEvent("start", self.writer.shard, self.rows_total))
+
+    def commit(self, number: int, results: list[ResultRow], times: BatchTimes) -> None:
+        """Write a batch's finished rows as one part, then its stats row (a part without its stats row
+        is still a result: the stats are about the run, the parts are the output)."""
+        if not results:
+            return
+        w = self.writer
+        name = part_name(w.shard, w.run_id, number)
+        rows = storable_rows([r.as_row() for r in results], self.schema, self.kept_names)
+        w.write("results", name, pa.Table.from_pylist(rows, schema=self.schema))
+        stats = batch_stats(w.shard, w.run_id, number, times, self.clock, rows, self.gpu())
+        row = stats.row()
+        w.write("stats", name, pa.Table.from_pylist([row], schema=STATS_SCHEMA))
+        self.totals.add(stats, rows)
+        self.timeline.committed(len(rows))
+        self.rows_done += stats.requests
+        self._tell(ProgressEvent(
+            "batch", w.shard, self.rows_total, self.rows_done, number, stats.requests, stats.errors,
+            stats.output_tokens, round(self.pace(), 1), round(row["cache_hit_rate"], 3), round(stats.span_s, 2)))
+
+    def end(self, now: float, in_engine: int) -> None:
+        """Close the last interval: the run's generation time ends here (last finish, or the stop)."""
+        if self.timeline.begun is not None:
+            self.timeline.tick(now, in_engine)
+            self.totals.generation_s = now - self.timeline.begun
+
+    def _tell(self, event: ProgressEvent) -> None:
+        for listener in self.listeners:
+            listener(event)

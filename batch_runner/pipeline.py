@@ -1,0 +1,150 @@
+"""One shard's rows through the stages: prepare, engine, finish, commit.
+
+The engine gets requests one by one and its queue is topped up while finished batches are
+committed, so vLLM never drains between batches. A batch's rows land as one part when its last
+row finishes; on a stop, the finished rows of open batches are committed and the rest aborted
+(they run again on resume), so every row is committed at most once per run and exactly once overall.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .commit import Committer
+from .engine import Engine
+from .errors import BatchRunnerError, EngineError, ExitStatus, RowError
+from .finish import completed_result, error_result
+from .inputs import InputRow
+from .prepare import RequestBuilder
+from .records import Completion, Request, ResultRow
+from .scheduler import chunked
+from .stats import BatchTimes
+from .stop import StopRequest
+
+log = logging.getLogger("batch_runner")
+
+
+@dataclass
+class OpenBatch:
+    number: int
+    rows: list[tuple[str, InputRow]]  # (id, row)
+    kept: list[dict]  # each row's kept columns (made storable at commit)
+    results: list[ResultRow | None]
+    times: BatchTimes
+    pending: int = 0
+
+    def error(self, pos: int, err: RowError) -> None:
+        self.results[pos] = error_result(self.rows[pos][0], self.number, self.kept[pos], err)
+
+
+class Pipeline:
+    def __init__(self, builder: RequestBuilder, engine: Engine, committer: Committer, stop: StopRequest,
+                 kept_names: list[str], batch_size: int, queue_target: int):
+        self.builder, self.engine, self.committer, self.stop = builder, engine, committer, stop
+        self.kept_names, self.batch_size, self.queue_target = kept_names, batch_size, queue_target
+        self.open: dict[int, OpenBatch] = {}
+        self.in_engine: dict[str, Request] = {}  # submitted, not yet finished
+        self.lock = threading.Lock()  # the loop and the stop watchdog never commit at once
+        stop.on_timeout = self.hard_stop
+
+    def run(self, rows: Iterable[tuple[str, InputRow]]) -> None:
+        """Run every row; on a stop request, save what finished and return."""
+        try:
+            for number, batch in enumerate(chunked(rows, self.batch_size)):
+                if self.stop.requested:
+                    break
+                with self.lock:
+                    self.submit(number, batch)
+                while self.engine.unfinished() >= self.queue_target and not self.stop.requested:
+                    self.collect()
+            while self.in_engine and not self.stop.requested:
+                self.collect()
+        except BatchRunnerError:
+            raise
+        except Exception as e:  # the engine died; a signal may have reached it first
+            if not self.stop.requested:
+                raise EngineError(f"the engine failed during the run: {type(e).__name__}: {e}\n"
+                                  "Finished rows were saved; rerun the job to resume.") from e
+            log.warning("the engine stopped with the signal (%s); saving finished rows", type(e).__name__)
+        finally:
+            with self.lock:
+                self.flush_partial()
+
+    def submit(self, number: int, rows: list[tuple[str, InputRow]]) -> None:
+        now = time.perf_counter()
+        kept = [{name: row.data.get(name) for name in self.kept_names} for _, row in rows]
+        batch = OpenBatch(number, rows, kept, [None] * len(rows), BatchTimes(submitted=now))
+        self.committer.timeline.begin(now)
+        self.open[number] = batch
+        for pos, request in enumerate(self.builder.build(number, [row for _, row in rows])):
+            if isinstance(request, RowError):
+                batch.error(pos, request)
+                continue
+            try:
+                self.engine.submit(request)
+            except RowError as e:
+                e.prompt_tokens = len(request.token_ids)
+                batch.error(pos, e)
+                continue
+            self.in_engine[request.key] = request
+            batch.pending += 1
+        if batch.pending == 0:
+            self._commit(batch)
+
+    def collect(self) -> None:
+        completions = self.engine.poll()
+        with self.lock:
+            for c in completions:
+                self._finished(c)
+            now = time.perf_counter()
+            if self.committer.timeline.due(now):
+                self.committer.timeline.tick(now, self.engine.unfinished())
+
+    def _finished(self, c: Completion) -> None:
+        request = self.in_engine.pop(c.key)
+        batch = self.open[request.batch]
+        batch.results[request.position] = completed_result(batch.rows[request.position][0],
+                                                           batch.kept[request.position], request, c)
+        batch.times.saw(c.started_s, c.finished_s)
+        self.committer.timeline.finished(c.output_tokens, c.prompt_tokens, c.cached_prompt_tokens)
+        batch.pending -= 1
+        if batch.pending == 0:
+            self._commit(batch)
+
+    def _commit(self, batch: OpenBatch) -> None:
+        self.open.pop(batch.number, None)
+        self.committer.commit(batch.number, [r for r in batch.results if r is not None], batch.times)
+
+    def _end(self) -> None:
+        try:
+            in_engine = self.engine.unfinished()
+        except Exception:  # the engine may be gone
+            in_engine = 0
+        self.committer.end(time.perf_counter(), in_engine)
+
+    def flush_partial(self) -> None:
+        """Commit the finished rows of open batches; abort the rest (they run again on resume)."""
+        try:
+            self.engine.abort(list(self.in_engine))
+        except Exception:  # the engine may already be gone (signal reached it too)
+            log.debug("abort failed", exc_info=True)
+        self.in_engine.clear()
+        self._end()
+        for batch in list(self.open.values()):
+            self._commit(batch)
+
+    def hard_stop(self) -> None:
+        """The engine did not answer after a stop request: save finished rows, exit resumable."""
+        with self.lock:
+            self._end()
+            for batch in list(self.open.values()):
+                self._commit(batch)
+        print("batch-run: the engine did not stop in time; finished rows saved, exiting (rerun to resume)",
+              file=sys.stderr, flush=True)
+        os._exit(int(ExitStatus.INTERRUPTED))

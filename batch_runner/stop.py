@@ -1,0 +1,56 @@
+"""SIGTERM/SIGINT during a run: the first asks for a clean stop, a second exits at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from .errors import Interrupted
+
+STOP_GRACE_S = 60.0  # after a stop request, the longest we wait for the engine before saving and exiting
+
+
+class StopRequest:
+    """Catches the stop signals for the length of a run.
+
+    If the engine does not answer within STOP_GRACE_S (it may have been killed by the same
+    signal), ``on_timeout`` saves what is finished and ends the process.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.on_timeout = lambda: None
+        self.starting = False  # the engine is starting: nothing to save, stop at once
+        self._old: dict[int, Any] = {}
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (embedded use): no handlers
+                pass
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.requested = signal.Signals(signum).name
+        if self.starting:  # a start takes minutes on a GPU; no row has run, so stop now
+            raise Interrupted(f"{self.requested} received while the engine was starting; nothing ran. "
+                              "Rerun (or requeue) to resume")
+        print(f"batch-run: {self.requested} received: saving finished rows, then stopping "
+              "(signal again to exit at once)", file=sys.stderr, flush=True)
+        self._timer = threading.Timer(STOP_GRACE_S, self.on_timeout)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def __exit__(self, *exc) -> None:
+        if self._timer is not None:  # the run ended in time; an embedding program goes on
+            self._timer.cancel()
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

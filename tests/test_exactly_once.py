@@ -1,0 +1,161 @@
+"""Every id exactly once, on every path a run can end by: the runner's own logic, with the fake engine.
+
+These cover in seconds what would take minutes with a real engine start each. The same paths with
+vLLM are in test_crash_safety (kill -9, SIGTERM) and test_end_to_end.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, news_rows, write_job, write_jsonl
+
+ROWS = 40
+
+
+def job_file(tmp_path, rows=ROWS, **sections):
+    data = write_jsonl(tmp_path / "in.jsonl", news_rows(rows))
+    sections.setdefault("output", {}).setdefault("batch_size", 4)
+    return write_job(tmp_path, input={"path": str(data)}, **sections)
+
+
+def results(tmp_path) -> pd.DataFrame:
+    return pd.read_parquet(tmp_path / "out" / "results")
+
+
+def assert_every_id_once(tmp_path, rows=ROWS) -> pd.DataFrame:
+    df = results(tmp_path)
+    assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(rows))
+    assert df["id"].is_unique
+    return df
+
+
+def start_fake_run(job, **settings) -> subprocess.Popen:
+    """The CLI with the fake engine, in a process of its own (for paths that end the process)."""
+    env = {**os.environ, "FAKE_ENGINE": json.dumps(settings), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_engine.py"), "run", str(job)], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_parts(out, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(list((out / "results").glob("part-*.parquet"))) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail("the run ended first:\n" + proc.stderr.read()[-3000:])
+        time.sleep(0.05)
+    pytest.fail(f"no {n} parts within {timeout} s")
+
+
+def test_a_stop_saves_the_finished_rows_of_open_batches_and_the_rerun_runs_the_rest(cli, fake, tmp_path):
+    job = job_file(tmp_path)
+    engine = fake(per_poll=3, on_poll=lambda n: n == 3 and os.kill(os.getpid(), signal.SIGTERM))
+    stopped = cli("run", job)
+    assert stopped.exit_code == 75, stopped.output
+    first = results(tmp_path)
+    assert len(first) == 9  # the rows of the three polls up to the stop, and no other
+    assert (first.groupby("batch").size() < 4).any()  # a batch cut short was committed as it stood
+    assert len(engine.submitted) > len(first)  # the rest were in the engine and aborted
+
+    again = fake()
+    assert cli("run", job).exit_code == 0
+    assert len(again.submitted) == ROWS - 9  # only the rows without a result ran again
+    assert_every_id_once(tmp_path)
+
+
+def test_retry_errors_runs_only_the_error_rows_again(cli, fake, tmp_path):
+    job = job_file(tmp_path)
+    fake(reject=lambda request: request.position == 0)  # the first row of every batch is refused
+    assert cli("run", job).exit_code == 3
+    assert results(tmp_path)["error_code"].eq("engine_rejected").sum() == ROWS // 4
+
+    plain = fake()
+    assert cli("run", job).exit_code == 3  # a plain rerun leaves error rows alone
+    assert plain.submitted == []
+    retry = fake()
+    assert cli("run", job, "--retry-errors").exit_code == 0
+    assert len(retry.submitted) == ROWS // 4
+    df = assert_every_id_once(tmp_path)
+    assert df["error_code"].isna().all()
+
+
+class Crash(BaseException):
+    """The process dying at that point (nothing catches it)."""
+
+
+def test_a_crash_between_a_part_and_its_stats_loses_no_row(cli, fake, tmp_path, monkeypatch):
+    import batch_runner.commit as commit
+
+    job = job_file(tmp_path)
+    calls, real = [], commit.batch_stats
+
+    def crash_on_the_third(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:  # the part is written; the process dies before its stats row
+            raise Crash
+        return real(*args, **kw)
+
+    monkeypatch.setattr(commit, "batch_stats", crash_on_the_third)
+    fake()
+    with pytest.raises(Crash):
+        cli("run", job)
+    assert len(results(tmp_path)) == 12  # three parts, the third without its stats row
+    monkeypatch.setattr(commit, "batch_stats", real)
+    again = fake()
+    assert cli("run", job).exit_code == 0
+    assert len(again.submitted) == ROWS - 12
+    assert_every_id_once(tmp_path)
+
+
+def test_kill_9_between_commits_then_the_rerun_runs_exactly_the_rest(cli, fake, tmp_path):
+    job = job_file(tmp_path)
+    proc = start_fake_run(job, per_poll=2, latency_s=0.05)
+    wait_for_parts(tmp_path / "out", 3, proc)
+    proc.kill()
+    proc.communicate()
+    done = len(results(tmp_path))
+    assert 12 <= done < ROWS
+    again = fake()
+    assert cli("run", job).exit_code == 0
+    assert len(again.submitted) == ROWS - done
+    assert_every_id_once(tmp_path)
+
+
+def test_a_second_signal_exits_at_once_and_committed_rows_stay(cli, fake, tmp_path):
+    job = job_file(tmp_path)
+    proc = start_fake_run(job, per_poll=1, hang_after=6)  # the engine stops answering: a stop cannot finish
+    wait_for_parts(tmp_path / "out", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "second signal, exiting at once" in stderr
+    fake()
+    assert cli("run", job).exit_code == 0
+    assert_every_id_once(tmp_path)
+
+
+def test_an_engine_that_does_not_stop_is_left_after_the_grace_period(cli, fake, tmp_path):
+    job = job_file(tmp_path)
+    proc = start_fake_run(job, per_poll=1, hang_after=6, stop_grace_s=1.0)
+    wait_for_parts(tmp_path / "out", 1, proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert time.time() - t0 < 10
+    assert "the engine did not stop in time; finished rows saved" in stderr
+    assert len(results(tmp_path)) == 6  # every finished row, the open batch's too
+    again = fake()
+    assert cli("run", job).exit_code == 0
+    assert len(again.submitted) == ROWS - 6
+    assert_every_id_once(tmp_path)

@@ -297,9 +297,10 @@ __all__ = ["OutputLock", "check_fingerprint", "check_output_dir", "done_ids", "d
            "fingerprint_hash", "mark_shard_done", "clear_shard_marker"]
 
 
-def fingerprint(job: JobSpec, shard: Shard) -> dict[str, Any]:
-    """What determines the results: model, rendering, sampling, input identity, shard count."""
-    return {
+def fingerprint(job: JobSpec, shard: Shard, assignment: str | None = None) -> dict[str, Any]:
+    """What determines the results: model, rendering, sampling, input identity, shard count, and the
+    prefix-affinity assignment of rows to shards where there is one (its digest)."""
+    return {**({"assignment": assignment} if assignment else {}),
         "model": job.model.model_dump(),
         "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window"}),
         "sampling": job.sampling.model_dump(),

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .output import (STATS_SCHEMA, TIMELINE_SCHEMA, part_name, results_schema, storable_rows, timeline_part_name,
-                     write_parquet)
+from .output import (STATS_SCHEMA, TIMELINE_SCHEMA, flush_part_name, part_name, results_schema, storable_rows,
+                     timeline_part_name, write_parquet)
 from .records import EngineCounters, ProgressEvent, ResultRow
 from .stats import BatchTimes, Clock, RunTotals, batch_stats
 from .timeline import Timeline
@@ -45,6 +45,7 @@ class Committer:
         self.timeline = Timeline(writer.shard, writer.run_id, clock, timeline_interval_s, counters, gpu,
                                  self._write_timeline)
         self.listeners: list[Listener] = []
+        self.flushes = 0
 
     def _write_timeline(self, chunk: int, rows: list[dict]) -> None:
         w = self.writer
@@ -59,20 +60,30 @@ class Committer:
     def started(self) -> None:
         self._tell(ProgressEvent("start", self.writer.shard, self.rows_total))
 
-    def commit(self, number: int, results: list[ResultRow], times: BatchTimes) -> None:
-        """Write a batch's finished rows as one part, then its stats row (a part without its stats row
-        is still a result: the stats are about the run, the parts are the output)."""
-        if not results:
-            return
-        w = self.writer
-        name = part_name(w.shard, w.run_id, number)
+    def write_rows(self, results: list[ResultRow], name: str) -> list[dict]:
+        """One atomic part of result rows; returns them as stored (for the batch's stats row)."""
         rows = storable_rows([r.as_row() for r in results], self.schema, self.kept_names)
-        w.write("results", name, pa.Table.from_pylist(rows, schema=self.schema))
+        self.writer.write("results", name, pa.Table.from_pylist(rows, schema=self.schema))
+        self.timeline.committed(len(rows))
+        return rows
+
+    def flush(self, results: list[ResultRow]) -> list[dict]:
+        """Rows of open batches that have waited long enough: a part of their own."""
+        self.flushes += 1
+        return self.write_rows(results, flush_part_name(self.writer.shard, self.writer.run_id, self.flushes))
+
+    def commit(self, number: int, results: list[ResultRow], times: BatchTimes, stored: list[dict] = ()) -> None:
+        """A batch is done: its rows not yet written become its part, then its stats row over all its
+        rows (``stored``: those flushed before). A part without its stats row is still a result: the
+        stats are about the run, the parts are the output."""
+        w = self.writer
+        rows = [*stored, *(self.write_rows(results, part_name(w.shard, w.run_id, number)) if results else [])]
+        if not rows:
+            return
         stats = batch_stats(w.shard, w.run_id, number, times, self.clock, rows, self.gpu())
         row = stats.row()
-        w.write("stats", name, pa.Table.from_pylist([row], schema=STATS_SCHEMA))
+        w.write("stats", part_name(w.shard, w.run_id, number), pa.Table.from_pylist([row], schema=STATS_SCHEMA))
         self.totals.add(stats, rows)
-        self.timeline.committed(len(rows))
         self.rows_done += stats.requests
         self._tell(ProgressEvent(
             "batch", w.shard, self.rows_total, self.rows_done, number, stats.requests, stats.errors,

@@ -145,8 +145,10 @@ class SamplingSpec(_Section):
 
 class OutputSpec(_Section):
     dir: str | None = Field(None, description="Output directory; default outputs/<job name>.")
-    batch_size: int = Field(256, gt=0, description="Rows per results part file (a crash loses at most these).")
+    batch_size: int = Field(256, gt=0, description="Rows per batch: its rows land as one part when it completes.")
     compression: str = Field("zstd", description="Parquet compression codec.")
+    flush_s: float = Field(5.0, gt=0, description="A finished row is committed at most this many seconds after it "
+                                                  "finishes, even while the rest of its batch runs.")
     log_format: Literal["text", "json"] = Field("text", description="Per-batch log lines on stderr.")
     openai: bool = Field(False, description="Also write OpenAI batch output files (openai/results.jsonl, errors.jsonl).")
     metrics_dir: str | None = Field(

@@ -86,8 +86,8 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
     out = job.output_dir
     for s in shards:
         checkpoint.check_output_folder(job, s, options.job_file)
-    report = run_shard(job, RunOptions(dry_run=True, dry_run_rows=0, shard=options.shard)).preview["report"]
-    wanted = checkpoint.fingerprint(job, shards[0])
+    report = run_shard(job, RunOptions(dry_run=True, dry_run_rows=0, shard=shards[0])).preview["report"]
+    wanted = checkpoint.fingerprint(job, shards[0], report.assignment)
     out.mkdir(parents=True, exist_ok=True)
     if options.fresh:
         locks = [checkpoint.OutputLock(out, s.label) for s in shards]

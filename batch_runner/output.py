@@ -205,6 +205,11 @@ def part_name(shard: str, run_id: str, batch: int) -> str:
     return f"part-{shard}-{run_id}-b{batch:06d}.parquet"
 
 
+def flush_part_name(shard: str, run_id: str, flush: int) -> str:
+    """A part of rows from batches still open, committed because they had waited output.flush_s."""
+    return f"part-{shard}-{run_id}-f{flush:06d}.parquet"
+
+
 def timeline_part_name(shard: str, run_id: str, chunk: int) -> str:
     return f"part-{shard}-{run_id}-t{chunk:04d}.parquet"
 

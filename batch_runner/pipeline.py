@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .commit import Committer
 from .engine import Engine
@@ -38,16 +38,29 @@ class OpenBatch:
     results: list[ResultRow | None]
     times: BatchTimes
     pending: int = 0
+    unwritten: list[int] = field(default_factory=list)  # positions finished and not yet in a part
+    stored: list[dict] = field(default_factory=list)  # rows flushed early, as stored (for the stats row)
 
     def error(self, pos: int, err: RowError) -> None:
-        self.results[pos] = error_result(self.rows[pos][0], self.number, self.kept[pos], err)
+        self.done(pos, error_result(self.rows[pos][0], self.number, self.kept[pos], err))
+
+    def done(self, pos: int, result: ResultRow) -> None:
+        self.results[pos] = result
+        self.unwritten.append(pos)
+
+    def take_unwritten(self) -> list[ResultRow]:
+        rows = [self.results[p] for p in self.unwritten]
+        self.unwritten = []
+        return rows
 
 
 class Pipeline:
     def __init__(self, builder: RequestBuilder, engine: Engine, committer: Committer, stop: StopRequest,
-                 kept_names: list[str], batch_size: int, queue_target: int):
+                 kept_names: list[str], batch_size: int, queue_target: int, flush_s: float):
         self.builder, self.engine, self.committer, self.stop = builder, engine, committer, stop
         self.kept_names, self.batch_size, self.queue_target = kept_names, batch_size, queue_target
+        self.flush_s = flush_s  # a finished row waits at most this long for its batch before it is committed
+        self.waiting_since: float | None = None  # when the oldest finished, uncommitted row finished
         self.open: dict[int, OpenBatch] = {}
         self.in_engine: dict[str, Request] = {}  # submitted, not yet finished
         self.lock = threading.Lock()  # the loop and the stop watchdog never commit at once
@@ -96,6 +109,8 @@ class Pipeline:
             batch.pending += 1
         if batch.pending == 0:
             self._commit(batch)
+        elif batch.unwritten and self.waiting_since is None:  # error rows wait for their batch too
+            self.waiting_since = now
 
     def collect(self) -> None:
         completions = self.engine.poll()
@@ -103,23 +118,40 @@ class Pipeline:
             for c in completions:
                 self._finished(c)
             now = time.perf_counter()
+            if self.waiting_since is not None and now - self.waiting_since >= self.flush_s:
+                self._flush()
             if self.committer.timeline.due(now):
                 self.committer.timeline.tick(now, self.engine.unfinished())
 
     def _finished(self, c: Completion) -> None:
         request = self.in_engine.pop(c.key)
         batch = self.open[request.batch]
-        batch.results[request.position] = completed_result(batch.rows[request.position][0],
-                                                           batch.kept[request.position], request, c)
+        batch.done(request.position, completed_result(batch.rows[request.position][0],
+                                                      batch.kept[request.position], request, c))
         batch.times.saw(c.started_s, c.finished_s)
+        if self.waiting_since is None:
+            self.waiting_since = time.perf_counter()
         self.committer.timeline.finished(c.output_tokens, c.prompt_tokens, c.cached_prompt_tokens)
         batch.pending -= 1
         if batch.pending == 0:
             self._commit(batch)
 
     def _commit(self, batch: OpenBatch) -> None:
+        """The batch is done (or the run stops): its unwritten rows as its part, then its stats row."""
         self.open.pop(batch.number, None)
-        self.committer.commit(batch.number, [r for r in batch.results if r is not None], batch.times)
+        self.committer.commit(batch.number, batch.take_unwritten(), batch.times, batch.stored)
+        if not any(b.unwritten for b in self.open.values()):
+            self.waiting_since = None
+
+    def _flush(self) -> None:
+        """Finished rows have waited flush_s for their batches: every finished row of the open batches
+        goes into one part now, so a crash cannot lose it (the batches' stats rows come when they end)."""
+        batches = [b for b in self.open.values() if b.unwritten]
+        taken = [(b, r) for b in batches for r in b.take_unwritten()]
+        stored = self.committer.flush([r for _, r in taken])
+        for (batch, _), row in zip(taken, stored):
+            batch.stored.append(row)
+        self.waiting_since = None
 
     def _end(self) -> None:
         try:

@@ -8,16 +8,16 @@ results part gets the same schema. Memory holds the set of ids and a few counter
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from .config import InputSpec, JobSpec
-from .errors import JobError
+from .errors import JobError, RowError
 from .inputs import INVALID, describe_source, iter_rows
 from .prompts import PromptRenderer
-from .sharding import Shard
 
 MAX_PROBLEMS = 20
 
@@ -30,6 +30,7 @@ class InputReport:
     rows_beyond_limit: int = 0  # rows of this shard past the limit: a limited run never completes the shard
     kept_schema: pa.Schema = field(default_factory=lambda: pa.schema([]))
     notes: list[str] = field(default_factory=list)  # decisions the user should hear of (widened columns)
+    assignment: str | None = None  # prefix affinity: the digest of the rows' assignment to shards
 
 
 def row_id(spec: InputSpec, index: int, data: dict[str, Any]) -> Any:
@@ -97,10 +98,11 @@ class _TypeTracker:
         return f"input.keep_columns: column '{column}' holds {why}; it is stored as text (JSON for non-text values)"
 
 
-def check_input(spec: InputSpec, columns: dict[str, str], shard: Shard) -> InputReport:
+def check_input(spec: InputSpec, columns: dict[str, str], owns: Callable[[str, dict], bool]) -> InputReport:
     """Stream the input once; raise one ``JobError`` listing every problem found.
 
-    ``columns`` maps each column the job reads to what reads it, for the messages.
+    ``columns`` maps each column the job reads to what reads it, for the messages; ``owns`` says
+    whether a row (id, data) is this shard's.
     """
     problems: list[str] = []
     seen: dict[str, int] = {}  # id -> input row number (an int: 1M ids must fit in little memory)
@@ -137,7 +139,7 @@ def check_input(spec: InputSpec, columns: dict[str, str], shard: Shard) -> Input
                 problem(f"{row.where}: duplicate id {rid!r} (first at input row {seen[rid] + 1})")
                 continue
             seen[rid] = row.index
-            if shard.owns(rid):
+            if owns(rid, row.data):
                 if within:
                     report.shard_ids.add(rid)
                 else:
@@ -188,3 +190,20 @@ def columns_read(job: JobSpec, renderer: PromptRenderer) -> dict[str, str]:
             if getattr(job.prompt, name):
                 columns[getattr(job.prompt, name)] = f"prompt.{name}"
     return columns
+
+
+def preview(spec: InputSpec, renderer: PromptRenderer, report: InputReport, n: int) -> dict[str, Any]:
+    """--dry-run: the first ``n`` rows rendered, with their token counts (or their errors)."""
+    shown = []
+    for row in iter_rows(spec):
+        if len(shown) >= n:
+            break
+        rid = str(row_id(spec, row.index, row.data))
+        try:
+            r = renderer.render(row.data)
+        except RowError as e:
+            shown.append({"id": rid, "error": str(e)})
+            continue
+        shown.append({"id": rid, "prompt_tokens": len(r.token_ids), "max_tokens": r.max_tokens,
+                      "prompt": renderer.tokenizer.decode(r.token_ids)})
+    return {"rows": report.rows, "shard_rows": report.shard_rows, "prompts": shown, "report": report}

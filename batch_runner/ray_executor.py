@@ -74,6 +74,7 @@ def run_on_ray(job: JobSpec, options: RunOptions, verbose: bool):
     from .executors import Execution, prepare_shards
 
     ray = _import_ray()
+    job = _absolute_paths(job)
     try:
         ray.init(address=job.executor.ray_address, log_to_driver=verbose, logging_level=logging.WARNING)
     except Exception as e:  # Ray raises ConnectionError, RuntimeError, ... when no cluster answers
@@ -94,6 +95,14 @@ def run_on_ray(job: JobSpec, options: RunOptions, verbose: bool):
         return Execution(combined_status(codes), summaries, len(shards))
     finally:
         ray.shutdown()
+
+
+def _absolute_paths(job: JobSpec) -> JobSpec:
+    """The job with its input and output paths made absolute: the tasks run in other folders."""
+    update = {"output": job.output.model_copy(update={"dir": str(job.output_dir.resolve())})}
+    if job.input.path is not None and not Path(job.input.path).is_absolute():
+        update["input"] = job.input.model_copy(update={"path": str(Path(job.input.path).resolve())})
+    return job.model_copy(update=update)
 
 
 def _wait(ray, refs: dict, out: Path) -> tuple[list[int], list[Summary]]:

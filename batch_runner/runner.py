@@ -23,25 +23,25 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import checkpoint
+from . import affinity, checkpoint
+from .affinity import Membership
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
 from .engine import (Engine, check_sampling, check_vllm_version, engine_arguments, get_engine, is_cpu_platform,
                      vllm_version)
-from .errors import ExitStatus, RowError
+from .errors import ExitStatus
 from .gpu import GpuMonitor
-from .inputs import iter_rows
 from .metrics import MetricsFile, RunMetrics
 from .models import context_length, load_tokenizer, resolve_model
 from .openai_batch import write_openai_files
 from .output import sweep_temporaries, write_json
 from .pipeline import Pipeline
 from .prepare import RequestBuilder
-from .preflight import InputReport, check_input, columns_read, row_id
+from .preflight import InputReport, check_input, columns_read, preview
 from .progress import Progress
 from .prompts import PromptRenderer
 from .records import Summary
-from .scheduler import grouped
+from .scheduler import rows_to_run
 from .sharding import ALL, Shard
 from .stats import Clock
 from .stop import StopRequest
@@ -83,6 +83,7 @@ class _Context:
     report: InputReport
     started: datetime
     t0: float
+    membership: Membership  # which rows are this shard's (by id hash, or by prefix group)
 
 
 def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
@@ -96,12 +97,16 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     tokenizer = load_tokenizer(model_path, job)
     renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
     check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
-    report = check_input(job.input, columns_read(job, renderer), shard)
+    assignment = affinity.assign(job, renderer.prefix_key, shard.count) \
+        if job.prompt.group_by_prefix and shard.count > 1 else None
+    membership = Membership(shard, assignment, renderer.prefix_key)
+    report = check_input(job.input, columns_read(job, renderer), membership.owns)
+    report.assignment = assignment.digest if assignment else None
     for note in report.notes:
         log.warning(note)
     if options.dry_run:
-        return RunResult(ExitStatus.OK, job.output_dir, preview=_dry_run(job, renderer, report, options.dry_run_rows))
-    ctx = _Context(job, shard, model_path, renderer, report, started, t0)
+        return RunResult(ExitStatus.OK, job.output_dir, preview=preview(job.input, renderer, report, options.dry_run_rows))
+    ctx = _Context(job, shard, model_path, renderer, report, started, t0, membership)
     job.output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.OutputLock(job.output_dir, shard.label), StopRequest() as stop:
         kept, done = _open_output(ctx, options)
@@ -112,7 +117,7 @@ def _open_output(ctx: _Context, options: RunOptions) -> tuple[pa.Schema, set[str
     """Under the shard's lock: the fingerprint check (and --fresh), the resume state; returns the
     output's kept-column schema and the ids committed before."""
     job, out, label = ctx.job, ctx.job.output_dir, ctx.shard.label
-    wanted = checkpoint.fingerprint(job, ctx.shard)
+    wanted = checkpoint.fingerprint(job, ctx.shard, ctx.report.assignment)
     if options.fresh and (moved := checkpoint.move_aside(out, {label}, wanted)):
         log.warning("moved the old results to %s", moved)
     kept = checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), ctx.report.kept_schema)
@@ -138,7 +143,8 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
                           len(todo), Clock(), gpu.sample, getattr(engine, "counters", lambda: None),
                           TIMELINE_INTERVAL_S)
     pipeline = Pipeline(RequestBuilder(job, ctx.renderer, run_id), engine, committer, stop, kept.names,
-                        job.output.batch_size, _queue_target(args, job)) if engine is not None else None
+                        job.output.batch_size, _queue_target(args, job), job.output.flush_s) \
+        if engine is not None else None
     metrics = RunMetrics(MetricsFile(Path(job.output.metrics_dir), job.name, ctx.shard.label), ctx.report.shard_rows,
                          checkpoint.shard_totals(out / "results", ctx.shard.label), committer,
                          pipeline.lock if pipeline else threading.Lock()) if job.output.metrics_dir else None
@@ -149,7 +155,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
         with metrics or nullcontext():
             if pipeline is not None:
                 committer.started()
-                pipeline.run(_ordered_rows(ctx, done))
+                pipeline.run(rows_to_run(job, ctx.membership.owns, done, ctx.renderer.prefix_key))
         result = _finish(ctx, committer, stop, run_id, engine_info, gpu, done)
         status = int(result.status)
         return result
@@ -187,16 +193,6 @@ def _queue_target(args: dict[str, Any], job: JobSpec) -> int:
     return max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
 
 
-def _ordered_rows(ctx: _Context, skip: set[str]):
-    """The shard's rows still to do, in input order, or grouped by shared prefix."""
-    spec, p = ctx.job.input, ctx.job.prompt
-    rows = ((rid, row) for row in iter_rows(spec)
-            if ctx.shard.owns(rid := str(row_id(spec, row.index, row.data))) and rid not in skip)
-    if p.group_by_prefix:
-        rows = grouped(rows, lambda item: ctx.renderer.prefix_key(item[1].data), p.group_window)
-    return rows
-
-
 def _finish(ctx: _Context, committer: Committer, stop: StopRequest, run_id: str, engine_info: dict[str, Any],
             gpu: GpuMonitor, done_before: set[str]) -> RunResult:
     """Check what is committed now against the run's ids; summary, marker and exit status."""
@@ -224,19 +220,3 @@ def _finish(ctx: _Context, committer: Committer, stop: StopRequest, run_id: str,
             answered, failed = write_openai_files(out, job.model.name)
             log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
     return RunResult(status, out, summary)
-
-
-def _dry_run(job: JobSpec, renderer: PromptRenderer, report: InputReport, n: int) -> dict[str, Any]:
-    shown = []
-    for row in iter_rows(job.input):
-        if len(shown) >= n:
-            break
-        rid = str(row_id(job.input, row.index, row.data))
-        try:
-            r = renderer.render(row.data)
-        except RowError as e:
-            shown.append({"id": rid, "error": str(e)})
-            continue
-        shown.append({"id": rid, "prompt_tokens": len(r.token_ids), "max_tokens": r.max_tokens,
-                      "prompt": renderer.tokenizer.decode(r.token_ids)})
-    return {"rows": report.rows, "shard_rows": report.shard_rows, "prompts": shown, "report": report}

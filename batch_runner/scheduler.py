@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
+from .config import JobSpec
+from .inputs import iter_rows
+from .preflight import row_id
+
 T = TypeVar("T")
 
 
@@ -37,3 +41,15 @@ def chunked(rows: Iterable[T], size: int) -> Iterator[list[T]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def rows_to_run(job: JobSpec, owns: Callable[[str, dict], bool], skip: set[str],
+                prefix_key: Callable[[dict], str]) -> Iterator:
+    """The shard's (id, row) pairs (``owns``) not in ``skip``, streamed in input order, or grouped by
+    shared prefix."""
+    spec, p = job.input, job.prompt
+    rows = ((rid, row) for row in iter_rows(spec)
+            if owns(rid := str(row_id(spec, row.index, row.data)), row.data) and rid not in skip)
+    if p.group_by_prefix:
+        rows = grouped(rows, lambda item: prefix_key(item[1].data), p.group_window)
+    return rows

@@ -31,6 +31,7 @@ class FakeEngine:
     output_tokens: int = 5
     stall: Callable[[str], bool] = lambda key: False  # requests that never finish (then the engine "dies")
     reject: Callable[[Request], bool] = lambda request: False  # requests refused at submit (error rows)
+    hold: list[str] = field(default_factory=list)  # key endings (":batch:position") that never finish
     hang_after: int | None = None  # polls after which poll never returns (an engine that stopped answering)
     on_poll: Callable[[int], None] = lambda polls: None  # called with the poll count (e.g. to send a signal)
     submitted: list[str] = field(default_factory=list)
@@ -54,7 +55,11 @@ class FakeEngine:
                 time.sleep(1)
         if self.latency_s:
             time.sleep(self.latency_s)
-        ready = [q for q in self._queue if not self.stall(q[0])][: self.per_poll]
+        ready = [q for q in self._queue if not self.stall(q[0]) and not q[0].endswith(tuple(self.hold))]
+        ready = ready[: self.per_poll]
+        if not ready and self.hold:  # only held requests are left: they run on, as a long row does
+            time.sleep(0.05)
+            return []
         if not ready and self._queue:  # only stalled requests are left: the engine "dies"
             raise RuntimeError("fake engine died")
         for q in ready:

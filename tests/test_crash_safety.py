@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_runner.reaper import _descendants, _processes
-from conftest import news_rows, start_batch_run, write_job
+from conftest import news_rows, start_batch_run, write_job, write_jsonl
 
 pytestmark = pytest.mark.engine
 
@@ -59,10 +59,25 @@ def alive(pid, start):
     return _processes().get(pid, (0, None))[1] == start
 
 
-def test_kill_9_leaves_no_engine_process_and_resume_answers_every_row_once(cli, tmp_path):
-    job = write_job(tmp_path, **JOB)
-    proc = start_batch_run("run", job, "--limit", ROWS, *SLOW)
-    wait_for_parts(tmp_path / "out", 2, proc)
+def committed_rows(out) -> int:
+    return sum(pq.read_metadata(p).num_rows for p in (out / "results").glob("part-*.parquet"))
+
+
+def test_kill_9_keeps_every_finished_row_and_leaves_no_engine_process(cli, tmp_path):
+    """One row of the first batch needs 600 tokens, the others 8. Its batch-mates must be committed
+    within output.flush_s of finishing, not when it ends: kill -9 once every short row is finished, and
+    the rerun has only the long row to run. No engine process may outlive the killed run."""
+    rows = [{**r, "budget": 600 if i == 0 else 8} for i, r in enumerate(news_rows(ROWS))]
+    data = write_jsonl(tmp_path / "in.jsonl", rows)
+    job = write_job(tmp_path, input={"path": str(data)}, output={"batch_size": 4, "flush_s": 1.0},
+                    sampling={"max_tokens": 8, "ignore_eos": True, "columns": {"max_tokens": "budget"}})
+    out = tmp_path / "out"
+    proc = start_batch_run("run", job, *SLOW)
+    deadline = time.time() + 600
+    while committed_rows(out) < ROWS - 1 if (out / "results").exists() else True:
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail(f"the short rows were not all committed ({proc.poll()}): {proc.stderr.read()[-3000:]}")
+        time.sleep(0.2)
     children = engine_processes(proc.pid)
     assert any("EngineCore" in open(f"/proc/{p}/cmdline").read() for p in children)
     os.kill(proc.pid, signal.SIGKILL)  # the runner alone, as the OOM killer does
@@ -71,13 +86,14 @@ def test_kill_9_leaves_no_engine_process_and_resume_answers_every_row_once(cli, 
     while time.time() < deadline and (left := {p for p, start in children.items() if alive(p, start)}):
         time.sleep(0.5)
     assert not left, f"processes of the killed run still alive: {left}"
-    done_before = len(pd.read_parquet(tmp_path / "out" / "results"))
-    assert 0 < done_before < ROWS
+    df = pd.read_parquet(out / "results")
+    assert sorted(df["id"]) == sorted(r["id"] for r in rows[1:])  # the long row alone is missing
+    assert any("-f0" in p.name for p in (out / "results").glob("part-*"))  # committed before its batch ended
 
-    result = cli("run", job, "--limit", ROWS)
+    result = cli("run", job)  # the long row alone runs
     assert result.exit_code == 0, result.output
-    assert f"{done_before} were done before" in result.output
-    assert_exactly_once(tmp_path / "out", ROWS)
+    assert f"{ROWS - 1} were done before" in result.output
+    assert_exactly_once(out, ROWS)
 
 
 def test_sigterm_stops_cleanly_and_locks_out_a_second_run(cli, tmp_path):

@@ -159,3 +159,23 @@ def test_an_engine_that_does_not_stop_is_left_after_the_grace_period(cli, fake, 
     assert cli("run", job).exit_code == 0
     assert len(again.submitted) == ROWS - 6
     assert_every_id_once(tmp_path)
+
+
+def test_finished_rows_are_committed_within_flush_s_while_their_batch_runs(cli, fake, tmp_path):
+    """Row 0 never finishes; its batch-mates must not wait for it: after kill -9 they are committed."""
+    import pyarrow.parquet as pq
+
+    job = job_file(tmp_path, rows=12, output={"batch_size": 4, "flush_s": 0.3})
+    proc = start_fake_run(job, per_poll=2, latency_s=0.05, hold=[":0:0"])
+    parts = tmp_path / "out" / "results"
+    deadline = time.time() + 60
+    while sum(pq.read_metadata(p).num_rows for p in parts.glob("part-*.parquet")) < 11:
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    proc.kill()
+    proc.communicate()
+    assert any("-f0" in p.name for p in parts.glob("part-*"))  # a flush part, before batch 0 ended
+    again = fake()
+    assert cli("run", job).exit_code == 0
+    assert len(again.submitted) == 1  # only the row that had not finished
+    assert_every_id_once(tmp_path, rows=12)

@@ -302,7 +302,7 @@ def fingerprint(job: JobSpec, shard: Shard, assignment: str | None = None) -> di
     prefix-affinity assignment of rows to shards where there is one (its digest)."""
     return {**({"assignment": assignment} if assignment else {}),
         "model": job.model.model_dump(),
-        "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window"}),
+        "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window", "prefix_affinity"}),
         "sampling": job.sampling.model_dump(),
         "input": {**input_identity(job.input), "id_column": job.input.id_column,
                   "keep_columns": job.input.keep_columns},

@@ -155,6 +155,130 @@ def _print_combined(result) -> None:
         click.echo(f"{k:>13}  {v}")
 
 
+def _prepare(job_file: str, overrides: tuple[str, ...]):
+    """The job, its renderer and the engine arguments it would run with (no engine started)."""
+    from .config import load_job
+    from .engine import engine_arguments, is_cpu_platform
+    from .models import context_length, load_tokenizer, resolve_model
+    from .prompts import PromptRenderer
+
+    job = load_job(job_file, list(overrides))
+    model_path = resolve_model(job.model.name)
+    renderer = PromptRenderer(job.prompt, load_tokenizer(model_path, job), context_length(model_path, job),
+                              job.sampling.max_tokens)
+    args, _ = engine_arguments(model_path, job.model, job.engine)
+    return job, renderer, args, not is_cpu_platform()
+
+
+@main.command("tune")
+@click.argument("job_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a job file value.")
+@click.option("--rows", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Trial sample: the job's first ROWS rows (several times max_num_seqs, to fill the engine).")
+@click.option("--budget", "budget_min", type=click.FloatRange(min=1), default=30, show_default=True,
+              help="Minutes for the whole sweep.")
+@click.option("--trial-limit", "trial_limit_min", type=click.FloatRange(min=1), default=10, show_default=True,
+              help="Minutes for one trial.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the trials write (default OUTPUT-tune).")
+def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int, budget_min: float, trial_limit_min: float,
+             out_dir: str | None) -> None:
+    """Find the fastest engine settings for JOB_FILE on this machine.
+
+    Short trials on the job's own first rows, each in an engine of its own, over a small grid
+    that starts from the job's profile (max_num_seqs, max_num_batched_tokens; on a GPU also an
+    fp8 KV cache and n-gram speculative decoding). Prints a table, the best settings as --set
+    options and as a job-file fragment, and the gain over the job's settings on a re-run;
+    writes tune.json beside the trials.
+    """
+    import json as json_mod
+
+    from .tune import recommendation, table, tune
+
+    setup_logging(False)
+    try:
+        job, _, args, gpu = _prepare(job_file, overrides)
+    except BatchRunnerError as e:
+        _fail(e)
+    scratch = Path(out_dir) if out_dir else job.output_dir.with_name(job.output_dir.name + "-tune")
+    scratch.mkdir(parents=True, exist_ok=True)
+    click.echo(f"batch-run tune: trials of {rows} rows, {budget_min:g} min budget, into {scratch}", err=True)
+    result = tune(job, args, gpu, rows, scratch, budget_min * 60, trial_limit_min * 60,
+                  lambda line: click.echo(f"batch-run tune: {line}", err=True))
+    (scratch / "tune.json").write_text(json_mod.dumps(result.as_dict(), indent=1))
+    click.echo(table(result))
+    click.echo("")
+    click.echo(recommendation(result))
+    sys.exit(0 if result.trials and result.trials[0].ok else 1)
+
+
+@main.command("estimate")
+@click.argument("job_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a job file value.")
+@click.option("--rows", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Trial sample: the job's first ROWS rows.")
+@click.option("--tuned", type=click.Path(dir_okay=False, exists=True),
+              help="A tune.json: use its best trial (or its profile trial) instead of running one.")
+@click.option("--price", type=click.FloatRange(min=0), help="Price of one GPU-hour (default: output.gpu_hour_price).")
+@click.option("--array", "tasks", type=click.IntRange(min=1), help="Slurm array tasks (each its own engine).")
+@click.option("--time", "time_limit", metavar="HH:MM:SS", help="Slurm time limit per task.")
+def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int, tuned: str | None, price: float | None,
+                 tasks: int | None, time_limit: str | None) -> None:
+    """Estimate the hours, GPU-hours and cost of the whole of JOB_FILE before submitting it.
+
+    Counts the tokens of every input row, measures one trial on the first rows (or takes
+    tune's), and scales up: generation hours, GPU-hours with and without engine starts, rows
+    per hour per GPU, cost at --price, and for a Slurm array of --array tasks and a --time limit
+    whether it fits, with the --array and --time to use.
+    """
+    import json as json_mod
+    import tempfile
+
+    from .estimate import count_tokens, estimate, report
+    from .trials import TrialResult, run_trial
+
+    setup_logging(False)
+    try:
+        job, renderer, args, gpu = _prepare(job_file, overrides)
+        limit_h = _hours(time_limit) if time_limit else None
+    except BatchRunnerError as e:
+        _fail(e)
+    if tuned:
+        data = json_mod.loads(Path(tuned).read_text())
+        trial = TrialResult(**(data["best"] or data["trials"][0]))
+    else:
+        click.echo(f"batch-run estimate: a trial of the first {rows} rows", err=True)
+        with tempfile.TemporaryDirectory(prefix="batch-run-estimate-") as scratch:
+            trial = run_trial(job, "estimate", {}, rows, Path(scratch), 3600)
+    if not trial.ok:
+        click.echo(f"batch-run: error: the trial failed: {trial.error}", err=True)
+        sys.exit(1)
+    click.echo("batch-run estimate: counting the tokens of the whole input", err=True)
+    tokens = count_tokens(job, renderer, trial.requests)
+    tp = args.get("tensor_parallel_size") or 1
+    e = estimate(tokens, trial, int(tp) if gpu else 1, price if price is not None else job.output.gpu_hour_price,
+                 tasks, limit_h)
+    click.echo(report(e, trial, gpu))
+
+
+def _hours(text: str) -> float:
+    """A Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) as hours."""
+    from .errors import JobError
+
+    days, _, rest = text.strip().rpartition("-")
+    try:
+        parts = [int(x) for x in rest.split(":")]
+        d = int(days) if days else 0
+    except ValueError:
+        raise JobError(f"--time {text!r}: give a Slurm time limit, e.g. 04:00:00 or 1-00:00:00") from None
+    if days:
+        h, m, s = (parts + [0, 0])[:3]
+    else:
+        h, m, s = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}.get(len(parts), (None, None, None))
+        if h is None:
+            raise JobError(f"--time {text!r}: give a Slurm time limit, e.g. 04:00:00")
+    return d * 24 + h + m / 60 + s / 3600
+
+
 @main.command("status")
 @click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
 def status_cmd(output_dir: str) -> None:

@@ -119,6 +119,8 @@ class PromptSpec(_Section):
         "error", description="A prompt that leaves no room for max_tokens: error row, cut the prompt, or lower max_tokens.")
     group_by_prefix: bool = Field(True, description="Submit rows sharing a system prompt together (prefix cache).")
     group_window: int = Field(8192, gt=0, description="Rows read ahead and grouped by prefix at a time.")
+    prefix_affinity: bool = Field(True, description="Sharded, with group_by_prefix: the rows of one prefix go to one "
+                                                    "shard (else a hash of the id spreads them).")
     expand_env: bool = Field(
         False, description="Expand ${VAR} in system, template and chat_template (default: prompt text is sent as written).")
 
@@ -151,6 +153,8 @@ class OutputSpec(_Section):
                                                   "finishes, even while the rest of its batch runs.")
     log_format: Literal["text", "json"] = Field("text", description="Per-batch log lines on stderr.")
     openai: bool = Field(False, description="Also write OpenAI batch output files (openai/results.jsonl, errors.jsonl).")
+    gpu_hour_price: float | None = Field(
+        None, ge=0, description="Price of one GPU-hour: cost figures in the summary, report and metrics.")
     metrics_dir: str | None = Field(
         None, description="node_exporter textfile directory: Prometheus metrics written there during and after the run.")
 

@@ -98,7 +98,7 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
     check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
     assignment = affinity.assign(job, renderer.prefix_key, shard.count) \
-        if job.prompt.group_by_prefix and shard.count > 1 else None
+        if job.prompt.group_by_prefix and job.prompt.prefix_affinity and shard.count > 1 else None
     membership = Membership(shard, assignment, renderer.prefix_key)
     report = check_input(job.input, columns_read(job, renderer), membership.owns)
     report.assignment = assignment.digest if assignment else None

@@ -370,6 +370,12 @@ def versions() -> dict:
     return info
 
 
+def _save(out: Path, info: dict, rows: list[dict]) -> None:
+    for r in rows:
+        derive(r, info["params"], info["matmul_tflops_bf16"]) if "out_tok_s" not in r else None
+    (out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+
+
 def parent(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -392,18 +398,22 @@ def parent(args) -> int:
     info["params"] = model_params(args.model)
     print(json.dumps(info), flush=True)
     rows: list[dict] = []
-    for variant in args.only:
-        ws = [w for w in MATRIX[variant] if w in wanted]
-        if not ws:
-            continue
-        if variant.startswith("batch-run"):
-            for w in ws:
-                rows += run_child(args, variant, [w])
-        else:
-            rows += run_child(args, variant, ws)
-        for r in rows:
-            derive(r, info["params"], info["matmul_tflops_bf16"]) if "out_tok_s" not in r else None
-        (out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
+    children = [(v, [w]) for v in args.only if v.startswith("batch-run") for w in MATRIX[v] if w in wanted]
+    children += [(v, ws) for v in args.only if not v.startswith("batch-run")
+                 if (ws := [w for w in MATRIX[v] if w in wanted])]
+    children.sort(key=lambda c: args.only.index(c[0]))
+    if args.smoke:  # nothing is measured in smoke mode: the children may share the machine
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(children)) as pool:
+            done = list(pool.map(lambda c: run_child(args, *c), children))
+    else:
+        done = []
+        for child in children:  # one after the other: they measure the machine
+            done.append(run_child(args, *child))
+            _save(out, info, [r for d in done for r in d])
+    rows = [r for d in done for r in d]
+    _save(out, info, rows)
     md = table(rows)
     (out / "results.md").write_text(md + "\n")
     print(md, flush=True)

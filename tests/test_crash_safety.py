@@ -63,18 +63,21 @@ def committed_rows(out) -> int:
     return sum(pq.read_metadata(p).num_rows for p in (out / "results").glob("part-*.parquet"))
 
 
+SHORT_ROWS = 15
+
+
 def test_kill_9_keeps_every_finished_row_and_leaves_no_engine_process(cli, tmp_path):
-    """One row of the first batch needs 600 tokens, the others 8. Its batch-mates must be committed
+    """One row of the first batch needs 300 tokens, the others 8. Its batch-mates must be committed
     within output.flush_s of finishing, not when it ends: kill -9 once every short row is finished, and
     the rerun has only the long row to run. No engine process may outlive the killed run."""
-    rows = [{**r, "budget": 600 if i == 0 else 8} for i, r in enumerate(news_rows(ROWS))]
+    rows = [{**r, "budget": 300 if i == 0 else 8} for i, r in enumerate(news_rows(SHORT_ROWS + 1))]
     data = write_jsonl(tmp_path / "in.jsonl", rows)
     job = write_job(tmp_path, input={"path": str(data)}, output={"batch_size": 4, "flush_s": 1.0},
                     sampling={"max_tokens": 8, "ignore_eos": True, "columns": {"max_tokens": "budget"}})
     out = tmp_path / "out"
     proc = start_batch_run("run", job, *SLOW)
     deadline = time.time() + 600
-    while committed_rows(out) < ROWS - 1 if (out / "results").exists() else True:
+    while committed_rows(out) < SHORT_ROWS if (out / "results").exists() else True:
         if proc.poll() is not None or time.time() > deadline:
             pytest.fail(f"the short rows were not all committed ({proc.poll()}): {proc.stderr.read()[-3000:]}")
         time.sleep(0.2)
@@ -92,8 +95,8 @@ def test_kill_9_keeps_every_finished_row_and_leaves_no_engine_process(cli, tmp_p
 
     result = cli("run", job)  # the long row alone runs
     assert result.exit_code == 0, result.output
-    assert f"{ROWS - 1} were done before" in result.output
-    assert_exactly_once(out, ROWS)
+    assert f"{SHORT_ROWS} were done before" in result.output
+    assert_exactly_once(out, SHORT_ROWS + 1)
 
 
 def test_sigterm_stops_cleanly_and_locks_out_a_second_run(cli, tmp_path):

@@ -1,0 +1,121 @@
+"""Short measured runs of a job on a sample of its own rows, each in an engine process of its own:
+what ``tune`` sweeps and ``estimate`` scales up.
+
+A trial is the shard runner on the job's first N rows (its prompts, its sampling, its output
+lengths) with some engine settings changed, writing into a scratch output folder. It runs in a
+child process in a session of its own, with a time limit; an engine that cannot start (out of
+memory, an option the card lacks) is a trial's result, not a crash.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import JobSpec
+from .errors import BatchRunnerError
+
+
+@dataclass
+class TrialResult:
+    name: str
+    settings: dict[str, Any]  # engine keys changed from the job's, as --set takes them (engine.KEY)
+    requests: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    output_tokens: int = 0
+    generation_s: float = 0.0
+    start_s: float = 0.0  # pre-flight and engine start: the run's duration less its generation time
+    output_tok_s: float = 0.0
+    total_tok_s: float = 0.0
+    cache_hit_rate: float = 0.0
+    gpu_memory_peak_gb: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.requests > 0
+
+
+def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> JobSpec:
+    """The job on its first ``rows`` rows, with ``settings`` (``engine.KEY``, ``engine.extra.KEY``,
+    ``model.KEY``, as --set takes them), into ``out``."""
+    sections = {"engine": job.engine.model_dump(), "model": job.model.model_dump()}
+    for key, value in settings.items():
+        section, *path = key.split(".")
+        target = sections[section]
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+    return job.model_copy(update={
+        "engine": type(job.engine).model_validate(sections["engine"]),
+        "model": type(job.model).model_validate(sections["model"]),
+        "input": job.input.model_copy(update={"limit": rows}),
+        "output": job.output.model_copy(update={"dir": str(out), "metrics_dir": None, "openai": False}),
+    })
+
+
+def _trial_main(job_json: str, results) -> None:
+    os.setsid()  # its own session: the parent ends the trial's engine processes with it
+    from .engine import shutdown_engines
+    from .runner import RunOptions, run_shard
+
+    try:
+        result = run_shard(JobSpec.model_validate_json(job_json), RunOptions(progress=False))
+        results.put(("ok", result.summary.as_dict()))
+    except BatchRunnerError as e:
+        results.put(("error", str(e)))
+    except Exception as e:  # any failure is the trial's result
+        results.put(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        shutdown_engines()
+        results.close()
+        results.join_thread()
+        os._exit(0)
+
+
+def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scratch: Path,
+              limit_s: float) -> TrialResult:
+    """One trial in a child process, ended (with its engine) after ``limit_s`` seconds."""
+    out = scratch / name.replace(" ", "_").replace("/", "_")
+    shutil.rmtree(out, ignore_errors=True)
+    mp = multiprocessing.get_context("spawn")
+    results = mp.Queue()
+    proc = mp.Process(target=_trial_main, args=(trial_job(job, rows, settings, out).model_dump_json(), results))
+    proc.start()
+    trial = TrialResult(name, settings)
+    try:
+        kind, value = results.get(timeout=limit_s)
+    except queue.Empty:
+        kind, value = "error", f"no result within {limit_s:.0f} s (stopped)"
+    finally:
+        _end(proc)
+    if kind == "error":
+        trial.error = value.splitlines()[0][:300]
+        return trial
+    run = value["this_run"]
+    trial.requests, trial.output_tokens = run["requests"], run["output_tokens"]
+    trial.prompt_tokens, trial.cached_prompt_tokens = run["prompt_tokens"], run["cached_prompt_tokens"]
+    trial.generation_s, trial.output_tok_s = run["generation_s"], run["output_tok_s"]
+    trial.total_tok_s, trial.cache_hit_rate = run["total_tok_s"], run["cache_hit_rate"]
+    trial.start_s = max(0.0, value["duration_s"] - run["generation_s"])
+    trial.gpu_memory_peak_gb = value.get("gpu_memory_peak_gb")
+    return trial
+
+
+def _end(proc) -> None:
+    """The trial's whole session: its engine must not hold the device for the next trial."""
+    proc.join(timeout=30)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.join(timeout=10)
+    time.sleep(1.0)  # the device's memory is given back asynchronously

@@ -1,0 +1,128 @@
+"""``batch-run tune``: which engine settings are fastest for this job, on this card.
+
+Trials (``trials.py``) on a sample of the job's own rows, starting from the job's profile: one knob
+changed at a time (``max_num_seqs`` and ``max_num_batched_tokens`` halved and doubled; on a GPU, an
+fp8 KV cache and n-gram speculative decoding, where the card and vLLM take them), then the best
+value of each knob together. Then the best and the profile run once more, one after the other, and
+the best is recommended only if it is still faster: a recommendation is never slower than the
+profile on a re-run. A time budget bounds the whole sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import JobSpec
+from .trials import TrialResult, run_trial
+
+PROFILE = "profile"
+
+
+@dataclass
+class TuneResult:
+    trials: list[TrialResult] = field(default_factory=list)
+    recheck: list[TrialResult] = field(default_factory=list)  # profile and best, re-run after the sweep
+    best: TrialResult | None = None  # None: keep the profile
+    gain: float = 1.0  # best over profile, from the re-runs
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"trials": [asdict(t) for t in self.trials], "recheck": [asdict(t) for t in self.recheck],
+                "best": asdict(self.best) if self.best else None, "gain": self.gain}
+
+
+def knobs(base: dict[str, Any], gpu: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The one-knob variations of the effective engine arguments ``base``."""
+    seqs, batched = int(base.get("max_num_seqs") or 256), int(base.get("max_num_batched_tokens") or 8192)
+    out = [(f"max_num_seqs {seqs // 2}", {"engine.max_num_seqs": seqs // 2}),
+           (f"max_num_seqs {seqs * 2}", {"engine.max_num_seqs": seqs * 2}),
+           (f"max_num_batched_tokens {batched // 2}", {"engine.max_num_batched_tokens": batched // 2}),
+           (f"max_num_batched_tokens {batched * 2}", {"engine.max_num_batched_tokens": batched * 2})]
+    if gpu:
+        out += [("kv cache fp8", {"model.kv_cache_dtype": "fp8"}),
+                ("ngram speculation", {"engine.extra.speculative_config": {
+                    "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}})]
+    return out
+
+
+def combined(trials: list[TrialResult], profile: TrialResult) -> dict[str, Any] | None:
+    """The best value of each knob that beat the profile, together; None if fewer than two did."""
+    best: dict[str, tuple[float, Any]] = {}
+    for t in trials:
+        if not t.ok or t.output_tok_s <= profile.output_tok_s or len(t.settings) != 1:
+            continue
+        (key, value), = t.settings.items()
+        if key not in best or t.output_tok_s > best[key][0]:
+            best[key] = (t.output_tok_s, value)
+    return {k: v for k, (_, v) in best.items()} if len(best) > 1 else None
+
+
+def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path, budget_s: float,
+         trial_limit_s: float, say: Callable[[str], None]) -> TuneResult:
+    result = TuneResult()
+    deadline = time.monotonic() + budget_s
+
+    def trial(name: str, settings: dict[str, Any]) -> TrialResult | None:
+        left = deadline - time.monotonic()
+        longest = max([t.generation_s + t.start_s for t in result.trials] or [0.0])
+        if left < max(30.0, longest):
+            say(f"skipped {name}: {left:.0f} s left of the budget")
+            return None
+        t = run_trial(job, name, settings, rows, scratch, min(trial_limit_s, left))
+        say(f"{name}: " + (f"{t.output_tok_s:,.1f} output tok/s" if t.ok else f"failed: {t.error}"))
+        return t
+
+    profile = trial(PROFILE, {})
+    if profile is None or not profile.ok:
+        result.trials += [profile] if profile else []
+        return result
+    result.trials.append(profile)
+    for name, settings in knobs(base, gpu):
+        if (t := trial(name, settings)) is not None:
+            result.trials.append(t)
+    if (together := combined(result.trials, profile)) and (t := trial("best together", together)):
+        result.trials.append(t)
+    candidate = max((t for t in result.trials if t.ok), key=lambda t: t.output_tok_s)
+    if candidate is profile:
+        return result
+    again = [trial(f"{PROFILE} (re-run)", {}), trial(f"{candidate.name} (re-run)", candidate.settings)]
+    result.recheck = [t for t in again if t is not None]
+    if len(result.recheck) == 2 and all(t.ok for t in result.recheck):
+        gain = result.recheck[1].output_tok_s / result.recheck[0].output_tok_s
+        if gain > 1.0:
+            result.best, result.gain = candidate, gain
+    return result
+
+
+def table(result: TuneResult) -> str:
+    head = f"{'trial':<34} {'output tok/s':>12} {'total tok/s':>12} {'cache hit':>9} {'GPU peak GB':>11}"
+    lines = [head]
+    for t in result.trials + result.recheck:
+        if not t.ok:
+            lines.append(f"{t.name:<34} failed: {t.error}")
+            continue
+        gpu = f"{t.gpu_memory_peak_gb:.1f}" if t.gpu_memory_peak_gb is not None else "-"
+        lines.append(f"{t.name:<34} {t.output_tok_s:>12,.1f} {t.total_tok_s:>12,.1f} {t.cache_hit_rate:>9.1%} {gpu:>11}")
+    return "\n".join(lines)
+
+
+def recommendation(result: TuneResult) -> str:
+    if result.best is None:
+        return "best: the job's settings as they are (no trial beat them on a re-run)"
+    sets = " ".join(f"--set {k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in result.best.settings.items())
+    fragment: dict[str, Any] = {}
+    for key, value in result.best.settings.items():
+        target = fragment
+        *parents, last = key.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[last] = value
+    return (f"best: {result.best.name}, {result.gain:.2f}x the job's settings on a re-run\n"
+            f"  {sets}\n  in the job file:\n" + "\n".join(
+                "    " + line for line in yaml.safe_dump(fragment, sort_keys=False).splitlines()))

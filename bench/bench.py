@@ -51,8 +51,8 @@ MATRIX = {
     "batch-run-nocache": ["w1"],
     "batch-run-nogroup": ["w2"],
     "traditional": ["w1"],
-    "batch-run-dp1": ["w4"],  # engine.data_parallel 1 against 2 (a two-GPU machine)
-    "batch-run-dp2": ["w4"],
+    "batch-run-dp1": ["w4", "w2"],  # engine.data_parallel 1 against 2 (a two-GPU machine)
+    "batch-run-dp2": ["w4", "w2"],
 }
 WORDS = ("the of and to in is was for on that with as by at from his her it an are were be this which or has had "
          "not but they their one all been also more when who there can new into other two some time after first may "

@@ -136,6 +136,13 @@ def _print_summary(s) -> None:
         ("throughput", f"{run['output_tok_s']} output tok/s, {run['total_tok_s']} total tok/s, {run['requests_s']} req/s"),
         ("prefix cache", f"{run['cache_hit_rate']:.1%} of prompt tokens"),
     ]
+    if s.cost:
+        c = s.cost
+        rows.append(("GPU-hours", f"{c['gpu_hours']:.4f} ({c['gpu_hours_generating']:.4f} generating, "
+                                  f"{c['devices']} device{'s' if c['devices'] > 1 else ''})"))
+        if c["cost"] is not None:
+            rows.append(("cost", f"{c['cost']:.4f} at {c['price']:g} per GPU-hour; per million tokens: "
+                                 f"{c['cost_per_m_output_tokens'] or 0:.4f} output, {c['cost_per_m_total_tokens'] or 0:.4f} total"))
     click.echo("")
     for k, v in rows:
         click.echo(f"{k:>13}  {v}")

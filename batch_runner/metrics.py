@@ -34,6 +34,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "duration_seconds": ("gauge", "Seconds since this run started (its whole length once ended)."),
     "last_update_timestamp_seconds": ("gauge", "When this file was written."),
     "last_success_timestamp_seconds": ("gauge", "When a run of this shard last completed (exit status 0 or 3)."),
+    "gpu_hours": ("gauge", "GPU-hours of this run so far: its length times its engine's GPUs (engine-hours on a CPU)."),
+    "cost": ("gauge", "Cost of this run so far at output.gpu_hour_price; absent without a price."),
     "exit_status": ("gauge", "The run's exit status (0 ok, 3 row errors, 75 interrupted, ...); absent while running."),
 }
 
@@ -48,6 +50,8 @@ class Snapshot:
     output_tokens: int
     output_tok_s: float
     exit_status: int | None = None  # None while running
+    devices: int = 1  # GPUs of the engine (cost.devices_of)
+    price: float | None = None  # per GPU-hour
 
 
 def _escape(value: str) -> str:
@@ -72,6 +76,8 @@ def render(snap: Snapshot, job: str, shard: str, started: float, last_success: f
         "start_time_seconds": [(base, round(started, 3))],
         "duration_seconds": [(base, round(now - started, 3))],
         "last_update_timestamp_seconds": [(base, round(now, 3))],
+        "gpu_hours": [(base, round((now - started) * snap.devices / 3600, 6))],
+        "cost": [(base, round((now - started) * snap.devices / 3600 * snap.price, 6))] if snap.price is not None else [],
         "last_success_timestamp_seconds": [(base, round(last_success, 3))] if last_success else [],
         "exit_status": [(base, snap.exit_status)] if snap.exit_status is not None else [],
     }
@@ -122,9 +128,10 @@ class RunMetrics:
     """The metrics file of one shard's run: a listener of its commits, refreshed every interval while
     no batch commits (a long first wave must not look hung), and written once more at the end."""
 
-    def __init__(self, file: MetricsFile, shard_rows: int, before: dict, committer, lock: threading.Lock):
+    def __init__(self, file: MetricsFile, shard_rows: int, before: dict, committer, lock: threading.Lock,
+                 devices: int = 1, price: float | None = None):
         self.file, self.shard_rows, self.before = file, shard_rows, before  # before: earlier runs' totals
-        self.committer, self.lock = committer, lock
+        self.committer, self.lock, self.devices, self.price = committer, lock, devices, price
         self._done = threading.Event()
 
     def __call__(self, event) -> None:
@@ -138,7 +145,8 @@ class RunMetrics:
         self.file.update(Snapshot(
             rows=self.shard_rows, rows_done=self.before["rows"] + t.requests, errors_by_code=errors,
             prompt_tokens=t.prompt_tokens, cached_prompt_tokens=t.cached_prompt_tokens,
-            output_tokens=t.output_tokens, output_tok_s=self.committer.pace(), exit_status=exit_status),
+            output_tokens=t.output_tokens, output_tok_s=self.committer.pace(), exit_status=exit_status,
+            devices=self.devices, price=self.price),
             force=exit_status is not None)
 
     def __enter__(self) -> "RunMetrics":

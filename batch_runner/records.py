@@ -136,6 +136,7 @@ class Summary:
     host: str
     run_id: str
     gpu_memory_peak_gb: float | None = None
+    cost: dict[str, Any] | None = None  # GPU-hours and money of this run (cost.Cost)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,6 +27,7 @@ from . import affinity, checkpoint
 from .affinity import Membership
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
+from .cost import cost_of, devices_of
 from .engine import (Engine, check_sampling, check_vllm_version, engine_arguments, get_engine, is_cpu_platform,
                      vllm_version)
 from .errors import ExitStatus
@@ -147,7 +148,9 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
         if engine is not None else None
     metrics = RunMetrics(MetricsFile(Path(job.output.metrics_dir), job.name, ctx.shard.label), ctx.report.shard_rows,
                          checkpoint.shard_totals(out / "results", ctx.shard.label), committer,
-                         pipeline.lock if pipeline else threading.Lock()) if job.output.metrics_dir else None
+                         pipeline.lock if pipeline else threading.Lock(),
+                         devices_of(args, bool(args) and not is_cpu_platform()), job.output.gpu_hour_price) \
+        if job.output.metrics_dir else None
     progress = Progress(job.output.log_format, job.name) if options.progress else None
     committer.listeners += [x for x in (progress, metrics) if x is not None] + options.listeners
     status = int(ExitStatus.FAILED)
@@ -205,14 +208,17 @@ def _finish(ctx: _Context, committer: Committer, stop: StopRequest, run_id: str,
                   len(missing), ", ".join(sorted(missing)[:5]))
     status = (ExitStatus.INTERRUPTED if missing and stop.requested else ExitStatus.FAILED if missing
               else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
+    run, duration = committer.totals, time.perf_counter() - ctx.t0
+    cost = cost_of(duration, run.generation_s, devices_of(engine_info, bool(engine_info) and not is_cpu_platform()), run.output_tokens,
+                   run.prompt_tokens + run.output_tokens, job.output.gpu_hour_price)
     summary = Summary(
         job=job.name, model=job.model.name, model_path=ctx.model_path, shard=shard.label,
         status=status.name.lower(), exit_status=int(status), complete=complete, interrupted_by=stop.requested,
         started_at=ctx.started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
-        duration_s=round(time.perf_counter() - ctx.t0, 2), input_rows=report.rows, shard_rows=report.shard_rows,
+        duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,
         skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.as_dict(),
         engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
-        gpu_memory_peak_gb=gpu.peak_gb)
+        gpu_memory_peak_gb=gpu.peak_gb, cost=cost.as_dict())
     write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
     if complete:
         checkpoint.mark_shard_done(out, shard.label, summary.as_dict())

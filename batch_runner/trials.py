@@ -62,8 +62,11 @@ def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> J
     })
 
 
-def _trial_main(job_json: str, results) -> None:
+def _trial_main(job_json: str, results, log: str) -> None:
     os.setsid()  # its own session: the parent ends the trial's engine processes with it
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)  # vLLM's start-up log goes to the trial's log, not over the table
+    os.dup2(fd, 2)
     from .engine import shutdown_engines
     from .runner import RunOptions, run_shard
 
@@ -88,7 +91,9 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
     shutil.rmtree(out, ignore_errors=True)
     mp = multiprocessing.get_context("spawn")
     results = mp.Queue()
-    proc = mp.Process(target=_trial_main, args=(trial_job(job, rows, settings, out).model_dump_json(), results))
+    out.mkdir(parents=True, exist_ok=True)
+    proc = mp.Process(target=_trial_main, args=(trial_job(job, rows, settings, out).model_dump_json(), results,
+                                                str(out) + ".log"))
     proc.start()
     trial = TrialResult(name, settings)
     try:
@@ -98,7 +103,7 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
     finally:
         _end(proc)
     if kind == "error":
-        trial.error = value.splitlines()[0][:300]
+        trial.error = value.splitlines()[0][:300] + f" (log: {out}.log)"
         return trial
     run = value["this_run"]
     trial.requests, trial.output_tokens = run["requests"], run["output_tokens"]

@@ -1,0 +1,78 @@
+"""`estimate` against the real run, then `tune`, on one GPU in one call.
+
+    python bench/planning.py --model MODEL_DIR --out DIR [--rows 20000] [--sample 500] [--tune-budget-min 4]
+
+1. A W1-shaped job of --rows rows (W1's 2,000 rows repeated, unique ids).
+2. `batch-run estimate` from its first --sample rows: the expected generation time.
+3. The whole job with `batch-run`: the measured generation time (summary.json).
+4. `batch-run tune` on W1's 2,000 rows, within --tune-budget-min minutes.
+Every step is a CLI process of its own with its own time limit; its output lands in DIR as it comes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def cli(out: Path, name: str, args: list[str], limit_s: float) -> subprocess.CompletedProcess | None:
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "batch_runner.cli", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=limit_s, start_new_session=True)
+    except subprocess.TimeoutExpired as e:
+        (out / f"{name}.log").write_text(f"timeout after {limit_s} s\n{e.stdout or ''}\n{e.stderr or ''}")
+        return None
+    (out / f"{name}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr[-20000:])
+    print(f"{name}: exit {proc.returncode} in {time.perf_counter() - t0:.0f} s\n{proc.stdout}", flush=True)
+    return proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", default="planning-out")
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--sample", type=int, default=500)
+    ap.add_argument("--tune-budget-min", type=float, default=4.0)
+    ap.add_argument("--smoke", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import first_token
+
+    args.limit_s = None
+    job = first_token.build_input(args)  # work/big.yaml (--rows rows) and work/w1.yaml (2,000 rows)
+    result: dict = {"rows": args.rows, "sample": args.sample, "model": args.model}
+    est = cli(out, "estimate", ["estimate", str(job), "--rows", str(args.sample), "--price", "1"], 300)
+    if est is not None and (m := re.search(r"generation: ([\d.]+) h", est.stdout)):
+        result["estimated_generation_s"] = float(m.group(1)) * 3600
+        if (t := re.search(r"trial: .* in ([\d.]+) s of generation", est.stdout)):
+            result["trial_generation_s"] = float(t.group(1))
+    (out / "planning.json").write_text(json.dumps(result, indent=1))
+    run = cli(out, "run", ["run", str(job), "--output", str(out / "work" / "out-full")], 300)
+    summary = out / "work" / "out-full" / "summary.json"
+    if run is not None and summary.exists():
+        s = json.loads(summary.read_text())
+        result["measured_generation_s"] = s["this_run"]["generation_s"]
+        result["measured_output_tok_s"] = s["this_run"]["output_tok_s"]
+        if "estimated_generation_s" in result:
+            result["estimate_over_measured"] = result["estimated_generation_s"] / result["measured_generation_s"]
+    (out / "planning.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result), flush=True)
+    w1 = out / "work" / "w1.yaml"
+    cli(out, "tune", ["tune", str(w1), "--rows", "2000", "--budget", str(args.tune_budget_min), "--trial-limit", "2",
+                      "--out", str(out / "tune")], args.tune_budget_min * 60 + 60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Planning a large run: `tune`'s sweep and recommendation, `estimate`'s arithmetic, and the cost
+figures of the summary and the metrics.
+
+The sweep's logic runs here with measured trials replaced by given figures (the trials' own path,
+an engine per trial, runs for real in the `long` tier: test_planning_engine.py).
+"""
+
+import json
+
+import pytest
+
+from batch_runner import tune as tune_mod
+from batch_runner.cli import _hours
+from batch_runner.cost import cost_of
+from batch_runner.estimate import InputTokens, estimate, report
+from batch_runner.trials import TrialResult
+from conftest import write_job
+
+
+def fake_trials(monkeypatch, speeds: dict[str, list[float]], errors=()):
+    """run_trial answering from ``speeds`` (trial name -> output tok/s of its runs, in order)."""
+    calls = []
+
+    def run_trial(job, name, settings, rows, scratch, limit_s):
+        calls.append(name)
+        base = name.removesuffix(" (re-run)")
+        if base in errors:
+            return TrialResult(name, settings, error="the engine could not start: out of memory")
+        speed = speeds[base].pop(0)
+        return TrialResult(name, settings, requests=rows, output_tokens=int(speed * 10), generation_s=10.0,
+                           start_s=5.0, output_tok_s=speed, total_tok_s=speed * 3)
+
+    monkeypatch.setattr(tune_mod, "run_trial", run_trial)
+    return calls
+
+
+BASE = {"max_num_seqs": 64, "max_num_batched_tokens": 4096}
+KNOBS = ["max_num_seqs 32", "max_num_seqs 128", "max_num_batched_tokens 2048", "max_num_batched_tokens 8192"]
+
+
+def test_a_faster_trial_confirmed_on_a_re_run_is_recommended(monkeypatch, tmp_path):
+    speeds = {"profile": [100, 101], "max_num_seqs 32": [80], "max_num_seqs 128": [120],
+              "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [110], "best together": [130, 128]}
+    calls = fake_trials(monkeypatch, speeds)
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
+    assert calls == ["profile", *KNOBS, "best together", "profile (re-run)", "best together (re-run)"]
+    assert result.best.settings == {"engine.max_num_seqs": 128, "engine.max_num_batched_tokens": 8192}
+    assert result.gain == pytest.approx(128 / 101)
+    text = tune_mod.recommendation(result)
+    assert "--set engine.max_num_seqs=128 --set engine.max_num_batched_tokens=8192" in text
+    assert "max_num_seqs: 128" in text and "1.27x" in text
+
+
+def test_no_recommendation_slower_than_the_profile_on_a_re_run(monkeypatch, tmp_path):
+    speeds = {"profile": [100, 104], "max_num_seqs 32": [80], "max_num_seqs 128": [103, 99],
+              "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [95]}
+    calls = fake_trials(monkeypatch, speeds)
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
+    assert calls[-2:] == ["profile (re-run)", "max_num_seqs 128 (re-run)"]  # 103 beat 100 in the sweep ...
+    assert result.best is None and result.gain == 1.0  # ... but 99 lost to 104 on the re-run: noise
+    assert "the job's settings as they are" in tune_mod.recommendation(result)
+
+
+def test_a_trial_that_cannot_start_is_a_row_and_the_budget_bounds_the_sweep(monkeypatch, tmp_path):
+    speeds = {"profile": [100], "max_num_seqs 32": [80]}
+    calls = fake_trials(monkeypatch, speeds, errors=("max_num_seqs 128",))
+    said = []
+    clock = iter(range(0, 10_000, 20))  # each look at the clock: 20 s later
+    monkeypatch.setattr(tune_mod.time, "monotonic", lambda: next(clock))
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 90, 600, said.append)
+    assert calls == ["profile", "max_num_seqs 32", "max_num_seqs 128"]
+    assert any(line.startswith("skipped") for line in said)
+    table = tune_mod.table(result)
+    assert "max_num_seqs 128" in table and "failed: the engine could not start" in table
+    assert result.best is None
+
+
+def test_gpu_trials_add_fp8_kv_and_ngram_speculation():
+    names = [name for name, _ in tune_mod.knobs(BASE, gpu=True)]
+    assert "kv cache fp8" in names and "ngram speculation" in names
+    assert "kv cache fp8" not in [name for name, _ in tune_mod.knobs(BASE, gpu=False)]
+
+
+def test_the_estimate_scales_the_trial_by_output_tokens_and_sizes_the_array():
+    tokens = InputTokens(rows=20_000, prompt_tokens=26_000_000, max_output_tokens=2_560_000,
+                         sample_max_output_tokens=64_000)
+    trial = TrialResult("estimate", {}, requests=500, output_tokens=64_000, generation_s=8.0, start_s=60.0,
+                        output_tok_s=8000.0)
+    e = estimate(tokens, trial, devices=1, price=2.0, tasks=None, time_limit_h=0.05)
+    assert e.generation_h == pytest.approx(8.0 * 40 / 3600)  # 40 times the trial's output
+    assert e.gpu_hours == pytest.approx(e.generation_h)
+    assert e.tasks == 4  # 320 s of generation in tasks of at most 0.05 h / 1.25 less a 60 s start
+    assert e.gpu_hours_with_starts == pytest.approx(e.generation_h + 4 * 60 / 3600)
+    assert e.cost() == pytest.approx(2.0 * e.gpu_hours_with_starts)
+    text = report(e, trial, gpu=True)
+    assert "sbatch --array=0-3 --time=00:05:00" in text and "fits" in text
+    assert "rows per hour per GPU: 225,000" in text
+
+
+def test_slurm_time_limits_are_read_as_slurm_writes_them():
+    assert [_hours(t) for t in ("90", "10:30", "04:00:00", "1-00:00:00", "2-12")] == [1.5, 0.175, 4.0, 24.0, 60.0]
+
+
+def test_cost_figures_of_a_run(cli, fake, tmp_path):
+    fake()
+    metrics = tmp_path / "metrics"
+    job = write_job(tmp_path, output={"gpu_hour_price": 3.0, "metrics_dir": str(metrics)})
+    result = cli("run", job, "--limit", "8")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    c = summary["cost"]
+    assert c["devices"] == 1 and c["price"] == 3.0
+    assert c["gpu_hours"] == pytest.approx(summary["duration_s"] / 3600, rel=0.01)
+    assert c["gpu_hours_generating"] < c["gpu_hours"]
+    assert c["cost"] == pytest.approx(c["gpu_hours"] * 3.0, rel=1e-3)
+    run = summary["this_run"]
+    assert c["cost_per_m_output_tokens"] == pytest.approx(c["cost"] / (run["output_tokens"] / 1e6), rel=1e-3)
+    assert "GPU-hours" in result.output and "cost" in result.output
+    prom = next(metrics.glob("*.prom")).read_text()
+    assert "batch_run_gpu_hours{" in prom and "batch_run_cost{" in prom
+
+
+def test_cost_without_a_price_has_hours_only():
+    c = cost_of(3600, 1800, 2, 1000, 5000, None)
+    assert (c.gpu_hours, c.gpu_hours_generating, c.cost, c.cost_per_m_output_tokens) == (2.0, 1.0, None, None)

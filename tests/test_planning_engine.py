@@ -1,0 +1,43 @@
+"""`tune` and `estimate` end to end with the real engine (CPU build, embedded model): the `long`
+tier (`pytest -m long`), since every trial starts an engine of its own."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, write_job
+
+pytestmark = [pytest.mark.long, pytest.mark.engine]
+
+
+def batch_run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "batch_runner.cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_tune_sweeps_trials_in_engines_of_their_own_within_its_budget(tmp_path):
+    job = write_job(tmp_path, sampling={"max_tokens": 8})
+    out = tmp_path / "tune"
+    proc = batch_run("tune", job, "--rows", 16, "--budget", 2.5, "--trial-limit", 2, "--out", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "profile: " in proc.stderr and "output tok/s" in proc.stderr
+    assert "skipped" in proc.stderr  # the budget ended the sweep before the grid did
+    table = proc.stdout.splitlines()
+    assert table[0].split()[:2] == ["trial", "output"] and table[1].startswith("profile")
+    assert "best: " in proc.stdout
+    data = json.loads((out / "tune.json").read_text())
+    assert data["trials"][0]["name"] == "profile" and data["trials"][0]["requests"] == 16
+    assert len(data["trials"]) >= 2  # each in an engine of its own, one after the other
+    assert (out / "profile.log").read_text()  # vLLM's start-up went to the trial's log
+
+
+def test_estimate_counts_the_whole_input_and_sizes_an_array(tmp_path):
+    job = write_job(tmp_path, sampling={"max_tokens": 8})
+    proc = batch_run("estimate", job, "--rows", 16, "--price", 2.5, "--array", 3, "--time", "00:20:00")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    assert "input: 240 rows" in text and "trial: 16 rows" in text
+    assert "cost at 2.5 per engine-hour" in text
+    assert "Slurm: 3 tasks" in text and "fits" in text and "sbatch --array=0-2 --time=" in text

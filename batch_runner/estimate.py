@@ -120,7 +120,8 @@ def report(e: Estimate, trial: TrialResult, gpu: bool) -> str:
         f"input: {e.rows:,} rows, {e.prompt_tokens:,} prompt tokens, about {e.output_tokens:,} output tokens",
         f"trial: {trial.requests:,} rows in {trial.generation_s:.1f} s of generation "
         f"({trial.output_tok_s:,.1f} output tok/s, cache hit {trial.cache_hit_rate:.0%}), engine start {trial.start_s:.0f} s",
-        f"generation: {e.generation_h:.2f} h on one engine ({e.devices_per_engine} per engine)",
+        f"generation: {e.generation_h:.2f} h ({e.generation_h * 3600:,.0f} s) on one engine "
+        f"({e.devices_per_engine} {'GPUs' if gpu else 'device'} per engine)",
         f"{unit}: {e.gpu_hours:.2f} generating, {e.gpu_hours_with_starts:.2f} with engine starts "
         f"({e.tasks or 1} task{'s' if (e.tasks or 1) > 1 else ''})",
         f"rows per hour per {'GPU' if gpu else 'engine'}: {e.rows_per_gpu_hour:,.0f}",

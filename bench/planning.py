@@ -38,13 +38,18 @@ def cli(out: Path, name: str, args: list[str], limit_s: float) -> subprocess.Com
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", help="a model folder (dummy weights are loaded)")
     ap.add_argument("--out", default="planning-out")
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--sample", type=int, default=500)
     ap.add_argument("--tune-budget-min", type=float, default=4.0)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    if args.smoke:  # the embedded model on the CPU
+        sys.path.insert(0, str(ROOT))
+        from batch_runner.models import resolve_model
+
+        args.model = resolve_model("smollm2-135m-instruct")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import first_token
@@ -53,8 +58,8 @@ def main() -> int:
     job = first_token.build_input(args)  # work/big.yaml (--rows rows) and work/w1.yaml (2,000 rows)
     result: dict = {"rows": args.rows, "sample": args.sample, "model": args.model}
     est = cli(out, "estimate", ["estimate", str(job), "--rows", str(args.sample), "--price", "1"], 300)
-    if est is not None and (m := re.search(r"generation: ([\d.]+) h", est.stdout)):
-        result["estimated_generation_s"] = float(m.group(1)) * 3600
+    if est is not None and (m := re.search(r"generation: [\d.]+ h \(([\d,]+) s\)", est.stdout)):
+        result["estimated_generation_s"] = float(m.group(1).replace(",", ""))
         if (t := re.search(r"trial: .* in ([\d.]+) s of generation", est.stdout)):
             result["trial_generation_s"] = float(t.group(1))
     (out / "planning.json").write_text(json.dumps(result, indent=1))

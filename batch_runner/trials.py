@@ -2,7 +2,10 @@
 what ``tune`` sweeps and ``estimate`` scales up.
 
 A trial is the shard runner on the job's first N rows (its prompts, its sampling, its output
-lengths) with some engine settings changed, writing into a scratch output folder. It runs in a
+lengths) with some engine settings changed, writing into a scratch output folder. The engine is
+warmed up first on a few of those rows, and its prefix cache emptied, so that the measured run does
+not pay the engine's first-use costs (on an H200, a 500-row trial without warm-up ran at 0.46x the
+throughput of the whole 20,000-row job). It runs in a
 child process in a session of its own, with a time limit; an engine that cannot start (out of
 memory, an option the card lacks) is a trial's result, not a crash.
 """
@@ -32,7 +35,7 @@ class TrialResult:
     cached_prompt_tokens: int = 0
     output_tokens: int = 0
     generation_s: float = 0.0
-    start_s: float = 0.0  # pre-flight and engine start: the run's duration less its generation time
+    start_s: float = 0.0  # pre-flight, engine start and warm-up: what one task pays before it generates
     output_tok_s: float = 0.0
     total_tok_s: float = 0.0
     cache_hit_rate: float = 0.0
@@ -62,6 +65,24 @@ def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> J
     })
 
 
+WARMUP_ROWS = 32
+
+
+def _warm_up(job: JobSpec) -> None:
+    """A short run on the engine the trial will use (kept by the process), then an empty prefix cache."""
+    from . import engine
+    from .runner import RunOptions, run_shard
+
+    rows = min(WARMUP_ROWS, job.input.limit or WARMUP_ROWS)
+    out = Path(job.output.dir + ".warmup")
+    run_shard(job.model_copy(update={"input": job.input.model_copy(update={"limit": rows}),
+                                     "output": job.output.model_copy(update={"dir": str(out)})}),
+              RunOptions(progress=False))
+    for e in engine._cache.values():
+        if hasattr(e.llm, "reset_prefix_cache"):
+            e.llm.reset_prefix_cache()
+
+
 def _trial_main(job_json: str, results, log: str) -> None:
     os.setsid()  # its own session: the parent ends the trial's engine processes with it
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -70,9 +91,13 @@ def _trial_main(job_json: str, results, log: str) -> None:
     from .engine import shutdown_engines
     from .runner import RunOptions, run_shard
 
+    t0 = time.perf_counter()
     try:
-        result = run_shard(JobSpec.model_validate_json(job_json), RunOptions(progress=False))
-        results.put(("ok", result.summary.as_dict()))
+        job = JobSpec.model_validate_json(job_json)
+        _warm_up(job)
+        setup_s = time.perf_counter() - t0  # the engine's start (and the warm-up): what a task pays once
+        result = run_shard(job, RunOptions(progress=False))
+        results.put(("ok", (result.summary.as_dict(), setup_s)))
     except BatchRunnerError as e:
         results.put(("error", str(e)))
     except Exception as e:  # any failure is the trial's result
@@ -105,12 +130,13 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
     if kind == "error":
         trial.error = value.splitlines()[0][:300] + f" (log: {out}.log)"
         return trial
+    value, setup_s = value
     run = value["this_run"]
     trial.requests, trial.output_tokens = run["requests"], run["output_tokens"]
     trial.prompt_tokens, trial.cached_prompt_tokens = run["prompt_tokens"], run["cached_prompt_tokens"]
     trial.generation_s, trial.output_tok_s = run["generation_s"], run["output_tok_s"]
     trial.total_tok_s, trial.cache_hit_rate = run["total_tok_s"], run["cache_hit_rate"]
-    trial.start_s = max(0.0, value["duration_s"] - run["generation_s"])
+    trial.start_s = setup_s + max(0.0, value["duration_s"] - run["generation_s"])
     trial.gpu_memory_peak_gb = value.get("gpu_memory_peak_gb")
     return trial
 

@@ -22,8 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import JobSpec
-from .inputs import iter_rows
-from .preflight import row_id
+from .inputs import iter_rows, row_id
 from .sharding import Shard, shard_of
 
 

@@ -123,7 +123,7 @@ def results(job: JobSpec):
     import datasets
 
     from .inputs import iter_rows
-    from .preflight import row_id
+    from .inputs import row_id
 
     parts = [str(p) for p in committed_parts(job.output_dir / "results")]
     found = datasets.Dataset.from_parquet(parts)

@@ -229,3 +229,8 @@ def input_identity(spec: InputSpec) -> dict[str, Any]:
         return {"dataset": spec.dataset}
     files = resolve_files(spec)
     return {"files": [[str(f.resolve()), f.stat().st_size] for f in files]}
+
+
+def row_id(spec: InputSpec, index: int, data: dict[str, Any]) -> Any:
+    """A row's id: its id_column's value, else its index in the input."""
+    return data.get(spec.id_column) if spec.id_column else str(index)

@@ -14,10 +14,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from .affinity import Membership, assign
 from .config import InputSpec, JobSpec
+from .engine import check_sampling
 from .errors import JobError, RowError
-from .inputs import INVALID, describe_source, iter_rows
+from .inputs import INVALID, describe_source, iter_rows, row_id
+from .models import context_length, load_tokenizer, resolve_model
 from .prompts import PromptRenderer
+from .sharding import Shard
 
 MAX_PROBLEMS = 20
 
@@ -31,10 +35,6 @@ class InputReport:
     kept_schema: pa.Schema = field(default_factory=lambda: pa.schema([]))
     notes: list[str] = field(default_factory=list)  # decisions the user should hear of (widened columns)
     assignment: str | None = None  # prefix affinity: the digest of the rows' assignment to shards
-
-
-def row_id(spec: InputSpec, index: int, data: dict[str, Any]) -> Any:
-    return data.get(spec.id_column) if spec.id_column else str(index)
 
 
 INT64 = (-2**63, 2**63 - 1)
@@ -207,3 +207,29 @@ def preview(spec: InputSpec, renderer: PromptRenderer, report: InputReport, n: i
         shown.append({"id": rid, "prompt_tokens": len(r.token_ids), "max_tokens": r.max_tokens,
                       "prompt": renderer.tokenizer.decode(r.token_ids)})
     return {"rows": report.rows, "shard_rows": report.shard_rows, "prompts": shown, "report": report}
+
+
+@dataclass
+class Preflight:
+    """What the pre-flight settled, before any output is touched or any engine starts."""
+
+    model_path: str
+    renderer: PromptRenderer
+    report: InputReport
+    membership: Membership  # which rows are this shard's (by id hash, or by prefix group)
+
+
+def preflight(job: JobSpec, shard: Shard) -> Preflight:
+    """The model (converted once), its tokenizer and the prompt renderer, the job's own sampling
+    values, the rows' assignment to shards, and one pass over the whole input."""
+    model_path = resolve_model(job.model.name)
+    tokenizer = load_tokenizer(model_path, job)
+    renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
+    check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
+    p = job.prompt
+    assignment = assign(job, renderer.prefix_key, shard.count) \
+        if p.group_by_prefix and p.prefix_affinity and shard.count > 1 else None
+    membership = Membership(shard, assignment, renderer.prefix_key)
+    report = check_input(job.input, columns_read(job, renderer), membership.owns)
+    report.assignment = assignment.digest if assignment else None
+    return Preflight(model_path, renderer, report, membership)

@@ -23,29 +23,27 @@ from typing import Any
 
 import pyarrow as pa
 
-from . import affinity, checkpoint
+from . import checkpoint
 from .affinity import Membership
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
-from .cost import cost_of, devices_of
-from .engine import (Engine, check_sampling, check_vllm_version, engine_arguments, get_engine, is_cpu_platform,
-                     vllm_version)
+from .cost import devices_of
+from .engine import Engine, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, vllm_version
 from .errors import ExitStatus
 from .gpu import GpuMonitor
 from .metrics import MetricsFile, RunMetrics
-from .models import context_length, load_tokenizer, resolve_model
-from .openai_batch import write_openai_files
-from .output import sweep_temporaries, write_json
+from .output import sweep_temporaries
 from .pipeline import Pipeline
 from .prepare import RequestBuilder
-from .preflight import InputReport, check_input, columns_read, preview
+from .preflight import InputReport, preflight, preview
 from .progress import Progress
-from .prompts import PromptRenderer
 from .records import Summary
+from .prompts import PromptRenderer
 from .scheduler import rows_to_run
 from .sharding import ALL, Shard
 from .stats import Clock
 from .stop import StopRequest
+from .summary import finish_shard
 
 log = logging.getLogger("batch_runner")
 
@@ -94,20 +92,13 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     if not options.dry_run:
         checkpoint.check_output_folder(job, shard, options.job_file)
         check_vllm_version()
-    model_path = resolve_model(job.model.name)
-    tokenizer = load_tokenizer(model_path, job)
-    renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
-    check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
-    assignment = affinity.assign(job, renderer.prefix_key, shard.count) \
-        if job.prompt.group_by_prefix and job.prompt.prefix_affinity and shard.count > 1 else None
-    membership = Membership(shard, assignment, renderer.prefix_key)
-    report = check_input(job.input, columns_read(job, renderer), membership.owns)
-    report.assignment = assignment.digest if assignment else None
-    for note in report.notes:
+    pre = preflight(job, shard)
+    for note in pre.report.notes:
         log.warning(note)
     if options.dry_run:
-        return RunResult(ExitStatus.OK, job.output_dir, preview=preview(job.input, renderer, report, options.dry_run_rows))
-    ctx = _Context(job, shard, model_path, renderer, report, started, t0, membership)
+        return RunResult(ExitStatus.OK, job.output_dir,
+                         preview=preview(job.input, pre.renderer, pre.report, options.dry_run_rows))
+    ctx = _Context(job, shard, pre.model_path, pre.renderer, pre.report, started, t0, pre.membership)
     job.output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.OutputLock(job.output_dir, shard.label), StopRequest() as stop:
         kept, done = _open_output(ctx, options)
@@ -159,9 +150,9 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
             if pipeline is not None:
                 committer.started()
                 pipeline.run(rows_to_run(job, ctx.membership.owns, done, ctx.renderer.prefix_key))
-        result = _finish(ctx, committer, stop, run_id, engine_info, gpu, done)
-        status = int(result.status)
-        return result
+        ended, summary = finish_shard(ctx, committer, stop, run_id, engine_info, gpu, done)
+        status = int(ended)
+        return RunResult(ended, out, summary)
     except BaseException as e:
         status = int(getattr(e, "exit_status", ExitStatus.FAILED))
         raise
@@ -194,35 +185,3 @@ def _queue_target(args: dict[str, Any], job: JobSpec) -> int:
     """Keep several scheduler-fulls of requests waiting, so the engine never idles while this
     process renders, tokenizes and writes (on an H100, 2x max_num_seqs measured 0.87x raw)."""
     return max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
-
-
-def _finish(ctx: _Context, committer: Committer, stop: StopRequest, run_id: str, engine_info: dict[str, Any],
-            gpu: GpuMonitor, done_before: set[str]) -> RunResult:
-    """Check what is committed now against the run's ids; summary, marker and exit status."""
-    job, shard, report, out = ctx.job, ctx.shard, ctx.report, ctx.job.output_dir
-    missing = report.shard_ids - checkpoint.done_ids(out / "results", shard.label)
-    complete = not missing and report.rows_beyond_limit == 0  # the whole shard, not just this run's rows
-    totals = checkpoint.shard_totals(out / "results", shard.label)
-    if missing and not stop.requested:  # every row gets a result or an error row; never silently none
-        log.error("%d rows of this run have no result (e.g. %s); rerun to run them",
-                  len(missing), ", ".join(sorted(missing)[:5]))
-    status = (ExitStatus.INTERRUPTED if missing and stop.requested else ExitStatus.FAILED if missing
-              else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
-    run, duration = committer.totals, time.perf_counter() - ctx.t0
-    cost = cost_of(duration, run.generation_s, devices_of(engine_info, bool(engine_info) and not is_cpu_platform()), run.output_tokens,
-                   run.prompt_tokens + run.output_tokens, job.output.gpu_hour_price)
-    summary = Summary(
-        job=job.name, model=job.model.name, model_path=ctx.model_path, shard=shard.label,
-        status=status.name.lower(), exit_status=int(status), complete=complete, interrupted_by=stop.requested,
-        started_at=ctx.started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
-        duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,
-        skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.as_dict(),
-        engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
-        gpu_memory_peak_gb=gpu.peak_gb, cost=cost.as_dict())
-    write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
-    if complete:
-        checkpoint.mark_shard_done(out, shard.label, summary.as_dict())
-        if job.output.openai and shard.count == 1:  # sharded outputs get theirs from `merge`
-            answered, failed = write_openai_files(out, job.model.name)
-            log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
-    return RunResult(status, out, summary)

@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from .config import JobSpec
-from .inputs import iter_rows
-from .preflight import row_id
+from .inputs import iter_rows, row_id
 
 T = TypeVar("T")
 

@@ -114,7 +114,7 @@ def child_raw(args) -> None:
     engine.add_request = add_request
 
     def step():
-        result = real_step()
+        real_step()
         _emit(out, "raw-tuned", first_token_s=time.perf_counter() - ready, hwm_gb=_hwm_gb(os.getpid()),
               hwm_tree_gb=_tree_hwm_gb(), first_committed_row="none before the whole list finishes")
         os._exit(0)  # measured; the parent ends the engine's processes with the group

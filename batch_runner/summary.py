@@ -1,0 +1,55 @@
+"""The end of a shard's run: are all its ids committed, how did it end, what did it cost; the
+summary file, the shard's completion marker and (unsharded) the OpenAI-shaped output files."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from . import checkpoint
+from .commit import Committer
+from .cost import cost_of, devices_of
+from .engine import is_cpu_platform, vllm_version
+from .errors import ExitStatus
+from .gpu import GpuMonitor
+from .openai_batch import write_openai_files
+from .output import write_json
+from .records import Summary
+from .stop import StopRequest
+
+log = logging.getLogger("batch_runner")
+
+
+def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engine_info: dict[str, Any],
+                 gpu: GpuMonitor, done_before: set[str]) -> tuple[ExitStatus, Summary]:
+    """Check what is committed now against the run's ids; summary, marker and exit status."""
+    job, shard, report, out = ctx.job, ctx.shard, ctx.report, ctx.job.output_dir
+    missing = report.shard_ids - checkpoint.done_ids(out / "results", shard.label)
+    complete = not missing and report.rows_beyond_limit == 0  # the whole shard, not just this run's rows
+    totals = checkpoint.shard_totals(out / "results", shard.label)
+    if missing and not stop.requested:  # every row gets a result or an error row; never silently none
+        log.error("%d rows of this run have no result (e.g. %s); rerun to run them",
+                  len(missing), ", ".join(sorted(missing)[:5]))
+    status = (ExitStatus.INTERRUPTED if missing and stop.requested else ExitStatus.FAILED if missing
+              else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
+    run, duration = committer.totals, time.perf_counter() - ctx.t0
+    cost = cost_of(duration, run.generation_s, devices_of(engine_info, bool(engine_info) and not is_cpu_platform()), run.output_tokens,
+                   run.prompt_tokens + run.output_tokens, job.output.gpu_hour_price)
+    summary = Summary(
+        job=job.name, model=job.model.name, model_path=ctx.model_path, shard=shard.label,
+        status=status.name.lower(), exit_status=int(status), complete=complete, interrupted_by=stop.requested,
+        started_at=ctx.started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
+        duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,
+        skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.as_dict(),
+        engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
+        gpu_memory_peak_gb=gpu.peak_gb, cost=cost.as_dict())
+    write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
+    if complete:
+        checkpoint.mark_shard_done(out, shard.label, summary.as_dict())
+        if job.output.openai and shard.count == 1:  # sharded outputs get theirs from `merge`
+            answered, failed = write_openai_files(out, job.model.name)
+            log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
+    return status, summary

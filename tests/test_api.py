@@ -1,0 +1,60 @@
+"""The Python API: a job on a path, a pandas frame or a datasets.Dataset, results as a datasets.Dataset."""
+
+import datasets
+import pandas as pd
+import pytest
+
+import batch_runner
+from batch_runner.errors import BatchRunnerError
+from conftest import SUMMARIZE, news_rows
+from fake_engine import batch_of
+
+
+def frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame(news_rows(n))
+
+
+def test_a_frame_gives_its_results_in_input_order_and_resumes(fake, tmp_path):
+    data = frame(30)
+    engine = fake(per_poll=7)  # finishes out of order across batches
+    got = batch_runner.run(SUMMARIZE, data, output_dir=tmp_path / "out", progress=False)
+    assert isinstance(got, datasets.Dataset)
+    assert got["id"] == list(data["id"])  # one row per input row, in input order
+    assert all(text.startswith("answer to ") for text in got["output"])
+    assert len(engine.submitted) == 30
+
+    again = fake()
+    resumed = batch_runner.run(SUMMARIZE, data, output_dir=tmp_path / "out", progress=False)
+    assert again.submitted == [] and resumed["id"] == got["id"]  # the same data is the same input
+
+
+def test_a_dataset_and_a_path_are_inputs_too(fake, tmp_path):
+    fake()
+    ds = datasets.Dataset.from_pandas(frame(12), preserve_index=False)
+    got = batch_runner.run(SUMMARIZE, ds, output_dir=tmp_path / "a", progress=False)
+    assert got["id"] == ds["id"]
+    path = tmp_path / "rows.parquet"
+    frame(5).to_parquet(path)
+    got = batch_runner.run(SUMMARIZE, path, output_dir=tmp_path / "b", progress=False)
+    assert got["id"] == list(frame(5)["id"])
+
+
+def test_a_run_that_ends_with_rows_left_raises_after_saving_what_finished(fake, tmp_path):
+    fake(stall=lambda key: batch_of(key) == 0)  # the first batch never finishes; then the engine dies
+    with pytest.raises(BatchRunnerError):
+        batch_runner.run(SUMMARIZE, frame(20), output_dir=tmp_path / "out", progress=False,
+                         overrides=["output.batch_size=4"])
+    assert len(pd.read_parquet(tmp_path / "out" / "results")) == 16
+
+
+def test_data_that_is_not_a_table_is_refused(tmp_path):
+    with pytest.raises(BatchRunnerError, match="pandas.DataFrame or a datasets.Dataset"):
+        batch_runner.run(SUMMARIZE, [1, 2, 3], output_dir=tmp_path / "out", progress=False)
+
+
+@pytest.mark.engine
+def test_the_real_engine_through_the_api(tmp_path):
+    got = batch_runner.run(SUMMARIZE, frame(6), output_dir=tmp_path / "out", progress=False,
+                           overrides=["sampling.max_tokens=8"])
+    assert got["id"] == list(frame(6)["id"])
+    assert all(got["output"]) and set(got["finish_reason"]) <= {"stop", "length"}

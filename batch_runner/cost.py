@@ -41,5 +41,10 @@ def cost_of(duration_s: float, generation_s: float, devices: int, output_tokens:
     hours, generating = duration_s * devices / 3600, generation_s * devices / 3600
     money = hours * price if price is not None else None
     per_m = (lambda tokens: rate(money, tokens / 1e6) if money is not None and tokens else None)
-    return Cost(devices, round(hours, 6), round(generating, 6), price, None if money is None else round(money, 6),
+    return Cost(devices, _figures(hours), _figures(generating), price, None if money is None else _figures(money),
                 per_m(output_tokens), per_m(total_tokens))
+
+
+def _figures(x: float) -> float:
+    """Six significant figures: a short run's cost is a few millionths, and must not round to zero."""
+    return float(f"{x:.6g}")

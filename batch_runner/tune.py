@@ -5,7 +5,8 @@ changed at a time (``max_num_seqs`` and ``max_num_batched_tokens`` halved and do
 fp8 KV cache and n-gram speculative decoding, where the card and vLLM take them), then the best
 value of each knob together. Then the best and the profile run once more, one after the other, and
 the best is recommended only if it is still faster: a recommendation is never slower than the
-profile on a re-run. A time budget bounds the whole sweep.
+profile on a re-run. A time budget bounds the whole sweep; a sweep trial runs only if the two
+re-runs still fit after it, so a short budget ends in a checked recommendation, not a skipped one.
 """
 
 from __future__ import annotations
@@ -68,30 +69,31 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
     result = TuneResult()
     deadline = time.monotonic() + budget_s
 
-    def trial(name: str, settings: dict[str, Any]) -> TrialResult | None:
+    def trial(name: str, settings: dict[str, Any], after: int) -> TrialResult | None:
+        """Run it if it fits with ``after`` trials of the longest length still to come (the re-runs)."""
         left = deadline - time.monotonic()
-        longest = max([t.generation_s + t.start_s for t in result.trials] or [0.0])
-        if left < max(30.0, longest):
+        longest = max([30.0] + [t.generation_s + t.start_s for t in result.trials])
+        if left < longest * (1 + after):
             say(f"skipped {name}: {left:.0f} s left of the budget")
             return None
         t = run_trial(job, name, settings, rows, scratch, min(trial_limit_s, left))
         say(f"{name}: " + (f"{t.output_tok_s:,.1f} output tok/s" if t.ok else f"failed: {t.error}"))
         return t
 
-    profile = trial(PROFILE, {})
+    profile = trial(PROFILE, {}, 2)
     if profile is None or not profile.ok:
         result.trials += [profile] if profile else []
         return result
     result.trials.append(profile)
     for name, settings in knobs(base, gpu):
-        if (t := trial(name, settings)) is not None:
+        if (t := trial(name, settings, 2)) is not None:
             result.trials.append(t)
-    if (together := combined(result.trials, profile)) and (t := trial("best together", together)):
+    if (together := combined(result.trials, profile)) and (t := trial("best together", together, 2)):
         result.trials.append(t)
     candidate = max((t for t in result.trials if t.ok), key=lambda t: t.output_tok_s)
     if candidate is profile:
         return result
-    again = [trial(f"{PROFILE} (re-run)", {}), trial(f"{candidate.name} (re-run)", candidate.settings)]
+    again = [trial(f"{PROFILE} (re-run)", {}, 1), trial(f"{candidate.name} (re-run)", candidate.settings, 0)]
     result.recheck = [t for t in again if t is not None]
     if len(result.recheck) == 2 and all(t.ok for t in result.recheck):
         gain = result.recheck[1].output_tok_s / result.recheck[0].output_tok_s

@@ -67,12 +67,33 @@ def test_a_trial_that_cannot_start_is_a_row_and_the_budget_bounds_the_sweep(monk
     said = []
     clock = iter(range(0, 10_000, 20))  # each look at the clock: 20 s later
     monkeypatch.setattr(tune_mod.time, "monotonic", lambda: next(clock))
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 90, 600, said.append)
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 150, 600, said.append)
     assert calls == ["profile", "max_num_seqs 32", "max_num_seqs 128"]
     assert any(line.startswith("skipped") for line in said)
     table = tune_mod.table(result)
     assert "max_num_seqs 128" in table and "failed: the engine could not start" in table
     assert result.best is None
+
+
+def test_the_budget_keeps_room_for_the_re_runs(monkeypatch, tmp_path):
+    speeds = {"profile": [100, 101], "max_num_seqs 32": [80], "max_num_seqs 128": [120, 119],
+              "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [110]}
+    now = [0.0]
+    monkeypatch.setattr(tune_mod.time, "monotonic", lambda: now[0])
+    calls = fake_trials(monkeypatch, speeds)
+    inner = tune_mod.run_trial
+
+    def forty_seconds_each(*args):
+        now[0] += 40.0  # a trial of 10 s of generation and 5 s of start, seen as 40 s of the budget
+        t = inner(*args)
+        t.generation_s, t.start_s = 30.0, 10.0
+        return t
+
+    monkeypatch.setattr(tune_mod, "run_trial", forty_seconds_each)
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 300, 600, lambda line: None)
+    # "best together" would have fitted alone, but not with both re-runs after it: it is skipped
+    assert calls == ["profile", *KNOBS, "profile (re-run)", "max_num_seqs 128 (re-run)"]
+    assert result.best.name == "max_num_seqs 128" and result.gain == pytest.approx(119 / 101)
 
 
 def test_gpu_trials_add_fp8_kv_and_ngram_speculation():

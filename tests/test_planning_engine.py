@@ -20,7 +20,7 @@ def batch_run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def test_tune_sweeps_trials_in_engines_of_their_own_within_its_budget(tmp_path):
     job = write_job(tmp_path, sampling={"max_tokens": 8})
     out = tmp_path / "tune"
-    proc = batch_run("tune", job, "--rows", 16, "--budget", 2.5, "--trial-limit", 2, "--out", out)
+    proc = batch_run("tune", job, "--rows", 16, "--budget", 4, "--trial-limit", 2, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "profile: " in proc.stderr and "output tok/s" in proc.stderr
     assert "skipped" in proc.stderr  # the budget ended the sweep before the grid did

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -26,7 +27,9 @@ from .config import JobSpec
 from .errors import JobError, ResumeConflict
 from .inputs import input_identity, resolve_files
 from .sharding import Shard
-from .output import committed_parts, write_json
+from .output import committed_parts, sweep_temporaries, write_json
+
+log = logging.getLogger("batch_runner")
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
@@ -326,3 +329,19 @@ def check_output_folder(job: JobSpec, shard: Shard, job_file: Path | None) -> No
     check_output_dir(out, inputs, job_file, folder)
     check_output_writable(out)
     check_not_locked(out, shard.label)
+
+
+def open_shard(job: JobSpec, shard: Shard, assignment: str | None, kept_schema: pa.Schema, fresh: bool,
+               retry_errors: bool) -> tuple[pa.Schema, set[str]]:
+    """Under the shard's lock: the fingerprint check (and --fresh), the resume state. Returns the
+    output's kept-column schema and the ids committed before."""
+    out, label = job.output_dir, shard.label
+    wanted = fingerprint(job, shard, assignment)
+    if fresh and (moved := move_aside(out, {label}, wanted)):
+        log.warning("moved the old results to %s", moved)
+    kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), kept_schema)
+    sweep_temporaries(out, label)
+    clear_shard_marker(out, label)
+    if retry_errors:
+        drop_error_rows(out / "results", label, job.output.compression)
+    return kept, done_ids(out / "results", label)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .gpu import GpuMonitor
 from .output import (STATS_SCHEMA, TIMELINE_SCHEMA, flush_part_name, part_name, results_schema, storable_rows,
                      timeline_part_name, write_parquet)
 from .records import EngineCounters, ProgressEvent, ResultRow
@@ -35,14 +36,15 @@ class PartWriter:
 
 
 class Committer:
-    def __init__(self, writer: PartWriter, kept: pa.Schema, rows_total: int, clock: Clock, gpu: Callable[[], dict],
+    def __init__(self, writer: PartWriter, kept: pa.Schema, rows_total: int,
                  counters: Callable[[], EngineCounters | None], timeline_interval_s: float):
         self.writer = writer
         self.schema, self.kept_names = results_schema(kept), kept.names
-        self.clock, self.gpu = clock, gpu
+        self.gpu_monitor = GpuMonitor()  # the timeline's GPU columns and the summary's peak
+        self.clock, self.gpu = Clock(), self.gpu_monitor.sample
         self.totals = RunTotals()
         self.rows_total, self.rows_done = rows_total, 0
-        self.timeline = Timeline(writer.shard, writer.run_id, clock, timeline_interval_s, counters, gpu,
+        self.timeline = Timeline(writer.shard, writer.run_id, self.clock, timeline_interval_s, counters, self.gpu,
                                  self._write_timeline)
         self.listeners: list[Listener] = []
         self.flushes = 0

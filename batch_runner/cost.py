@@ -14,8 +14,11 @@ from typing import Any
 from .stats import rate
 
 
-def devices_of(engine_args: dict[str, Any], gpu: bool) -> int:
-    if not gpu:
+def devices_of(engine_args: dict[str, Any]) -> int:
+    """The devices one engine holds; 1 without an engine (nothing ran) and on the CPU build."""
+    from .engine import is_cpu_platform
+
+    if not engine_args or is_cpu_platform():
         return 1
     tp = engine_args.get("tensor_parallel_size") or 1
     pp = engine_args.get("pipeline_parallel_size") or 1

@@ -15,6 +15,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import shard_totals
+from .config import JobSpec
+from .cost import devices_of
 from .output import atomic_write
 
 PREFIX = "batch_run_"
@@ -133,6 +136,16 @@ class RunMetrics:
         self.file, self.shard_rows, self.before = file, shard_rows, before  # before: earlier runs' totals
         self.committer, self.lock, self.devices, self.price = committer, lock, devices, price
         self._done = threading.Event()
+
+    @classmethod
+    def for_shard(cls, job: JobSpec, shard: str, shard_rows: int, committer, lock: threading.Lock,
+                  engine_args: dict) -> "RunMetrics | None":
+        """The shard's metrics file, when the job asks for one (output.metrics_dir)."""
+        if not job.output.metrics_dir:
+            return None
+        return cls(MetricsFile(Path(job.output.metrics_dir), job.name, shard), shard_rows,
+                   shard_totals(job.output_dir / "results", shard), committer, lock, devices_of(engine_args),
+                   job.output.gpu_hour_price)
 
     def __call__(self, event) -> None:
         self.write()

@@ -24,24 +24,18 @@ from typing import Any
 import pyarrow as pa
 
 from . import checkpoint
-from .affinity import Membership
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
-from .cost import devices_of
 from .engine import Engine, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, vllm_version
 from .errors import ExitStatus
-from .gpu import GpuMonitor
-from .metrics import MetricsFile, RunMetrics
-from .output import sweep_temporaries
+from .metrics import RunMetrics
 from .pipeline import Pipeline
 from .prepare import RequestBuilder
-from .preflight import InputReport, preflight, preview
+from .preflight import Preflight, preflight, preview
 from .progress import Progress
 from .records import Summary
-from .prompts import PromptRenderer
 from .scheduler import rows_to_run
 from .sharding import ALL, Shard
-from .stats import Clock
 from .stop import StopRequest
 from .summary import finish_shard
 
@@ -77,12 +71,17 @@ class _Context:
 
     job: JobSpec
     shard: Shard
-    model_path: str
-    renderer: PromptRenderer
-    report: InputReport
+    pre: Preflight
     started: datetime
     t0: float
-    membership: Membership  # which rows are this shard's (by id hash, or by prefix group)
+
+    @property
+    def report(self):
+        return self.pre.report
+
+    @property
+    def model_path(self) -> str:
+        return self.pre.model_path
 
 
 def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
@@ -98,26 +97,12 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     if options.dry_run:
         return RunResult(ExitStatus.OK, job.output_dir,
                          preview=preview(job.input, pre.renderer, pre.report, options.dry_run_rows))
-    ctx = _Context(job, shard, pre.model_path, pre.renderer, pre.report, started, t0, pre.membership)
+    ctx = _Context(job, shard, pre, started, t0)
     job.output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.OutputLock(job.output_dir, shard.label), StopRequest() as stop:
-        kept, done = _open_output(ctx, options)
+        kept, done = checkpoint.open_shard(job, shard, pre.report.assignment, pre.report.kept_schema,
+                                           options.fresh, options.retry_errors)
         return _run_rows(ctx, options, stop, kept, done)
-
-
-def _open_output(ctx: _Context, options: RunOptions) -> tuple[pa.Schema, set[str]]:
-    """Under the shard's lock: the fingerprint check (and --fresh), the resume state; returns the
-    output's kept-column schema and the ids committed before."""
-    job, out, label = ctx.job, ctx.job.output_dir, ctx.shard.label
-    wanted = checkpoint.fingerprint(job, ctx.shard, ctx.report.assignment)
-    if options.fresh and (moved := checkpoint.move_aside(out, {label}, wanted)):
-        log.warning("moved the old results to %s", moved)
-    kept = checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), ctx.report.kept_schema)
-    sweep_temporaries(out, label)
-    checkpoint.clear_shard_marker(out, label)
-    if options.retry_errors:
-        checkpoint.drop_error_rows(out / "results", label, job.output.compression)
-    return kept, checkpoint.done_ids(out / "results", label)
 
 
 def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Schema, done: set[str]) -> RunResult:
@@ -130,18 +115,13 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
     meta = {"batch_runner": json.dumps({
         "job": job.name, "model": job.model.name, "run_id": run_id, "shard": ctx.shard.label,
         "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
-    gpu = GpuMonitor()
     committer = Committer(PartWriter(out, ctx.shard.label, run_id, meta, job.output.compression), kept,
-                          len(todo), Clock(), gpu.sample, getattr(engine, "counters", lambda: None),
-                          TIMELINE_INTERVAL_S)
-    pipeline = Pipeline(RequestBuilder(job, ctx.renderer, run_id), engine, committer, stop, kept.names,
+                          len(todo), getattr(engine, "counters", lambda: None), TIMELINE_INTERVAL_S)
+    pipeline = Pipeline(RequestBuilder(job, ctx.pre.renderer, run_id), engine, committer, stop, kept.names,
                         job.output.batch_size, _queue_target(args, job), job.output.flush_s) \
         if engine is not None else None
-    metrics = RunMetrics(MetricsFile(Path(job.output.metrics_dir), job.name, ctx.shard.label), ctx.report.shard_rows,
-                         checkpoint.shard_totals(out / "results", ctx.shard.label), committer,
-                         pipeline.lock if pipeline else threading.Lock(),
-                         devices_of(args, bool(args) and not is_cpu_platform()), job.output.gpu_hour_price) \
-        if job.output.metrics_dir else None
+    metrics = RunMetrics.for_shard(job, ctx.shard.label, ctx.report.shard_rows, committer,
+                                   pipeline.lock if pipeline else threading.Lock(), args)
     progress = Progress(job.output.log_format, job.name) if options.progress else None
     committer.listeners += [x for x in (progress, metrics) if x is not None] + options.listeners
     status = int(ExitStatus.FAILED)
@@ -149,8 +129,8 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
         with metrics or nullcontext():
             if pipeline is not None:
                 committer.started()
-                pipeline.run(rows_to_run(job, ctx.membership.owns, done, ctx.renderer.prefix_key))
-        ended, summary = finish_shard(ctx, committer, stop, run_id, engine_info, gpu, done)
+                pipeline.run(rows_to_run(job, ctx.pre.membership.owns, done, ctx.pre.renderer.prefix_key))
+        ended, summary = finish_shard(ctx, committer, stop, run_id, engine_info, done)
         status = int(ended)
         return RunResult(ended, out, summary)
     except BaseException as e:
@@ -177,7 +157,7 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
         engine = get_engine(args)
     finally:
         stop.starting = False
-    ctx.renderer.max_model_len = engine.max_model_len
+    ctx.pre.renderer.max_model_len = engine.max_model_len
     return args | {"ignored": dropped}, engine
 
 

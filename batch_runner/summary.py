@@ -12,9 +12,8 @@ from typing import Any
 from . import checkpoint
 from .commit import Committer
 from .cost import cost_of, devices_of
-from .engine import is_cpu_platform, vllm_version
+from .engine import vllm_version
 from .errors import ExitStatus
-from .gpu import GpuMonitor
 from .openai_batch import write_openai_files
 from .output import write_json
 from .records import Summary
@@ -24,7 +23,7 @@ log = logging.getLogger("batch_runner")
 
 
 def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engine_info: dict[str, Any],
-                 gpu: GpuMonitor, done_before: set[str]) -> tuple[ExitStatus, Summary]:
+                 done_before: set[str]) -> tuple[ExitStatus, Summary]:
     """Check what is committed now against the run's ids; summary, marker and exit status."""
     job, shard, report, out = ctx.job, ctx.shard, ctx.report, ctx.job.output_dir
     missing = report.shard_ids - checkpoint.done_ids(out / "results", shard.label)
@@ -36,7 +35,7 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
     status = (ExitStatus.INTERRUPTED if missing and stop.requested else ExitStatus.FAILED if missing
               else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
     run, duration = committer.totals, time.perf_counter() - ctx.t0
-    cost = cost_of(duration, run.generation_s, devices_of(engine_info, bool(engine_info) and not is_cpu_platform()), run.output_tokens,
+    cost = cost_of(duration, run.generation_s, devices_of(engine_info), run.output_tokens,
                    run.prompt_tokens + run.output_tokens, job.output.gpu_hour_price)
     summary = Summary(
         job=job.name, model=job.model.name, model_path=ctx.model_path, shard=shard.label,
@@ -45,7 +44,7 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
         duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,
         skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.as_dict(),
         engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
-        gpu_memory_peak_gb=gpu.peak_gb, cost=cost.as_dict())
+        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost.as_dict())
     write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
     if complete:
         checkpoint.mark_shard_done(out, shard.label, summary.as_dict())

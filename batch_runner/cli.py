@@ -240,7 +240,7 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int, tuned: st
     import json as json_mod
     import tempfile
 
-    from .estimate import count_tokens, estimate, report
+    from .estimate import count_tokens, estimate, report, wave_note
     from .trials import TrialResult, run_trial
 
     setup_logging(False)
@@ -265,6 +265,8 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int, tuned: st
     e = estimate(tokens, trial, int(tp) if gpu else 1, price if price is not None else job.output.gpu_hour_price,
                  tasks, limit_h)
     click.echo(report(e, trial, gpu))
+    if note := wave_note(trial.requests, int(args.get("max_num_seqs") or 256)):
+        click.echo(note)
 
 
 def _hours(text: str) -> float:

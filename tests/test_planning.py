@@ -12,7 +12,7 @@ import pytest
 from batch_runner import tune as tune_mod
 from batch_runner.cli import _hours
 from batch_runner.cost import cost_of
-from batch_runner.estimate import InputTokens, estimate, report
+from batch_runner.estimate import InputTokens, estimate, report, wave_note
 from batch_runner.trials import TrialResult
 from conftest import write_job
 
@@ -116,6 +116,12 @@ def test_the_estimate_scales_the_trial_by_output_tokens_and_sizes_the_array():
     text = report(e, trial, gpu=True)
     assert "sbatch --array=0-3 --time=00:05:00" in text and "fits" in text
     assert "rows per hour per GPU: 225,000" in text
+
+
+def test_a_one_wave_trial_is_called_out():
+    assert wave_note(500, 512).startswith("note: the trial's 500 rows are fewer than twice max_num_seqs (512)")
+    assert "--rows 1,024 or more" in wave_note(500, 512)
+    assert wave_note(1024, 512) is None
 
 
 def test_slurm_time_limits_are_read_as_slurm_writes_them():

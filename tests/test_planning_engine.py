@@ -41,3 +41,4 @@ def test_estimate_counts_the_whole_input_and_sizes_an_array(tmp_path):
     assert "input: 240 rows" in text and "trial: 16 rows" in text
     assert "cost at 2.5 per engine-hour" in text
     assert "Slurm: 3 tasks" in text and "fits" in text and "sbatch --array=0-2 --time=" in text
+    assert "note: the trial's 16 rows are fewer than twice max_num_seqs" in text  # one wave: leans high

@@ -240,6 +240,7 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int, tuned: st
     import json as json_mod
     import tempfile
 
+    from .engine import max_num_seqs
     from .estimate import count_tokens, estimate, report, wave_note
     from .trials import TrialResult, run_trial
 
@@ -265,7 +266,7 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int, tuned: st
     e = estimate(tokens, trial, int(tp) if gpu else 1, price if price is not None else job.output.gpu_hour_price,
                  tasks, limit_h)
     click.echo(report(e, trial, gpu))
-    if note := wave_note(trial.requests, int(args.get("max_num_seqs") or 256)):
+    if note := wave_note(trial.requests, max_num_seqs(args)):
         click.echo(note)
 
 

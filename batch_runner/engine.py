@@ -35,6 +35,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "latency": dict(max_num_seqs=32, max_num_batched_tokens=8192, gpu_memory_utilization=0.85),
 }
 STATS = dict(disable_log_stats=False)
+VLLM_DEFAULT_MAX_NUM_SEQS = 256  # what vLLM schedules at once when the engine arguments do not say
+
+
+def max_num_seqs(args: dict[str, Any]) -> int:
+    """The sequences the engine schedules at once, for these engine arguments."""
+    return int(args.get("max_num_seqs") or VLLM_DEFAULT_MAX_NUM_SEQS)
+
+
 # On the CPU backend: gpu_memory_utilization is a share of RAM reserved for the KV cache, and
 # torch.compile's warm-up takes minutes on a small machine for no gain (seen on 2 AVX2 cores:
 # 257 s start and 16.8 output tok/s compiled, 29 s and 18.8 tok/s eager).

@@ -26,7 +26,8 @@ import pyarrow as pa
 from . import checkpoint
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
-from .engine import Engine, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, vllm_version
+from .engine import (Engine, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, max_num_seqs,
+                     vllm_version)
 from .errors import ExitStatus
 from .metrics import RunMetrics
 from .pipeline import Pipeline
@@ -75,14 +76,6 @@ class _Context:
     started: datetime
     t0: float
 
-    @property
-    def report(self):
-        return self.pre.report
-
-    @property
-    def model_path(self) -> str:
-        return self.pre.model_path
-
 
 def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     """Run (or resume) one shard of a job in this process; see the module docstring."""
@@ -108,7 +101,7 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
 def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Schema, done: set[str]) -> RunResult:
     """Start an engine if any row is left, run the rows through the pipeline, say how it ended."""
     job, out = ctx.job, ctx.job.output_dir
-    todo = ctx.report.shard_ids - done
+    todo = ctx.pre.report.shard_ids - done
     args, engine = _start_engine(ctx, stop) if todo else ({}, None)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     engine_info = {k: v for k, v in args.items() if k != "model"}
@@ -120,7 +113,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
     pipeline = Pipeline(RequestBuilder(job, ctx.pre.renderer, run_id), engine, committer, stop, kept.names,
                         job.output.batch_size, _queue_target(args, job), job.output.flush_s) \
         if engine is not None else None
-    metrics = RunMetrics.for_shard(job, ctx.shard.label, ctx.report.shard_rows, committer,
+    metrics = RunMetrics.for_shard(job, ctx.shard.label, ctx.pre.report.shard_rows, committer,
                                    pipeline.lock if pipeline else threading.Lock(), args)
     progress = Progress(job.output.log_format, job.name) if options.progress else None
     committer.listeners += [x for x in (progress, metrics) if x is not None] + options.listeners
@@ -145,7 +138,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
 
 def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Engine]:
     job = ctx.job
-    args, dropped = engine_arguments(ctx.model_path, job.model, job.engine)
+    args, dropped = engine_arguments(ctx.pre.model_path, job.model, job.engine)
     if dropped:
         log.warning("engine options not in vLLM %s, not passed: %s", vllm_version(), ", ".join(dropped))
     if job.model.lora_adapters and job.model.lora is None and is_cpu_platform():
@@ -164,4 +157,4 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
 def _queue_target(args: dict[str, Any], job: JobSpec) -> int:
     """Keep several scheduler-fulls of requests waiting, so the engine never idles while this
     process renders, tokenizes and writes (on an H100, 2x max_num_seqs measured 0.87x raw)."""
-    return max(QUEUE_DEPTH * int(args.get("max_num_seqs") or 256), 2 * job.output.batch_size)
+    return max(QUEUE_DEPTH * max_num_seqs(args), 2 * job.output.batch_size)

@@ -25,7 +25,7 @@ log = logging.getLogger("batch_runner")
 def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engine_info: dict[str, Any],
                  done_before: set[str]) -> tuple[ExitStatus, Summary]:
     """Check what is committed now against the run's ids; summary, marker and exit status."""
-    job, shard, report, out = ctx.job, ctx.shard, ctx.report, ctx.job.output_dir
+    job, shard, report, out = ctx.job, ctx.shard, ctx.pre.report, ctx.job.output_dir
     missing = report.shard_ids - checkpoint.done_ids(out / "results", shard.label)
     complete = not missing and report.rows_beyond_limit == 0  # the whole shard, not just this run's rows
     totals = checkpoint.shard_totals(out / "results", shard.label)
@@ -38,7 +38,7 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
     cost = cost_of(duration, run.generation_s, devices_of(engine_info), run.output_tokens,
                    run.prompt_tokens + run.output_tokens, job.output.gpu_hour_price)
     summary = Summary(
-        job=job.name, model=job.model.name, model_path=ctx.model_path, shard=shard.label,
+        job=job.name, model=job.model.name, model_path=ctx.pre.model_path, shard=shard.label,
         status=status.name.lower(), exit_status=int(status), complete=complete, interrupted_by=stop.requested,
         started_at=ctx.started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
         duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from .config import JobSpec
+from .engine import max_num_seqs
 from .trials import TrialResult, run_trial
 
 PROFILE = "profile"
@@ -40,7 +41,7 @@ class TuneResult:
 
 def knobs(base: dict[str, Any], gpu: bool) -> list[tuple[str, dict[str, Any]]]:
     """The one-knob variations of the effective engine arguments ``base``."""
-    seqs, batched = int(base.get("max_num_seqs") or 256), int(base.get("max_num_batched_tokens") or 8192)
+    seqs, batched = max_num_seqs(base), int(base.get("max_num_batched_tokens") or 8192)
     out = [(f"max_num_seqs {seqs // 2}", {"engine.max_num_seqs": seqs // 2}),
            (f"max_num_seqs {seqs * 2}", {"engine.max_num_seqs": seqs * 2}),
            (f"max_num_batched_tokens {batched // 2}", {"engine.max_num_batched_tokens": batched // 2}),

@@ -1,7 +1,7 @@
 """``batch-run tune``: which engine settings are fastest for this job, on this card.
 
 Trials (``trials.py``) on a sample of the job's own rows, starting from the job's profile: one knob
-changed at a time (``max_num_seqs`` and ``max_num_batched_tokens`` halved and doubled; on a GPU, an
+changed at a time (``max_num_seqs`` and ``max_num_batched_tokens`` doubled and halved; on a GPU, an
 fp8 KV cache and n-gram speculative decoding, where the card and vLLM take them), then the best
 value of each knob together. Then the best and the profile run once more, one after the other, and
 the best is recommended only if it is still faster: a recommendation is never slower than the
@@ -40,16 +40,19 @@ class TuneResult:
 
 
 def knobs(base: dict[str, Any], gpu: bool) -> list[tuple[str, dict[str, Any]]]:
-    """The one-knob variations of the effective engine arguments ``base``."""
+    """The one-knob variations of the effective engine arguments ``base``, those most likely to help
+    a batch job first (more sequences, larger steps, a smaller KV cache), so that a short budget
+    tries them before the budget runs out."""
     seqs, batched = max_num_seqs(base), int(base.get("max_num_batched_tokens") or 8192)
-    out = [(f"max_num_seqs {seqs // 2}", {"engine.max_num_seqs": seqs // 2}),
-           (f"max_num_seqs {seqs * 2}", {"engine.max_num_seqs": seqs * 2}),
-           (f"max_num_batched_tokens {batched // 2}", {"engine.max_num_batched_tokens": batched // 2}),
+    out = [(f"max_num_seqs {seqs * 2}", {"engine.max_num_seqs": seqs * 2}),
            (f"max_num_batched_tokens {batched * 2}", {"engine.max_num_batched_tokens": batched * 2})]
     if gpu:
-        out += [("kv cache fp8", {"model.kv_cache_dtype": "fp8"}),
-                ("ngram speculation", {"engine.extra.speculative_config": {
-                    "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}})]
+        out.append(("kv cache fp8", {"model.kv_cache_dtype": "fp8"}))
+    out += [(f"max_num_seqs {seqs // 2}", {"engine.max_num_seqs": seqs // 2}),
+            (f"max_num_batched_tokens {batched // 2}", {"engine.max_num_batched_tokens": batched // 2})]
+    if gpu:
+        out.append(("ngram speculation", {"engine.extra.speculative_config": {
+            "method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 4}}))
     return out
 
 

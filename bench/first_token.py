@@ -58,7 +58,11 @@ def _emit(out: Path, variant: str, **fields) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
-def build_input(args) -> Path:
+def build_input(args, unique_documents: bool = False) -> Path:
+    """work/big.yaml: W1's rows repeated to --rows with unique ids. With ``unique_documents`` each
+    repeat's document starts with its id, so that no prompt repeats past the shared system prompt
+    (a repeated prompt would be served from the prefix cache, which a sample of the first rows
+    cannot foresee)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from bench import SMOKE, WORKLOADS, build_workload, write_job
@@ -73,6 +77,8 @@ def build_input(args) -> Path:
     writer = None
     for start in range(0, args.rows, len(base)):
         chunk = [{**r, "id": f"r{start + i:07d}"} for i, r in enumerate(base[: args.rows - start])]
+        if unique_documents:
+            chunk = [{**r, "document": f"[{r['id']}] {r['document']}"} for r in chunk]
         table = pa.Table.from_pylist(chunk)
         writer = writer or pq.ParquetWriter(work / "big.parquet", table.schema)
         writer.write_table(table)

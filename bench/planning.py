@@ -1,11 +1,12 @@
 """`estimate` against the real run, then `tune`, on one GPU in one call.
 
-    python bench/planning.py --model MODEL_DIR --out DIR [--rows 20000] [--sample 500] [--tune-budget-min 4]
+    python bench/planning.py --model MODEL_DIR --out DIR [--rows 20000] [--sample 500,1024]
+                             [--steps estimate,run,tune] [--tune-rows 2000] [--tune-budget-min 4]
 
-1. A W1-shaped job of --rows rows (W1's 2,000 rows repeated, unique ids).
-2. `batch-run estimate` from its first --sample rows: the expected generation time.
+1. A W1-shaped job of --rows rows (W1's 2,000 rows repeated, unique ids and unique documents).
+2. `batch-run estimate` from its first --sample rows (each size in turn): the expected generation time.
 3. The whole job with `batch-run`: the measured generation time (summary.json).
-4. `batch-run tune` on W1's 2,000 rows, within --tune-budget-min minutes.
+4. `batch-run tune` on W1's first --tune-rows rows, within --tune-budget-min minutes.
 Every step is a CLI process of its own with its own time limit; its output lands in DIR as it comes.
 """
 
@@ -36,15 +37,28 @@ def cli(out: Path, name: str, args: list[str], limit_s: float) -> subprocess.Com
     return proc
 
 
+def estimate_from(out: Path, job: Path, sample: int) -> dict:
+    est = cli(out, f"estimate-{sample}", ["estimate", str(job), "--rows", str(sample), "--price", "1"], 300)
+    got: dict = {"sample": sample}
+    if est is not None and (m := re.search(r"generation: [\d.]+ h \(([\d,]+) s\)", est.stdout)):
+        got["estimated_generation_s"] = float(m.group(1).replace(",", ""))
+        if (t := re.search(r"trial: .* in ([\d.]+) s of generation \(([\d,.]+) output tok/s", est.stdout)):
+            got["trial_generation_s"], got["trial_output_tok_s"] = float(t.group(1)), float(t.group(2).replace(",", ""))
+    return got
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="a model folder (dummy weights are loaded)")
     ap.add_argument("--out", default="planning-out")
     ap.add_argument("--rows", type=int, default=20_000)
-    ap.add_argument("--sample", type=int, default=500)
+    ap.add_argument("--sample", default="500", help="trial sizes for estimate, comma-separated")
+    ap.add_argument("--steps", default="estimate,run,tune", help="which of estimate, run, tune")
+    ap.add_argument("--tune-rows", type=int, default=2000)
     ap.add_argument("--tune-budget-min", type=float, default=4.0)
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
+    steps = set(args.steps.split(","))
     if args.smoke:  # the embedded model on the CPU
         sys.path.insert(0, str(ROOT))
         from batch_runner.models import resolve_model
@@ -55,27 +69,31 @@ def main() -> int:
     import first_token
 
     args.limit_s = None
-    job = first_token.build_input(args)  # work/big.yaml (--rows rows) and work/w1.yaml (2,000 rows)
-    result: dict = {"rows": args.rows, "sample": args.sample, "model": args.model}
-    est = cli(out, "estimate", ["estimate", str(job), "--rows", str(args.sample), "--price", "1"], 300)
-    if est is not None and (m := re.search(r"generation: [\d.]+ h \(([\d,]+) s\)", est.stdout)):
-        result["estimated_generation_s"] = float(m.group(1).replace(",", ""))
-        if (t := re.search(r"trial: .* in ([\d.]+) s of generation", est.stdout)):
-            result["trial_generation_s"] = float(t.group(1))
-    (out / "planning.json").write_text(json.dumps(result, indent=1))
-    run = cli(out, "run", ["run", str(job), "--output", str(out / "work" / "out-full")], 300)
-    summary = out / "work" / "out-full" / "summary.json"
-    if run is not None and summary.exists():
-        s = json.loads(summary.read_text())
-        result["measured_generation_s"] = s["this_run"]["generation_s"]
-        result["measured_output_tok_s"] = s["this_run"]["output_tok_s"]
-        if "estimated_generation_s" in result:
-            result["estimate_over_measured"] = result["estimated_generation_s"] / result["measured_generation_s"]
-    (out / "planning.json").write_text(json.dumps(result, indent=1))
+    job = first_token.build_input(args, unique_documents=True)  # work/big.yaml and work/w1.yaml (2,000 rows)
+    result: dict = {"rows": args.rows, "model": args.model, "estimates": []}
+    save = lambda: (out / "planning.json").write_text(json.dumps(result, indent=1))  # noqa: E731
+    if "estimate" in steps:
+        for sample in (int(x) for x in args.sample.split(",")):
+            result["estimates"].append(estimate_from(out, job, sample))
+            save()
+    if "run" in steps:
+        run = cli(out, "run", ["run", str(job), "--output", str(out / "work" / "out-full")], 300)
+        summary = out / "work" / "out-full" / "summary.json"
+        if run is not None and summary.exists():
+            s = json.loads(summary.read_text())
+            result["measured_generation_s"] = s["this_run"]["generation_s"]
+            result["measured_output_tok_s"] = s["this_run"]["output_tok_s"]
+            for e in result["estimates"]:
+                if "estimated_generation_s" in e:
+                    e["estimate_over_measured"] = round(e["estimated_generation_s"] / result["measured_generation_s"], 3)
+        save()
     print(json.dumps(result), flush=True)
-    w1 = out / "work" / "w1.yaml"
-    cli(out, "tune", ["tune", str(w1), "--rows", "2000", "--budget", str(args.tune_budget_min), "--trial-limit", "2",
-                      "--out", str(out / "tune")], args.tune_budget_min * 60 + 60)
+    if "tune" in steps:
+        w1 = out / "work" / "w1.yaml"
+        cli(out, "tune", ["tune", str(w1), "--rows", str(args.tune_rows), "--budget", str(args.tune_budget_min),
+                          "--trial-limit", "3", "--out", str(out / "tune")], args.tune_budget_min * 60 + 60)
+        if (out / "tune" / "tune.json").exists():
+            (out / "tune.json").write_text((out / "tune" / "tune.json").read_text())
     return 0
 
 

@@ -35,7 +35,7 @@ def fake_trials(monkeypatch, speeds: dict[str, list[float]], errors=()):
 
 
 BASE = {"max_num_seqs": 64, "max_num_batched_tokens": 4096}
-KNOBS = ["max_num_seqs 32", "max_num_seqs 128", "max_num_batched_tokens 2048", "max_num_batched_tokens 8192"]
+KNOBS = ["max_num_seqs 128", "max_num_batched_tokens 8192", "max_num_seqs 32", "max_num_batched_tokens 2048"]
 
 
 def test_a_faster_trial_confirmed_on_a_re_run_is_recommended(monkeypatch, tmp_path):
@@ -62,13 +62,13 @@ def test_no_recommendation_slower_than_the_profile_on_a_re_run(monkeypatch, tmp_
 
 
 def test_a_trial_that_cannot_start_is_a_row_and_the_budget_bounds_the_sweep(monkeypatch, tmp_path):
-    speeds = {"profile": [100], "max_num_seqs 32": [80]}
+    speeds = {"profile": [100], "max_num_batched_tokens 8192": [80]}
     calls = fake_trials(monkeypatch, speeds, errors=("max_num_seqs 128",))
     said = []
     clock = iter(range(0, 10_000, 20))  # each look at the clock: 20 s later
     monkeypatch.setattr(tune_mod.time, "monotonic", lambda: next(clock))
     result = tune_mod.tune(None, BASE, False, 16, tmp_path, 150, 600, said.append)
-    assert calls == ["profile", "max_num_seqs 32", "max_num_seqs 128"]
+    assert calls == ["profile", "max_num_seqs 128", "max_num_batched_tokens 8192"]
     assert any(line.startswith("skipped") for line in said)
     table = tune_mod.table(result)
     assert "max_num_seqs 128" in table and "failed: the engine could not start" in table
@@ -99,6 +99,8 @@ def test_the_budget_keeps_room_for_the_re_runs(monkeypatch, tmp_path):
 def test_gpu_trials_add_fp8_kv_and_ngram_speculation():
     names = [name for name, _ in tune_mod.knobs(BASE, gpu=True)]
     assert "kv cache fp8" in names and "ngram speculation" in names
+    # a short budget tries the likely gains first: more sequences, larger steps, a smaller KV cache
+    assert names[:3] == ["max_num_seqs 128", "max_num_batched_tokens 8192", "kv cache fp8"]
     assert "kv cache fp8" not in [name for name, _ in tune_mod.knobs(BASE, gpu=False)]
 
 

@@ -221,14 +221,15 @@ def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int, budget_min: f
 @main.command("estimate")
 @click.argument("job_file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a job file value.")
-@click.option("--rows", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Trial sample: the job's first ROWS rows.")
+@click.option("--rows", type=click.IntRange(min=1),
+              help="Trial sample: the job's first ROWS rows (default: twice max_num_seqs, so that the trial "
+                   "runs at the engine's full pace).")
 @click.option("--tuned", type=click.Path(dir_okay=False, exists=True),
               help="A tune.json: use its best trial (or its profile trial) instead of running one.")
 @click.option("--price", type=click.FloatRange(min=0), help="Price of one GPU-hour (default: output.gpu_hour_price).")
 @click.option("--array", "tasks", type=click.IntRange(min=1), help="Slurm array tasks (each its own engine).")
 @click.option("--time", "time_limit", metavar="HH:MM:SS", help="Slurm time limit per task.")
-def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int, tuned: str | None, price: float | None,
+def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int | None, tuned: str | None, price: float | None,
                  tasks: int | None, time_limit: str | None) -> None:
     """Estimate the hours, GPU-hours and cost of the whole of JOB_FILE before submitting it.
 
@@ -254,6 +255,7 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int, tuned: st
         data = json_mod.loads(Path(tuned).read_text())
         trial = TrialResult(**(data["best"] or data["trials"][0]))
     else:
+        rows = rows or 2 * max_num_seqs(args)
         click.echo(f"batch-run estimate: a trial of the first {rows} rows", err=True)
         with tempfile.TemporaryDirectory(prefix="batch-run-estimate-") as scratch:
             trial = run_trial(job, "estimate", {}, rows, Path(scratch), 3600)
@@ -266,7 +268,7 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int, tuned: st
     e = estimate(tokens, trial, int(tp) if gpu else 1, price if price is not None else job.output.gpu_hour_price,
                  tasks, limit_h)
     click.echo(report(e, trial, gpu))
-    if note := wave_note(trial.requests, max_num_seqs(args)):
+    if note := wave_note(trial.requests, max_num_seqs(args), tokens.rows):
         click.echo(note)
 
 

@@ -398,10 +398,7 @@ def parent(args) -> int:
     info["params"] = model_params(args.model)
     print(json.dumps(info), flush=True)
     rows: list[dict] = []
-    children = [(v, [w]) for v in args.only if v.startswith("batch-run") for w in MATRIX[v] if w in wanted]
-    children += [(v, ws) for v in args.only if not v.startswith("batch-run")
-                 if (ws := [w for w in MATRIX[v] if w in wanted])]
-    children.sort(key=lambda c: args.only.index(c[0]))
+    children = plan_children(args.only, wanted)
     if args.smoke:  # nothing is measured in smoke mode: the children may share the machine
         from concurrent.futures import ThreadPoolExecutor
 
@@ -418,6 +415,16 @@ def parent(args) -> int:
     (out / "results.md").write_text(md + "\n")
     print(md, flush=True)
     return 0 if all("failed" not in r for r in rows) else 1
+
+
+def plan_children(only: list[str], wanted: list[str]) -> list[tuple[str, list[str]]]:
+    """The child processes in the order --only names them, so that "a,b,a,b" interleaves: a
+    batch-run variant runs one child per workload, the others one child for all their workloads."""
+    children: list[tuple[str, list[str]]] = []
+    for v in only:
+        ws = [w for w in MATRIX[v] if w in wanted]
+        children += [(v, [w]) for w in ws] if v.startswith("batch-run") else [(v, ws)] if ws else []
+    return children
 
 
 def main() -> int:

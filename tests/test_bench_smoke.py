@@ -8,9 +8,19 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.engine
+
+def test_variants_run_in_the_order_given_so_that_a_b_a_b_interleaves():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench import plan_children
+
+    order = [v for v, _ in plan_children(["raw-tuned", "batch-run", "raw-tuned", "batch-run"], ["w1"])]
+    assert order == ["raw-tuned", "batch-run", "raw-tuned", "batch-run"]
+    assert plan_children(["batch-run", "raw"], ["w1", "w2"]) == [
+        ("batch-run", ["w1"]), ("batch-run", ["w2"]), ("raw", ["w1", "w2"])]
+    assert plan_children(["traditional"], ["w2"]) == []  # no workload of its own
 
 
+@pytest.mark.engine
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--smoke", "--out", str(out),

@@ -101,6 +101,31 @@ def test_gpu_trials_add_fp8_kv_and_ngram_speculation():
     assert "kv cache fp8" in names and "ngram speculation" in names
     # a short budget tries the likely gains first: more sequences, larger steps, a smaller KV cache
     assert names[:3] == ["max_num_seqs 128", "max_num_batched_tokens 8192", "kv cache fp8"]
+
+
+def test_more_sequences_than_vllm_graphs_by_default_are_tried_with_graphs_that_cover_them():
+    more = dict(tune_mod.knobs({"max_num_seqs": 512, "max_num_batched_tokens": 32768}, gpu=True))["max_num_seqs 1024"]
+    assert more == {"engine.max_num_seqs": 1024, "engine.extra.compilation_config.max_cudagraph_capture_size": 1024}
+    assert dict(tune_mod.knobs(BASE, gpu=True))["max_num_seqs 128"] == {"engine.max_num_seqs": 128}  # within 512
+    cpu = dict(tune_mod.knobs({"max_num_seqs": 512}, gpu=False))["max_num_seqs 1024"]  # no graphs on the CPU
+    assert cpu == {"engine.max_num_seqs": 1024}
+    profile = TrialResult("profile", {}, requests=1, output_tok_s=100)
+    trials = [profile, TrialResult("max_num_seqs 1024", more, requests=1, output_tok_s=120),
+              TrialResult("max_num_batched_tokens 65536", {"engine.max_num_batched_tokens": 65536}, requests=1,
+                          output_tok_s=110)]
+    assert tune_mod.combined(trials, profile) == {**more, "engine.max_num_batched_tokens": 65536}
+
+
+def test_a_trial_sets_a_nested_engine_argument(tmp_path):
+    from batch_runner.config import JobSpec
+    from batch_runner.trials import trial_job
+
+    job = JobSpec.model_validate({"name": "t", "model": {"name": "m"}, "input": {"path": "in.jsonl"}, "prompt": {"template": "{{ t }}"},
+                                  "engine": {"extra": {"compilation_config": {"mode": 3}}}})
+    key = "engine.extra.compilation_config.max_cudagraph_capture_size"
+    got = trial_job(job, 10, {"engine.max_num_seqs": 1024, key: 1024}, tmp_path)
+    assert got.engine.extra["compilation_config"] == {"mode": 3, "max_cudagraph_capture_size": 1024}
+    assert got.engine.max_num_seqs == 1024 and got.input.limit == 10
     assert "kv cache fp8" not in [name for name, _ in tune_mod.knobs(BASE, gpu=False)]
 
 
@@ -121,9 +146,10 @@ def test_the_estimate_scales_the_trial_by_output_tokens_and_sizes_the_array():
 
 
 def test_a_one_wave_trial_is_called_out():
-    assert wave_note(500, 512).startswith("note: the trial's 500 rows are fewer than twice max_num_seqs (512)")
-    assert "--rows 1,024 or more" in wave_note(500, 512)
-    assert wave_note(1024, 512) is None
+    assert wave_note(500, 512, 20_000).startswith("note: the trial's 500 rows are fewer than twice max_num_seqs (512)")
+    assert "--rows 1,024 or more" in wave_note(500, 512, 20_000)
+    assert wave_note(1024, 512, 20_000) is None
+    assert wave_note(300, 512, 300) is None  # the trial was the whole input
 
 
 def test_slurm_time_limits_are_read_as_slurm_writes_them():

@@ -26,8 +26,9 @@ from .trials import TrialResult, run_trial
 
 PROFILE = "profile"
 # The largest batch vLLM captures in a CUDA graph unless told (512 up to Hopper, 1024 on Blackwell).
-# Beyond it decode steps run without graphs: on an H200 a 135M model at max_num_seqs 1024 ran at
-# 0.56x the profile's 512, so a trial of more sequences captures graphs that cover them.
+# Beyond it decode steps run without graphs, which a small model, bound by launch overhead, pays
+# for: on an H200 a 135M model at max_num_seqs 1024 ran at 0.56x the profile's 512. So a trial of
+# more sequences captures graphs that cover them (that trial is not yet measured on a GPU).
 CUDA_GRAPH_DEFAULT_MAX = 512
 
 

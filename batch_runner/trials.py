@@ -75,8 +75,8 @@ def _warm_up(job: JobSpec) -> None:
     from . import engine
     from .runner import RunOptions, run_shard
 
-    args, _ = engine.engine_arguments(job.model.name, job.model, job.engine)
-    rows = min(engine.max_num_seqs(args), job.input.limit or engine.max_num_seqs(args))
+    seqs = engine.max_num_seqs(engine.engine_arguments(job.model.name, job.model, job.engine)[0])
+    rows = min(seqs, job.input.limit or seqs)
     out = Path(job.output.dir + ".warmup")
     run_shard(job.model_copy(update={"input": job.input.model_copy(update={"limit": rows}),
                                      "output": job.output.model_copy(update={"dir": str(out)})}),

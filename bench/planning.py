@@ -71,7 +71,10 @@ def main() -> int:
     args.limit_s = None
     job = first_token.build_input(args, unique_documents=True)  # work/big.yaml and work/w1.yaml (2,000 rows)
     result: dict = {"rows": args.rows, "model": args.model, "estimates": []}
-    save = lambda: (out / "planning.json").write_text(json.dumps(result, indent=1))  # noqa: E731
+
+    def save() -> None:  # after each step, so that a call cut short keeps what it measured
+        (out / "planning.json").write_text(json.dumps(result, indent=1))
+
     if "estimate" in steps:
         for sample in (int(x) for x in args.sample.split(",")):
             result["estimates"].append(estimate_from(out, job, sample))

@@ -7,6 +7,10 @@ value of each knob together. Then the best and the profile run once more, one af
 the best is recommended only if it is still faster: a recommendation is never slower than the
 profile on a re-run. A time budget bounds the whole sweep; a sweep trial runs only if the two
 re-runs still fit after it, so a short budget ends in a checked recommendation, not a skipped one.
+A trial is reckoned at the longest time one has taken so far (a new setting compiles its graphs
+afresh), a re-run at its own first time (its graphs are cached by then); the two re-runs run
+together or not at all (on an H200 a too-short reserve once skipped the profile's and ran the
+leader's alone, which confirms nothing).
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ CUDA_GRAPH_DEFAULT_MAX = 512
 class TuneResult:
     trials: list[TrialResult] = field(default_factory=list)
     recheck: list[TrialResult] = field(default_factory=list)  # profile and best, re-run after the sweep
+    candidate: TrialResult | None = None  # the sweep's leader, if not the profile
     best: TrialResult | None = None  # None: keep the profile
     gain: float = 1.0  # best over profile, from the re-runs
 
     def as_dict(self) -> dict[str, Any]:
         return {"trials": [asdict(t) for t in self.trials], "recheck": [asdict(t) for t in self.recheck],
+                "candidate": asdict(self.candidate) if self.candidate else None,
                 "best": asdict(self.best) if self.best else None, "gain": self.gain}
 
 
@@ -77,38 +83,59 @@ def combined(trials: list[TrialResult], profile: TrialResult) -> dict[str, Any] 
     return {k: v for t in best.values() for k, v in t.settings.items()} if len(best) > 1 else None
 
 
+def cost_s(t: TrialResult | None) -> float:
+    """What a trial took of the budget, and so what its re-run will take at most (its engine's
+    compiled graphs are cached by then). 30 s for one that has not run or failed."""
+    return t.start_s + t.generation_s if t is not None and t.ok else 30.0
+
+
 def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path, budget_s: float,
          trial_limit_s: float, say: Callable[[str], None]) -> TuneResult:
     result = TuneResult()
     deadline = time.monotonic() + budget_s
 
-    def trial(name: str, settings: dict[str, Any], after: int) -> TrialResult | None:
-        """Run it if it fits with ``after`` trials of the longest length still to come (the re-runs)."""
+    def trial(name: str, settings: dict[str, Any], reserve_s: float) -> TrialResult | None:
+        """Run it if it fits, at the cost of the longest trial so far, with ``reserve_s`` after it."""
         left = deadline - time.monotonic()
-        longest = max([30.0] + [t.generation_s + t.start_s for t in result.trials])
-        if left < longest * (1 + after):
+        longest = max([30.0] + [cost_s(t) for t in result.trials])
+        if left < longest + reserve_s:
             say(f"skipped {name}: {left:.0f} s left of the budget")
             return None
         t = run_trial(job, name, settings, rows, scratch, min(trial_limit_s, left))
         say(f"{name}: " + (f"{t.output_tok_s:,.1f} output tok/s" if t.ok else f"failed: {t.error}"))
         return t
 
-    profile = trial(PROFILE, {}, 2)
+    profile = trial(PROFILE, {}, 2 * 30.0)
     if profile is None or not profile.ok:
         result.trials += [profile] if profile else []
         return result
     result.trials.append(profile)
-    for name, settings in knobs(base, gpu):
-        if (t := trial(name, settings, 2)) is not None:
+
+    def sweep_trial(name: str, settings: dict[str, Any]) -> None:
+        # room for it and, should it lead, for the re-runs of the profile and of it
+        longest = max(cost_s(t) for t in result.trials)
+        if (t := trial(name, settings, cost_s(profile) + longest)) is not None:
             result.trials.append(t)
-    if (together := combined(result.trials, profile)) and (t := trial("best together", together, 2)):
-        result.trials.append(t)
+
+    for name, settings in knobs(base, gpu):
+        sweep_trial(name, settings)
+    if together := combined(result.trials, profile):
+        sweep_trial("best together", together)
     candidate = max((t for t in result.trials if t.ok), key=lambda t: t.output_tok_s)
     if candidate is profile:
         return result
-    again = [trial(f"{PROFILE} (re-run)", {}, 1), trial(f"{candidate.name} (re-run)", candidate.settings, 0)]
-    result.recheck = [t for t in again if t is not None]
-    if len(result.recheck) == 2 and all(t.ok for t in result.recheck):
+    result.candidate = candidate
+    # Both re-runs or neither: one alone confirms nothing.
+    left = deadline - time.monotonic()
+    if left < cost_s(profile) + cost_s(candidate):
+        say(f"skipped the re-runs: {left:.0f} s left of the budget; {candidate.name} led the sweep unconfirmed")
+        return result
+    result.recheck = [run_trial(job, f"{t.name} (re-run)", t.settings, rows, scratch,
+                                min(trial_limit_s, max(1.0, deadline - time.monotonic())))
+                      for t in (profile, candidate)]
+    for t in result.recheck:
+        say(f"{t.name}: " + (f"{t.output_tok_s:,.1f} output tok/s" if t.ok else f"failed: {t.error}"))
+    if all(t.ok for t in result.recheck):
         gain = result.recheck[1].output_tok_s / result.recheck[0].output_tok_s
         if gain > 1.0:
             result.best, result.gain = candidate, gain
@@ -128,6 +155,9 @@ def table(result: TuneResult) -> str:
 
 
 def recommendation(result: TuneResult) -> str:
+    if result.best is None and result.candidate is not None and not result.recheck:
+        return (f"best: the job's settings as they are: {result.candidate.name} led the sweep, but the budget left "
+                f"no room to re-run it against them (a longer --budget checks it)")
     if result.best is None:
         return "best: the job's settings as they are (no trial beat them on a re-run)"
     sets = " ".join(f"--set {k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in result.best.settings.items())

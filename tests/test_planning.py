@@ -96,6 +96,55 @@ def test_the_budget_keeps_room_for_the_re_runs(monkeypatch, tmp_path):
     assert result.best.name == "max_num_seqs 128" and result.gain == pytest.approx(119 / 101)
 
 
+def test_the_re_runs_run_together_or_not_at_all(monkeypatch, tmp_path):
+    # on an H200 the old reserve (twice the longest trial) skipped the profile's re-run and ran the
+    # leader's alone; here 165 s are left after two trials and the pair needs 65 + 110 s
+    speeds = {"profile": [100], "max_num_seqs 128": [120]}
+    costs = {"profile": 65.0, "max_num_seqs 128": 110.0, "max_num_batched_tokens 8192": 108.0}
+    now = [0.0]
+    monkeypatch.setattr(tune_mod.time, "monotonic", lambda: now[0])
+    calls = fake_trials(monkeypatch, speeds)
+    inner = tune_mod.run_trial
+
+    def timed(job, name, *args):
+        t = inner(job, name, *args)
+        t.generation_s, t.start_s = 10.0, costs[name] - 10.0
+        now[0] += costs[name]
+        return t
+
+    monkeypatch.setattr(tune_mod, "run_trial", timed)
+    said = []
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 340, 600, said.append)
+    assert calls == ["profile", "max_num_seqs 128"]
+    assert result.recheck == [] and result.best is None and result.candidate.name == "max_num_seqs 128"
+    assert any(line.startswith("skipped the re-runs") for line in said)
+    assert "led the sweep, but the budget left no room" in tune_mod.recommendation(result)
+
+
+def test_a_re_run_is_reckoned_at_its_own_first_time(monkeypatch, tmp_path):
+    # the H200's sweep of 8.5 min: after three trials 217 s are left, too few for a fourth and its
+    # re-runs (110 + 65 + 110 s), enough for the pair (65 + 110 s) that the old reserve (2 x 110) cut
+    speeds = {"profile": [100, 101], "max_num_seqs 128": [120, 119], "max_num_batched_tokens 8192": [110]}
+    costs = {"profile": 65.0, "max_num_seqs 128": 110.0, "max_num_batched_tokens 8192": 108.0}
+    now = [0.0]
+    monkeypatch.setattr(tune_mod.time, "monotonic", lambda: now[0])
+    calls = fake_trials(monkeypatch, speeds)
+    inner = tune_mod.run_trial
+
+    def timed(job, name, *args):
+        t = inner(job, name, *args)
+        base = name.removesuffix(" (re-run)")
+        t.generation_s, t.start_s = 10.0, costs[base] - 10.0
+        now[0] += costs[base] - (40.0 if name != base else 0.0)  # a re-run starts faster
+        return t
+
+    monkeypatch.setattr(tune_mod, "run_trial", timed)
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 500, 600, lambda line: None)
+    assert calls == ["profile", "max_num_seqs 128", "max_num_batched_tokens 8192",
+                     "profile (re-run)", "max_num_seqs 128 (re-run)"]
+    assert result.best.name == "max_num_seqs 128" and result.gain == pytest.approx(119 / 101)
+
+
 def test_gpu_trials_add_fp8_kv_and_ngram_speculation():
     names = [name for name, _ in tune_mod.knobs(BASE, gpu=True)]
     assert "kv cache fp8" in names and "ngram speculation" in names

@@ -22,6 +22,10 @@ from .trials import TrialResult
 
 CHUNK = 256
 MARGIN = 1.25  # --time suggested over the expected time of a task
+# One run of a job is not the next: on an H200 the same 2,000-row trial ran at 21,687 and 30,632
+# output tok/s on one machine, and four estimates came to 0.82x-1.22x of the run they foretold.
+SPREAD = (f"runs of one job vary: on an H200, estimates came to 0.82x-1.22x of the measured run "
+          f"(a Slurm --time suggested here allows {MARGIN - 1:.0%} over)")
 
 
 @dataclass
@@ -112,8 +116,9 @@ def estimate(tokens: InputTokens, trial: TrialResult, devices: int, price: float
 def wave_note(trial_rows: int, max_num_seqs: int, input_rows: int) -> str | None:
     """A trial of fewer than two engine-fulls of rows runs as one wave, whose tail runs below full
     concurrency: its pace is below the whole job's, and the estimate leans high. Measured: on an
-    H200, 20,000 rows at max_num_seqs 512 estimated from 500 rows at 1.22x the measured time, from
-    1,024 rows at 0.90x; on the CPU Quick start (max_num_seqs 64), from 60 rows 1.25x, 160 rows 1.06x.
+    H200, 20,000 rows at max_num_seqs 512 estimated from 500 rows at 1.22x and 1.03x the measured
+    time, from 1,024 rows at 0.90x and 0.82x; on the CPU Quick start (max_num_seqs 64), from 60 rows
+    1.25x, 160 rows 1.06x.
     No note when the trial was the whole input: then it is the job itself."""
     if trial_rows >= 2 * max_num_seqs or trial_rows >= input_rows:
         return None
@@ -135,6 +140,7 @@ def report(e: Estimate, trial: TrialResult, gpu: bool) -> str:
         f"({trial.output_tok_s:,.1f} output tok/s, cache hit {trial.cache_hit_rate:.0%}), engine start {trial.start_s:.0f} s",
         f"generation: {e.generation_h:.2f} h ({e.generation_h * 3600:,.0f} s) on one engine "
         f"({e.devices_per_engine} {'GPUs' if gpu else 'device'} per engine)",
+        f"  {SPREAD}",
         f"{unit}: {e.gpu_hours:.2f} generating, {e.gpu_hours_with_starts:.2f} with engine starts "
         f"({e.tasks or 1} task{'s' if (e.tasks or 1) > 1 else ''})",
         f"rows per hour per {'GPU' if gpu else 'engine'}: {e.rows_per_gpu_hour:,.0f}",
@@ -145,6 +151,6 @@ def report(e: Estimate, trial: TrialResult, gpu: bool) -> str:
     if e.tasks:
         fits = e.time_limit_h is None or e.task_h * MARGIN <= e.time_limit_h
         limit = f" in a {_hms(e.time_limit_h)} limit: {'fits' if fits else 'does NOT fit'}" if e.time_limit_h else ""
-        lines.append(f"Slurm: {e.tasks} tasks of about {e.task_h * 60:.0f} min each{limit}")
+        lines.append(f"Slurm: {e.tasks} task{'s' if e.tasks > 1 else ''} of about {e.task_h * 60:.0f} min each{limit}")
         lines.append(f"  sbatch --array=0-{e.tasks - 1} --time={_hms(e.task_h * MARGIN)} jobs/slurm/batch-run.sbatch JOB.yaml")
     return "\n".join(lines)

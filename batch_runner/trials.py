@@ -41,6 +41,7 @@ class TrialResult:
     cache_hit_rate: float = 0.0
     gpu_memory_peak_gb: float | None = None
     error: str | None = None
+    wall_s: float = 0.0  # the whole trial as the sweep's budget sees it: process, engine start, end
 
     @property
     def ok(self) -> bool:
@@ -122,6 +123,7 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
     out.mkdir(parents=True, exist_ok=True)
     proc = mp.Process(target=_trial_main, args=(trial_job(job, rows, settings, out).model_dump_json(), results,
                                                 str(out) + ".log"))
+    t0 = time.monotonic()
     proc.start()
     trial = TrialResult(name, settings)
     try:
@@ -130,6 +132,7 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
         kind, value = "error", f"no result within {limit_s:.0f} s (stopped)"
     finally:
         _end(proc)
+        trial.wall_s = time.monotonic() - t0
     if kind == "error":
         trial.error = value.splitlines()[0][:300] + f" (log: {out}.log)"
         return trial

@@ -192,6 +192,9 @@ def test_the_estimate_scales_the_trial_by_output_tokens_and_sizes_the_array():
     text = report(e, trial, gpu=True)
     assert "sbatch --array=0-3 --time=00:05:00" in text and "fits" in text
     assert "rows per hour per GPU: 225,000" in text
+    assert "runs of one job vary" in text and "allows 25% over" in text  # a figure, not a promise
+    one = report(estimate(tokens, trial, devices=1, price=None, tasks=1), trial, gpu=True)
+    assert "Slurm: 1 task of about" in one
 
 
 def test_a_one_wave_trial_is_called_out():

@@ -20,7 +20,9 @@ def batch_run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def test_tune_sweeps_trials_in_engines_of_their_own_within_its_budget(tmp_path):
     job = write_job(tmp_path, sampling={"max_tokens": 8})
     out = tmp_path / "tune"
-    proc = batch_run("tune", job, "--rows", 16, "--budget", 4, "--trial-limit", 2, "--out", out)
+    # a trial takes about 60 s here (its process, engine start, warm-up): 5.5 min leaves room for the
+    # profile and one knob at up to 80 s a trial, and not for the whole grid
+    proc = batch_run("tune", job, "--rows", 16, "--budget", 5.5, "--trial-limit", 2, "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "profile: " in proc.stderr and "output tok/s" in proc.stderr
     assert "skipped" in proc.stderr  # the budget ended the sweep before the grid did
@@ -29,6 +31,8 @@ def test_tune_sweeps_trials_in_engines_of_their_own_within_its_budget(tmp_path):
     assert "best: " in proc.stdout
     data = json.loads((out / "tune.json").read_text())
     assert data["trials"][0]["name"] == "profile" and data["trials"][0]["requests"] == 16
+    first = data["trials"][0]  # the budget reckons with the trial's whole process
+    assert first["wall_s"] > first["start_s"] + first["generation_s"]
     assert len(data["trials"]) >= 2  # each in an engine of its own, one after the other
     assert (out / "profile.log").read_text()  # vLLM's start-up went to the trial's log
 

@@ -39,11 +39,15 @@ KNOBS = ["max_num_seqs 128", "max_num_batched_tokens 8192", "max_num_seqs 32", "
 
 
 def test_a_faster_trial_confirmed_on_a_re_run_is_recommended(monkeypatch, tmp_path):
-    speeds = {"profile": [100, 101], "max_num_seqs 32": [80], "max_num_seqs 128": [120],
-              "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [110], "best together": [130, 128]}
+    speeds = {"profile": [100, 101], "max_num_seqs 32": [80], "max_num_seqs 128": [120], "max_num_seqs 256": [115],
+              "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [110],
+              "max_num_batched_tokens 16384": [105], "best together": [130, 128]}
     calls = fake_trials(monkeypatch, speeds)
     result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
-    assert calls == ["profile", *KNOBS, "best together", "profile (re-run)", "best together (re-run)"]
+    # a doubling that helped is followed by one more (which did not help here)
+    assert calls == ["profile", "max_num_seqs 128", "max_num_seqs 256", "max_num_batched_tokens 8192",
+                     "max_num_batched_tokens 16384", "max_num_seqs 32", "max_num_batched_tokens 2048",
+                     "best together", "profile (re-run)", "best together (re-run)"]
     assert result.best.settings == {"engine.max_num_seqs": 128, "engine.max_num_batched_tokens": 8192}
     assert result.gain == pytest.approx(128 / 101)
     text = tune_mod.recommendation(result)
@@ -52,7 +56,7 @@ def test_a_faster_trial_confirmed_on_a_re_run_is_recommended(monkeypatch, tmp_pa
 
 
 def test_no_recommendation_slower_than_the_profile_on_a_re_run(monkeypatch, tmp_path):
-    speeds = {"profile": [100, 104], "max_num_seqs 32": [80], "max_num_seqs 128": [103, 99],
+    speeds = {"profile": [100, 104], "max_num_seqs 32": [80], "max_num_seqs 128": [103, 99], "max_num_seqs 256": [101],
               "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [95]}
     calls = fake_trials(monkeypatch, speeds)
     result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
@@ -76,8 +80,9 @@ def test_a_trial_that_cannot_start_is_a_row_and_the_budget_bounds_the_sweep(monk
 
 
 def test_the_budget_keeps_room_for_the_re_runs(monkeypatch, tmp_path):
-    speeds = {"profile": [100, 101], "max_num_seqs 32": [80], "max_num_seqs 128": [120, 119],
-              "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [110]}
+    speeds = {"profile": [100, 101], "max_num_seqs 32": [80], "max_num_seqs 128": [120, 119], "max_num_seqs 256": [90],
+              "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [110],
+              "max_num_batched_tokens 16384": [90]}
     now = [0.0]
     monkeypatch.setattr(tune_mod.time, "monotonic", lambda: now[0])
     calls = fake_trials(monkeypatch, speeds)
@@ -92,7 +97,8 @@ def test_the_budget_keeps_room_for_the_re_runs(monkeypatch, tmp_path):
     monkeypatch.setattr(tune_mod, "run_trial", forty_seconds_each)
     result = tune_mod.tune(None, BASE, False, 16, tmp_path, 300, 600, lambda line: None)
     # "best together" would have fitted alone, but not with both re-runs after it: it is skipped
-    assert calls == ["profile", *KNOBS, "profile (re-run)", "max_num_seqs 128 (re-run)"]
+    assert calls == ["profile", "max_num_seqs 128", "max_num_seqs 256", "max_num_batched_tokens 8192",
+                     "max_num_batched_tokens 16384", "profile (re-run)", "max_num_seqs 128 (re-run)"]
     assert result.best.name == "max_num_seqs 128" and result.gain == pytest.approx(119 / 101)
 
 
@@ -100,7 +106,7 @@ def test_the_re_runs_run_together_or_not_at_all(monkeypatch, tmp_path):
     # on an H200 the old reserve (twice the longest trial) skipped the profile's re-run and ran the
     # leader's alone; here 165 s are left after two trials and the pair needs 65 + 110 s
     speeds = {"profile": [100], "max_num_seqs 128": [120]}
-    costs = {"profile": 65.0, "max_num_seqs 128": 110.0, "max_num_batched_tokens 8192": 108.0}
+    costs = {"profile": 65.0, "max_num_seqs 128": 110.0}
     now = [0.0]
     monkeypatch.setattr(tune_mod.time, "monotonic", lambda: now[0])
     calls = fake_trials(monkeypatch, speeds)
@@ -124,8 +130,8 @@ def test_the_re_runs_run_together_or_not_at_all(monkeypatch, tmp_path):
 def test_a_re_run_is_reckoned_at_its_own_first_time(monkeypatch, tmp_path):
     # the H200's sweep of 8.5 min: after three trials 217 s are left, too few for a fourth and its
     # re-runs (110 + 65 + 110 s), enough for the pair (65 + 110 s) that the old reserve (2 x 110) cut
-    speeds = {"profile": [100, 101], "max_num_seqs 128": [120, 119], "max_num_batched_tokens 8192": [110]}
-    costs = {"profile": 65.0, "max_num_seqs 128": 110.0, "max_num_batched_tokens 8192": 108.0}
+    speeds = {"profile": [100, 101], "max_num_seqs 128": [120, 119], "max_num_seqs 256": [110]}
+    costs = {"profile": 65.0, "max_num_seqs 128": 110.0, "max_num_seqs 256": 108.0}
     now = [0.0]
     monkeypatch.setattr(tune_mod.time, "monotonic", lambda: now[0])
     calls = fake_trials(monkeypatch, speeds)
@@ -140,9 +146,30 @@ def test_a_re_run_is_reckoned_at_its_own_first_time(monkeypatch, tmp_path):
 
     monkeypatch.setattr(tune_mod, "run_trial", timed)
     result = tune_mod.tune(None, BASE, False, 16, tmp_path, 500, 600, lambda line: None)
-    assert calls == ["profile", "max_num_seqs 128", "max_num_batched_tokens 8192",
-                     "profile (re-run)", "max_num_seqs 128 (re-run)"]
+    assert calls == ["profile", "max_num_seqs 128", "max_num_seqs 256", "profile (re-run)", "max_num_seqs 128 (re-run)"]
     assert result.best.name == "max_num_seqs 128" and result.gain == pytest.approx(119 / 101)
+
+
+def test_a_step_that_helped_is_followed_while_it_helps(monkeypatch, tmp_path):
+    speeds = {"profile": [100, 100], "max_num_seqs 128": [110], "max_num_seqs 256": [120, 121], "max_num_seqs 512": [118],
+              "max_num_batched_tokens 8192": [90], "max_num_seqs 32": [80], "max_num_batched_tokens 2048": [95]}
+    calls = fake_trials(monkeypatch, speeds)
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
+    assert calls[:4] == ["profile", "max_num_seqs 128", "max_num_seqs 256", "max_num_seqs 512"]
+    assert result.best.name == "max_num_seqs 256" and result.gain == pytest.approx(1.21)
+
+
+def test_the_next_step_keeps_direction_and_graph_cover():
+    base = {"max_num_seqs": 512, "max_num_batched_tokens": 32768}
+    more = TrialResult("max_num_seqs 1024", {"engine.max_num_seqs": 1024,
+                                             "engine.extra.compilation_config.max_cudagraph_capture_size": 1024})
+    assert tune_mod.further(more, base, gpu=True) == ("max_num_seqs 2048", {
+        "engine.max_num_seqs": 2048, "engine.extra.compilation_config.max_cudagraph_capture_size": 2048})
+    fewer = TrialResult("max_num_batched_tokens 16384", {"engine.max_num_batched_tokens": 16384})
+    assert tune_mod.further(fewer, base, gpu=True) == ("max_num_batched_tokens 8192",
+                                                       {"engine.max_num_batched_tokens": 8192})
+    assert tune_mod.further(TrialResult("kv cache fp8", {"model.kv_cache_dtype": "fp8"}), base, gpu=True) is None
+    assert tune_mod.further(TrialResult("max_num_seqs 1", {"engine.max_num_seqs": 1}), {"max_num_seqs": 2}, False) is None
 
 
 def test_gpu_trials_add_fp8_kv_and_ngram_speculation():

@@ -121,6 +121,11 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
     result = TuneResult()
     deadline = time.monotonic() + budget_s
 
+    def run(name: str, settings: dict[str, Any], left: float) -> TrialResult:
+        t = run_trial(job, name, settings, rows, scratch, min(trial_limit_s, max(1.0, left)))
+        say(f"{name}: " + (f"{t.output_tok_s:,.1f} output tok/s" if t.ok else f"failed: {t.error}"))
+        return t
+
     def trial(name: str, settings: dict[str, Any], reserve_s: float) -> TrialResult | None:
         """Run it if it fits, at the cost of the longest trial so far, with ``reserve_s`` after it."""
         left = deadline - time.monotonic()
@@ -128,9 +133,7 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
         if left < longest + reserve_s:
             say(f"skipped {name}: {left:.0f} s left of the budget")
             return None
-        t = run_trial(job, name, settings, rows, scratch, min(trial_limit_s, left))
-        say(f"{name}: " + (f"{t.output_tok_s:,.1f} output tok/s" if t.ok else f"failed: {t.error}"))
-        return t
+        return run(name, settings, left)
 
     profile = trial(PROFILE, {}, 2 * 30.0)
     if profile is None or not profile.ok:
@@ -160,11 +163,7 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
     if left < cost_s(profile) + cost_s(candidate):
         say(f"skipped the re-runs: {left:.0f} s left of the budget; {candidate.name} led the sweep unconfirmed")
         return result
-    result.recheck = [run_trial(job, f"{t.name} (re-run)", t.settings, rows, scratch,
-                                min(trial_limit_s, max(1.0, deadline - time.monotonic())))
-                      for t in (profile, candidate)]
-    for t in result.recheck:
-        say(f"{t.name}: " + (f"{t.output_tok_s:,.1f} output tok/s" if t.ok else f"failed: {t.error}"))
+    result.recheck = [run(f"{t.name} (re-run)", t.settings, deadline - time.monotonic()) for t in (profile, candidate)]
     if all(t.ok for t in result.recheck):
         gain = result.recheck[1].output_tok_s / result.recheck[0].output_tok_s
         if gain > 1.0:

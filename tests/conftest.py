@@ -28,6 +28,16 @@ SUMMARIZE = ROOT / "jobs" / "summarize.yaml"
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _the_shared_engine_ends_with_the_session():
+    """Shut the in-process engine down while pytest's streams are open: left to the interpreter's
+    exit, vLLM's shutdown logged into closed streams ("--- Logging error ---") after the summary."""
+    yield
+    from batch_runner.engine import shutdown_engines
+
+    shutdown_engines()
+
+
 def base_job(tmp_path: Path, **sections) -> dict:
     """The summarize job, pointed into tmp_path, with sections updated from keyword arguments."""
     job = yaml.safe_load(SUMMARIZE.read_text())

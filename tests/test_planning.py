@@ -65,6 +65,16 @@ def test_no_recommendation_slower_than_the_profile_on_a_re_run(monkeypatch, tmp_
     assert "the job's settings as they are" in tune_mod.recommendation(result)
 
 
+def test_a_lead_that_one_of_the_four_runs_contradicts_is_not_recommended(monkeypatch, tmp_path):
+    speeds = {"profile": [100, 115], "max_num_seqs 32": [80], "max_num_seqs 128": [112, 116], "max_num_seqs 256": [90],
+              "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [95]}
+    fake_trials(monkeypatch, speeds)
+    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
+    # 116 beat 115 on the re-run, but 112 in the sweep did not: within the runs' spread
+    assert len(result.recheck) == 2 and result.best is None
+    assert "no trial beat them in both its runs" in tune_mod.recommendation(result)
+
+
 def test_a_trial_that_cannot_start_is_a_row_and_the_budget_bounds_the_sweep(monkeypatch, tmp_path):
     speeds = {"profile": [100], "max_num_batched_tokens 8192": [80]}
     calls = fake_trials(monkeypatch, speeds, errors=("max_num_seqs 128",))

@@ -165,13 +165,16 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
         return result
     result.recheck = [run(f"{t.name} (re-run)", t.settings, deadline - time.monotonic()) for t in (profile, candidate)]
     again_profile, again_candidate = result.recheck
-    # Each of its two runs must beat each of the profile's: runs of one setting differ by up to 1.4x
-    # on an H200, so a lead that one of the four runs contradicts is noise.
-    if again_profile.ok and again_candidate.ok and (
-            min(candidate.output_tok_s, again_candidate.output_tok_s)
-            > max(profile.output_tok_s, again_profile.output_tok_s)):
+    if beats((candidate, again_candidate), (profile, again_profile)):
         result.best, result.gain = candidate, again_candidate.output_tok_s / again_profile.output_tok_s
     return result
+
+
+def beats(runs: tuple[TrialResult, ...], profile_runs: tuple[TrialResult, ...]) -> bool:
+    """Each run of a setting faster than each of the profile's: runs of one setting differed by up
+    to 1.4x on an H200, so a lead that one of the four runs contradicts is noise."""
+    return all(t.ok for t in runs + profile_runs) and (
+        min(t.output_tok_s for t in runs) > max(t.output_tok_s for t in profile_runs))
 
 
 def table(result: TuneResult) -> str:

@@ -112,11 +112,9 @@ def test_the_budget_keeps_room_for_the_re_runs(monkeypatch, tmp_path):
     assert result.best.name == "max_num_seqs 128" and result.gain == pytest.approx(119 / 101)
 
 
-def test_the_re_runs_run_together_or_not_at_all(monkeypatch, tmp_path):
-    # on an H200 the old reserve (twice the longest trial) skipped the profile's re-run and ran the
-    # leader's alone; here 165 s are left after two trials and the pair needs 65 + 110 s
-    speeds = {"profile": [100], "max_num_seqs 128": [120]}
-    costs = {"profile": 65.0, "max_num_seqs 128": 110.0}
+def timed_trials(monkeypatch, speeds: dict[str, list[float]], costs: dict[str, float]) -> list[str]:
+    """fake_trials whose trials each take ``costs[name]`` seconds of a fake clock (a re-run 40 s
+    less: its graphs are cached), reported as 10 s of generation and the rest as start."""
     now = [0.0]
     monkeypatch.setattr(tune_mod.time, "monotonic", lambda: now[0])
     calls = fake_trials(monkeypatch, speeds)
@@ -124,11 +122,20 @@ def test_the_re_runs_run_together_or_not_at_all(monkeypatch, tmp_path):
 
     def timed(job, name, *args):
         t = inner(job, name, *args)
-        t.generation_s, t.start_s = 10.0, costs[name] - 10.0
-        now[0] += costs[name]
+        base = name.removesuffix(" (re-run)")
+        t.generation_s, t.start_s = 10.0, costs[base] - 10.0
+        now[0] += costs[base] - (40.0 if name != base else 0.0)
         return t
 
     monkeypatch.setattr(tune_mod, "run_trial", timed)
+    return calls
+
+
+def test_the_re_runs_run_together_or_not_at_all(monkeypatch, tmp_path):
+    # on an H200 the old reserve (twice the longest trial) skipped the profile's re-run and ran the
+    # leader's alone; here 165 s are left after two trials and the pair needs 65 + 110 s
+    speeds = {"profile": [100], "max_num_seqs 128": [120]}
+    calls = timed_trials(monkeypatch, speeds, {"profile": 65.0, "max_num_seqs 128": 110.0})
     said = []
     result = tune_mod.tune(None, BASE, False, 16, tmp_path, 340, 600, said.append)
     assert calls == ["profile", "max_num_seqs 128"]
@@ -142,19 +149,7 @@ def test_a_re_run_is_reckoned_at_its_own_first_time(monkeypatch, tmp_path):
     # re-runs (110 + 65 + 110 s), enough for the pair (65 + 110 s) that the old reserve (2 x 110) cut
     speeds = {"profile": [100, 101], "max_num_seqs 128": [120, 119], "max_num_seqs 256": [110]}
     costs = {"profile": 65.0, "max_num_seqs 128": 110.0, "max_num_seqs 256": 108.0}
-    now = [0.0]
-    monkeypatch.setattr(tune_mod.time, "monotonic", lambda: now[0])
-    calls = fake_trials(monkeypatch, speeds)
-    inner = tune_mod.run_trial
-
-    def timed(job, name, *args):
-        t = inner(job, name, *args)
-        base = name.removesuffix(" (re-run)")
-        t.generation_s, t.start_s = 10.0, costs[base] - 10.0
-        now[0] += costs[base] - (40.0 if name != base else 0.0)  # a re-run starts faster
-        return t
-
-    monkeypatch.setattr(tune_mod, "run_trial", timed)
+    calls = timed_trials(monkeypatch, speeds, costs)
     result = tune_mod.tune(None, BASE, False, 16, tmp_path, 500, 600, lambda line: None)
     assert calls == ["profile", "max_num_seqs 128", "max_num_seqs 256", "profile (re-run)", "max_num_seqs 128 (re-run)"]
     assert result.best.name == "max_num_seqs 128" and result.gain == pytest.approx(119 / 101)

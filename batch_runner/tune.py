@@ -83,14 +83,17 @@ def knobs(base: dict[str, Any], gpu: bool) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def further(t: TrialResult, base: dict[str, Any], gpu: bool) -> tuple[str, dict[str, Any]] | None:
+def further(t: TrialResult, base: dict[str, Any], gpu: bool, rows: int) -> tuple[str, dict[str, Any]] | None:
     """One more step the same way for a doubled or halved knob that beat the profile (on an H200,
-    ``max_num_seqs`` 1,024 ran at 1.04x the profile's 512 for a 135M model: the gain may go on)."""
+    ``max_num_seqs`` 1,024 ran at 1.04x the profile's 512 for a 135M model: the gain may go on);
+    none past the sample's ``rows`` sequences, which would run the same trial again."""
     for knob in SIZES:
         value, was = t.settings.get(f"engine.{knob}"), base_value(knob, base)
         if isinstance(value, int) and value != was and next(iter(t.settings)) == f"engine.{knob}":
             step = value * 2 if value > was else value // 2
-            return sized(knob, step, base, gpu) if step >= 1 else None
+            if step < 1 or (knob == "max_num_seqs" and step > value >= rows):
+                return None
+            return sized(knob, step, base, gpu)
     return None
 
 
@@ -150,7 +153,7 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
 
     for name, settings in knobs(base, gpu):
         before, t = profile, sweep_trial(name, settings)
-        while t is not None and t.ok and t.output_tok_s > before.output_tok_s and (step := further(t, base, gpu)):
+        while t is not None and t.ok and t.output_tok_s > before.output_tok_s and (step := further(t, base, gpu, rows)):
             before, t = t, sweep_trial(*step)  # it helped: one more step the same way, while it still helps
     if together := combined(result.trials, profile):
         sweep_trial("best together", together)

@@ -43,7 +43,7 @@ def test_a_faster_trial_confirmed_on_a_re_run_is_recommended(monkeypatch, tmp_pa
               "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [110],
               "max_num_batched_tokens 16384": [105], "best together": [130, 128]}
     calls = fake_trials(monkeypatch, speeds)
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 3600, 600, lambda line: None)
     # a doubling that helped is followed by one more (which did not help here)
     assert calls == ["profile", "max_num_seqs 128", "max_num_seqs 256", "max_num_batched_tokens 8192",
                      "max_num_batched_tokens 16384", "max_num_seqs 32", "max_num_batched_tokens 2048",
@@ -59,7 +59,7 @@ def test_no_recommendation_slower_than_the_profile_on_a_re_run(monkeypatch, tmp_
     speeds = {"profile": [100, 104], "max_num_seqs 32": [80], "max_num_seqs 128": [103, 99], "max_num_seqs 256": [101],
               "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [95]}
     calls = fake_trials(monkeypatch, speeds)
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 3600, 600, lambda line: None)
     assert calls[-2:] == ["profile (re-run)", "max_num_seqs 128 (re-run)"]  # 103 beat 100 in the sweep ...
     assert result.best is None and result.gain == 1.0  # ... but 99 lost to 104 on the re-run: noise
     assert "the job's settings as they are" in tune_mod.recommendation(result)
@@ -69,7 +69,7 @@ def test_a_lead_that_one_of_the_four_runs_contradicts_is_not_recommended(monkeyp
     speeds = {"profile": [100, 115], "max_num_seqs 32": [80], "max_num_seqs 128": [112, 116], "max_num_seqs 256": [90],
               "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [95]}
     fake_trials(monkeypatch, speeds)
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 3600, 600, lambda line: None)
     # 116 beat 115 on the re-run, but 112 in the sweep did not: within the runs' spread
     assert len(result.recheck) == 2 and result.best is None
     assert "no trial beat them in both its runs" in tune_mod.recommendation(result)
@@ -81,7 +81,7 @@ def test_a_trial_that_cannot_start_is_a_row_and_the_budget_bounds_the_sweep(monk
     said = []
     clock = iter(range(0, 10_000, 20))  # each look at the clock: 20 s later
     monkeypatch.setattr(tune_mod.time, "monotonic", lambda: next(clock))
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 150, 600, said.append)
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 150, 600, said.append)
     assert calls == ["profile", "max_num_seqs 128", "max_num_batched_tokens 8192"]
     assert any(line.startswith("skipped") for line in said)
     table = tune_mod.table(result)
@@ -105,7 +105,7 @@ def test_the_budget_keeps_room_for_the_re_runs(monkeypatch, tmp_path):
         return t
 
     monkeypatch.setattr(tune_mod, "run_trial", forty_seconds_each)
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 300, 600, lambda line: None)
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 300, 600, lambda line: None)
     # "best together" would have fitted alone, but not with both re-runs after it: it is skipped
     assert calls == ["profile", "max_num_seqs 128", "max_num_seqs 256", "max_num_batched_tokens 8192",
                      "max_num_batched_tokens 16384", "profile (re-run)", "max_num_seqs 128 (re-run)"]
@@ -137,7 +137,7 @@ def test_the_re_runs_run_together_or_not_at_all(monkeypatch, tmp_path):
     speeds = {"profile": [100], "max_num_seqs 128": [120]}
     calls = timed_trials(monkeypatch, speeds, {"profile": 65.0, "max_num_seqs 128": 110.0})
     said = []
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 340, 600, said.append)
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 340, 600, said.append)
     assert calls == ["profile", "max_num_seqs 128"]
     assert result.recheck == [] and result.best is None and result.candidate.name == "max_num_seqs 128"
     assert any(line.startswith("skipped the re-runs") for line in said)
@@ -150,7 +150,7 @@ def test_a_re_run_is_reckoned_at_its_own_first_time(monkeypatch, tmp_path):
     speeds = {"profile": [100, 101], "max_num_seqs 128": [120, 119], "max_num_seqs 256": [110]}
     costs = {"profile": 65.0, "max_num_seqs 128": 110.0, "max_num_seqs 256": 108.0}
     calls = timed_trials(monkeypatch, speeds, costs)
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 500, 600, lambda line: None)
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 500, 600, lambda line: None)
     assert calls == ["profile", "max_num_seqs 128", "max_num_seqs 256", "profile (re-run)", "max_num_seqs 128 (re-run)"]
     assert result.best.name == "max_num_seqs 128" and result.gain == pytest.approx(119 / 101)
 
@@ -159,7 +159,7 @@ def test_a_step_that_helped_is_followed_while_it_helps(monkeypatch, tmp_path):
     speeds = {"profile": [100, 100], "max_num_seqs 128": [110], "max_num_seqs 256": [120, 121], "max_num_seqs 512": [118],
               "max_num_batched_tokens 8192": [90], "max_num_seqs 32": [80], "max_num_batched_tokens 2048": [95]}
     calls = fake_trials(monkeypatch, speeds)
-    result = tune_mod.tune(None, BASE, False, 16, tmp_path, 3600, 600, lambda line: None)
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 3600, 600, lambda line: None)
     assert calls[:4] == ["profile", "max_num_seqs 128", "max_num_seqs 256", "max_num_seqs 512"]
     assert result.best.name == "max_num_seqs 256" and result.gain == pytest.approx(1.21)
 
@@ -168,13 +168,17 @@ def test_the_next_step_keeps_direction_and_graph_cover():
     base = {"max_num_seqs": 512, "max_num_batched_tokens": 32768}
     more = TrialResult("max_num_seqs 1024", {"engine.max_num_seqs": 1024,
                                              "engine.extra.compilation_config.max_cudagraph_capture_size": 1024})
-    assert tune_mod.further(more, base, gpu=True) == ("max_num_seqs 2048", {
+    assert tune_mod.further(more, base, gpu=True, rows=2000) == ("max_num_seqs 2048", {
         "engine.max_num_seqs": 2048, "engine.extra.compilation_config.max_cudagraph_capture_size": 2048})
     fewer = TrialResult("max_num_batched_tokens 16384", {"engine.max_num_batched_tokens": 16384})
-    assert tune_mod.further(fewer, base, gpu=True) == ("max_num_batched_tokens 8192",
+    assert tune_mod.further(fewer, base, gpu=True, rows=2000) == ("max_num_batched_tokens 8192",
                                                        {"engine.max_num_batched_tokens": 8192})
-    assert tune_mod.further(TrialResult("kv cache fp8", {"model.kv_cache_dtype": "fp8"}), base, gpu=True) is None
-    assert tune_mod.further(TrialResult("max_num_seqs 1", {"engine.max_num_seqs": 1}), {"max_num_seqs": 2}, False) is None
+    assert tune_mod.further(TrialResult("kv cache fp8", {"model.kv_cache_dtype": "fp8"}), base, True, 2000) is None
+    assert tune_mod.further(TrialResult("max_num_seqs 1", {"engine.max_num_seqs": 1}), {"max_num_seqs": 2}, False, 2000) is None
+    # 2,048 sequences already hold all of a 2,000-row sample: 4,096 would run the same trial again
+    all_rows = TrialResult("max_num_seqs 2048", {"engine.max_num_seqs": 2048})
+    assert tune_mod.further(all_rows, base, gpu=True, rows=2000) is None
+    assert tune_mod.further(all_rows, base, gpu=True, rows=4000)[0] == "max_num_seqs 4096"
 
 
 def test_gpu_trials_add_fp8_kv_and_ngram_speculation():

@@ -16,6 +16,9 @@ import click
 
 from .errors import BatchRunnerError
 
+# What `tune` varies (tune.knob_of of its trials), named here so that --help needs no engine import.
+TUNE_KNOBS = ("max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype", "speculative_config")
+
 
 class _DefaultToRun(click.Group):
     """``batch-run JOB.yaml`` means ``batch-run run JOB.yaml``."""
@@ -187,8 +190,10 @@ def _prepare(job_file: str, overrides: tuple[str, ...]):
 @click.option("--trial-limit", "trial_limit_min", type=click.FloatRange(min=1), default=10, show_default=True,
               help="Minutes for one trial.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the trials write (default OUTPUT-tune).")
+@click.option("--knob", "only", multiple=True, type=click.Choice(TUNE_KNOBS),
+              help="Try only this engine argument (repeatable; default: all of them).")
 def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int, budget_min: float, trial_limit_min: float,
-             out_dir: str | None) -> None:
+             out_dir: str | None, only: tuple[str, ...]) -> None:
     """Find the fastest engine settings for JOB_FILE on this machine.
 
     Short trials on the job's own first rows, each in an engine of its own, over a small grid
@@ -210,7 +215,7 @@ def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int, budget_min: f
     scratch.mkdir(parents=True, exist_ok=True)
     click.echo(f"batch-run tune: trials of {rows} rows, {budget_min:g} min budget, into {scratch}", err=True)
     result = tune(job, args, gpu, rows, scratch, budget_min * 60, trial_limit_min * 60,
-                  lambda line: click.echo(f"batch-run tune: {line}", err=True))
+                  lambda line: click.echo(f"batch-run tune: {line}", err=True), only)
     (scratch / "tune.json").write_text(json_mod.dumps(result.as_dict(), indent=1))
     click.echo(table(result))
     click.echo("")

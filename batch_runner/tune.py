@@ -83,15 +83,21 @@ def knobs(base: dict[str, Any], gpu: bool) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def knob_of(settings: dict[str, Any]) -> str:
+    """The engine argument a trial's settings change (its first key; the rest is what it needs)."""
+    return next(iter(settings)).rsplit(".", 1)[-1]
+
+
 def further(t: TrialResult, base: dict[str, Any], gpu: bool, rows: int) -> tuple[str, dict[str, Any]] | None:
     """One more step the same way for a doubled or halved knob that beat the profile (on an H200,
     ``max_num_seqs`` 1,024 ran at 1.04x the profile's 512 for a 135M model: the gain may go on);
-    none past the sample's ``rows`` sequences, which would run the same trial again."""
+    none to more sequences than half the sample's ``rows``: the sample must fill the engine twice, as
+    the job does, or the trial measures one wave's ramp and drain instead of the job's steady pace."""
     for knob in SIZES:
         value, was = t.settings.get(f"engine.{knob}"), base_value(knob, base)
         if isinstance(value, int) and value != was and next(iter(t.settings)) == f"engine.{knob}":
             step = value * 2 if value > was else value // 2
-            if step < 1 or (knob == "max_num_seqs" and step > value >= rows):
+            if step < 1 or (knob == "max_num_seqs" and step > value and step > rows // 2):
                 return None
             return sized(knob, step, base, gpu)
     return None
@@ -120,7 +126,8 @@ def cost_s(t: TrialResult | None) -> float:
 
 
 def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path, budget_s: float,
-         trial_limit_s: float, say: Callable[[str], None]) -> TuneResult:
+         trial_limit_s: float, say: Callable[[str], None], only: tuple[str, ...] = ()) -> TuneResult:
+    """The sweep; ``only``: the knobs to try (engine argument names, as ``knob_of`` gives), all if empty."""
     result = TuneResult()
     deadline = time.monotonic() + budget_s
 
@@ -152,6 +159,8 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
         return t
 
     for name, settings in knobs(base, gpu):
+        if only and knob_of(settings) not in only:
+            continue
         before, t = profile, sweep_trial(name, settings)
         while t is not None and t.ok and t.output_tok_s > before.output_tok_s and (step := further(t, base, gpu, rows)):
             before, t = t, sweep_trial(*step)  # it helped: one more step the same way, while it still helps

@@ -2,7 +2,7 @@
 
     python bench/planning.py --model MODEL_DIR --out DIR [--rows 20000] [--sample 500,1024]
                              [--steps warm,estimate,run,tune] [--warm SETS] [--tune-rows 2000]
-                             [--tune-budget-min 4]
+                             [--tune-budget-min 4] [--tune-knob max_num_seqs]
 
 0. With --steps warm: the W1 job on 100 rows once for each group of settings in --warm.
 1. A W1-shaped job of --rows rows (W1's 2,000 rows repeated, unique ids and unique documents).
@@ -78,6 +78,7 @@ def main() -> int:
                     "';' between groups, ',' between the settings of one ('profile': the job as it is)")
     ap.add_argument("--tune-rows", type=int, default=2000)
     ap.add_argument("--tune-budget-min", type=float, default=4.0)
+    ap.add_argument("--tune-knob", action="append", default=[], help="tune's --knob (repeatable)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     steps = set(args.steps.split(","))
@@ -118,7 +119,8 @@ def main() -> int:
     if "tune" in steps:
         w1 = out / "work" / "w1.yaml"
         cli(out, "tune", ["tune", str(w1), "--rows", str(args.tune_rows), "--budget", str(args.tune_budget_min),
-                          "--trial-limit", "3", "--out", str(out / "tune")], args.tune_budget_min * 60 + 60)
+                          "--trial-limit", "3", "--out", str(out / "tune"),
+                          *[a for k in args.tune_knob for a in ("--knob", k)]], args.tune_budget_min * 60 + 60)
         if (out / "tune" / "tune.json").exists():
             (out / "tune.json").write_text((out / "tune" / "tune.json").read_text())
     return 0

@@ -168,17 +168,27 @@ def test_the_next_step_keeps_direction_and_graph_cover():
     base = {"max_num_seqs": 512, "max_num_batched_tokens": 32768}
     more = TrialResult("max_num_seqs 1024", {"engine.max_num_seqs": 1024,
                                              "engine.extra.compilation_config.max_cudagraph_capture_size": 1024})
-    assert tune_mod.further(more, base, gpu=True, rows=2000) == ("max_num_seqs 2048", {
+    assert tune_mod.further(more, base, gpu=True, rows=4096) == ("max_num_seqs 2048", {
         "engine.max_num_seqs": 2048, "engine.extra.compilation_config.max_cudagraph_capture_size": 2048})
     fewer = TrialResult("max_num_batched_tokens 16384", {"engine.max_num_batched_tokens": 16384})
     assert tune_mod.further(fewer, base, gpu=True, rows=2000) == ("max_num_batched_tokens 8192",
                                                        {"engine.max_num_batched_tokens": 8192})
     assert tune_mod.further(TrialResult("kv cache fp8", {"model.kv_cache_dtype": "fp8"}), base, True, 2000) is None
     assert tune_mod.further(TrialResult("max_num_seqs 1", {"engine.max_num_seqs": 1}), {"max_num_seqs": 2}, False, 2000) is None
-    # 2,048 sequences already hold all of a 2,000-row sample: 4,096 would run the same trial again
+    # the sample must fill the engine twice: 2,048 sequences take 4,096 rows, 4,096 sequences 8,192
+    assert tune_mod.further(more, base, gpu=True, rows=4000) is None
+    assert tune_mod.further(more, base, gpu=True, rows=2000) is None
     all_rows = TrialResult("max_num_seqs 2048", {"engine.max_num_seqs": 2048})
-    assert tune_mod.further(all_rows, base, gpu=True, rows=2000) is None
-    assert tune_mod.further(all_rows, base, gpu=True, rows=4000)[0] == "max_num_seqs 4096"
+    assert tune_mod.further(all_rows, base, gpu=True, rows=8192)[0] == "max_num_seqs 4096"
+
+
+def test_knob_limits_the_sweep_to_the_named_engine_arguments(monkeypatch, tmp_path):
+    from batch_runner.cli import TUNE_KNOBS
+
+    assert {tune_mod.knob_of(settings) for _, settings in tune_mod.knobs(BASE, gpu=True)} == set(TUNE_KNOBS)
+    calls = fake_trials(monkeypatch, {"profile": [100, 100], "max_num_seqs 128": [90], "max_num_seqs 32": [95]})
+    result = tune_mod.tune(None, BASE, True, 2000, tmp_path, 3600, 600, lambda line: None, ("max_num_seqs",))
+    assert calls == ["profile", "max_num_seqs 128", "max_num_seqs 32"] and result.best is None
 
 
 def test_gpu_trials_add_fp8_kv_and_ngram_speculation():

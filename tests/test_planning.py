@@ -69,10 +69,15 @@ def test_a_lead_that_one_of_the_four_runs_contradicts_is_not_recommended(monkeyp
     speeds = {"profile": [100, 115], "max_num_seqs 32": [80], "max_num_seqs 128": [112, 116], "max_num_seqs 256": [90],
               "max_num_batched_tokens 2048": [90], "max_num_batched_tokens 8192": [95]}
     fake_trials(monkeypatch, speeds)
-    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 3600, 600, lambda line: None)
+    said: list[str] = []
+    result = tune_mod.tune(None, BASE, False, 2000, tmp_path, 3600, 600, said.append)
     # 116 beat 115 on the re-run, but 112 in the sweep did not: within the runs' spread
     assert len(result.recheck) == 2 and result.best is None
-    assert "no trial beat them in both its runs" in tune_mod.recommendation(result)
+    assert tune_mod.recommendation(result) == (
+        "best: the job's settings as they are (no trial beat them in both its runs): max_num_seqs 128 ran at "
+        "1.12x them in the sweep and 1.01x on the re-run")
+    # the fake trials generate for 10 s: too short to tell settings apart from the runs' own spread
+    assert any(line.startswith("note: the profile's trial generated for 10 s") for line in said)
 
 
 def test_a_trial_that_cannot_start_is_a_row_and_the_budget_bounds_the_sweep(monkeypatch, tmp_path):

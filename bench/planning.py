@@ -8,7 +8,7 @@
 1. A W1-shaped job of --rows rows (W1's 2,000 rows repeated, unique ids and unique documents).
 2. `batch-run estimate` from its first --sample rows (each size in turn): the expected generation time.
 3. The whole job with `batch-run`: the measured generation time (summary.json).
-4. `batch-run tune` on W1's first --tune-rows rows, within --tune-budget-min minutes.
+4. `batch-run tune` on the first --tune-rows rows of W1 (or, --tune-job big, of the --rows job), within --tune-budget-min minutes.
 Every step is a CLI process of its own with its own time limit; its output lands in DIR as it comes.
 """
 
@@ -77,6 +77,8 @@ def main() -> int:
     ap.add_argument("--warm", default="", help="for --steps warm: --set groups to compile first, "
                     "';' between groups, ',' between the settings of one ('profile': the job as it is)")
     ap.add_argument("--tune-rows", type=int, default=2000)
+    ap.add_argument("--tune-job", choices=("w1", "big"), default="w1",
+                    help="tune on W1 (2,000 rows) or on the --rows job (for a sample larger than W1)")
     ap.add_argument("--tune-budget-min", type=float, default=4.0)
     ap.add_argument("--tune-knob", action="append", default=[], help="tune's --knob (repeatable)")
     ap.add_argument("--smoke", action="store_true")
@@ -117,8 +119,8 @@ def main() -> int:
         save()
     print(json.dumps(result), flush=True)
     if "tune" in steps:
-        w1 = out / "work" / "w1.yaml"
-        cli(out, "tune", ["tune", str(w1), "--rows", str(args.tune_rows), "--budget", str(args.tune_budget_min),
+        tuned = out / "work" / f"{args.tune_job}.yaml"
+        cli(out, "tune", ["tune", str(tuned), "--rows", str(args.tune_rows), "--budget", str(args.tune_budget_min),
                           "--trial-limit", "3", "--out", str(out / "tune"),
                           *[a for k in args.tune_knob for a in ("--knob", k)]], args.tune_budget_min * 60 + 60)
         if (out / "tune" / "tune.json").exists():

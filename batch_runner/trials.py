@@ -18,7 +18,7 @@ import queue
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ class TrialResult:
     gpu_memory_peak_gb: float | None = None
     error: str | None = None
     wall_s: float = 0.0  # the whole trial as the sweep's budget sees it: process, engine start, end
+    passes: list[float] = field(default_factory=list)  # output tok/s of each measured pass; the rest: the median's
 
     @property
     def ok(self) -> bool:
@@ -82,26 +83,45 @@ def _warm_up(job: JobSpec) -> None:
     run_shard(job.model_copy(update={"input": job.input.model_copy(update={"limit": rows}),
                                      "output": job.output.model_copy(update={"dir": str(out)})}),
               RunOptions(progress=False))
+    _empty_prefix_cache()
+
+
+def _empty_prefix_cache() -> None:
+    from . import engine
+
     for e in engine._cache.values():
         if hasattr(e.llm, "reset_prefix_cache"):
             e.llm.reset_prefix_cache()
 
 
-def _trial_main(job_json: str, results, log: str) -> None:
+def _measure(job: JobSpec, passes: int) -> list[dict[str, Any]]:
+    """The trial's rows ``passes`` times on its one engine, each pass from an empty prefix cache into
+    an output folder of its own (the first: the trial's; the others beside it, ``.pass-N``)."""
+    from .runner import RunOptions, run_shard
+
+    summaries = []
+    for i in range(passes):
+        if i:
+            _empty_prefix_cache()
+        out = job.output.dir if i == 0 else f"{job.output.dir}.pass-{i}"
+        one = job.model_copy(update={"output": job.output.model_copy(update={"dir": out})})
+        summaries.append(run_shard(one, RunOptions(progress=False)).summary.as_dict())
+    return summaries
+
+
+def _trial_main(job_json: str, results, log: str, passes: int) -> None:
     os.setsid()  # its own session: the parent ends the trial's engine processes with it
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)  # vLLM's start-up log goes to the trial's log, not over the table
     os.dup2(fd, 2)
     from .engine import shutdown_engines
-    from .runner import RunOptions, run_shard
 
     t0 = time.perf_counter()
     try:
         job = JobSpec.model_validate_json(job_json)
         _warm_up(job)
         setup_s = time.perf_counter() - t0  # the engine's start (and the warm-up): what a task pays once
-        result = run_shard(job, RunOptions(progress=False))
-        results.put(("ok", (result.summary.as_dict(), setup_s)))
+        results.put(("ok", (_measure(job, passes), setup_s)))
     except BatchRunnerError as e:
         results.put(("error", str(e)))
     except Exception as e:  # any failure is the trial's result
@@ -114,15 +134,17 @@ def _trial_main(job_json: str, results, log: str) -> None:
 
 
 def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scratch: Path,
-              limit_s: float) -> TrialResult:
-    """One trial in a child process, ended (with its engine) after ``limit_s`` seconds."""
+              limit_s: float, passes: int = 1) -> TrialResult:
+    """One trial in a child process, ended (with its engine) after ``limit_s`` seconds; with several
+    ``passes`` over its rows, the pass of median throughput stands for it."""
     out = scratch / name.replace(" ", "_").replace("/", "_")
-    shutil.rmtree(out, ignore_errors=True)
+    for old in [out, *scratch.glob(f"{out.name}.pass-*")]:
+        shutil.rmtree(old, ignore_errors=True)
     mp = multiprocessing.get_context("spawn")
     results = mp.Queue()
     out.mkdir(parents=True, exist_ok=True)
     proc = mp.Process(target=_trial_main, args=(trial_job(job, rows, settings, out).model_dump_json(), results,
-                                                str(out) + ".log"))
+                                                str(out) + ".log", passes))
     t0 = time.monotonic()
     proc.start()
     trial = TrialResult(name, settings)
@@ -136,14 +158,19 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
     if kind == "error":
         trial.error = value.splitlines()[0][:300] + f" (log: {out}.log)"
         return trial
-    value, setup_s = value
+    summaries, setup_s = value
+    speeds = [v["this_run"]["output_tok_s"] for v in summaries]
+    value = sorted(summaries, key=lambda v: v["this_run"]["output_tok_s"])[len(summaries) // 2]
+    trial.passes = speeds
     run = value["this_run"]
     trial.requests, trial.output_tokens = run["requests"], run["output_tokens"]
     trial.prompt_tokens, trial.cached_prompt_tokens = run["prompt_tokens"], run["cached_prompt_tokens"]
     trial.generation_s, trial.output_tok_s = run["generation_s"], run["output_tok_s"]
     trial.total_tok_s, trial.cache_hit_rate = run["total_tok_s"], run["cache_hit_rate"]
-    trial.start_s = setup_s + max(0.0, value["duration_s"] - run["generation_s"])
-    trial.gpu_memory_peak_gb = value.get("gpu_memory_peak_gb")
+    first = summaries[0]
+    trial.start_s = setup_s + max(0.0, first["duration_s"] - first["this_run"]["generation_s"])
+    peaks = [v["gpu_memory_peak_gb"] for v in summaries if v.get("gpu_memory_peak_gb") is not None]
+    trial.gpu_memory_peak_gb = max(peaks) if peaks else None
     return trial
 
 

@@ -21,7 +21,8 @@ def fake_trials(monkeypatch, speeds: dict[str, list[float]], errors=()):
     """run_trial answering from ``speeds`` (trial name -> output tok/s of its runs, in order)."""
     calls = []
 
-    def run_trial(job, name, settings, rows, scratch, limit_s):
+    def run_trial(job, name, settings, rows, scratch, limit_s, passes=1):
+        assert passes == tune_mod.TRIAL_PASSES
         calls.append(name)
         base = name.removesuffix(" (re-run)")
         if base in errors:

@@ -33,6 +33,9 @@ def test_tune_sweeps_trials_in_engines_of_their_own_within_its_budget(tmp_path):
     assert data["trials"][0]["name"] == "profile" and data["trials"][0]["requests"] == 16
     first = data["trials"][0]  # the budget reckons with the trial's whole process
     assert first["wall_s"] > first["start_s"] + first["generation_s"]
+    # three passes on the trial's one engine, each into a folder of its own; the median pass stands for it
+    assert len(first["passes"]) == 3 and first["output_tok_s"] == sorted(first["passes"])[1]
+    assert all((out / name / "summary.json").exists() for name in ("profile", "profile.pass-1", "profile.pass-2"))
     assert len(data["trials"]) >= 2  # each in an engine of its own, one after the other
     assert (out / "profile.log").read_text()  # vLLM's start-up went to the trial's log
 

@@ -101,13 +101,14 @@ def knob_of(settings: dict[str, Any]) -> str:
 def further(t: TrialResult, base: dict[str, Any], gpu: bool, rows: int) -> tuple[str, dict[str, Any]] | None:
     """One more step the same way for a doubled or halved knob that beat the profile (on an H200,
     ``max_num_seqs`` 1,024 ran at 1.04x the profile's 512 for a 135M model: the gain may go on);
-    none to more sequences than half the sample's ``rows``: the sample must fill the engine twice, as
-    the job does, or the trial measures one wave's ramp and drain instead of the job's steady pace."""
+    none past the sample's ``rows`` sequences, which would run the same trial again. (A trial of
+    more sequences than half its rows runs them in one wave, whose ramp and drain understate it: a
+    gain it still shows is no artefact.)"""
     for knob in SIZES:
         value, was = t.settings.get(f"engine.{knob}"), base_value(knob, base)
         if isinstance(value, int) and value != was and next(iter(t.settings)) == f"engine.{knob}":
             step = value * 2 if value > was else value // 2
-            if step < 1 or (knob == "max_num_seqs" and step > value and step > rows // 2):
+            if step < 1 or (knob == "max_num_seqs" and step > value >= rows):
                 return None
             return sized(knob, step, base, gpu)
     return None

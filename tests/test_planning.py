@@ -181,11 +181,10 @@ def test_the_next_step_keeps_direction_and_graph_cover():
                                                        {"engine.max_num_batched_tokens": 8192})
     assert tune_mod.further(TrialResult("kv cache fp8", {"model.kv_cache_dtype": "fp8"}), base, True, 2000) is None
     assert tune_mod.further(TrialResult("max_num_seqs 1", {"engine.max_num_seqs": 1}), {"max_num_seqs": 2}, False, 2000) is None
-    # the sample must fill the engine twice: 2,048 sequences take 4,096 rows, 4,096 sequences 8,192
-    assert tune_mod.further(more, base, gpu=True, rows=4000) is None
-    assert tune_mod.further(more, base, gpu=True, rows=2000) is None
+    # 2,048 sequences already hold all of a 2,000-row sample: 4,096 would run the same trial again
     all_rows = TrialResult("max_num_seqs 2048", {"engine.max_num_seqs": 2048})
-    assert tune_mod.further(all_rows, base, gpu=True, rows=8192)[0] == "max_num_seqs 4096"
+    assert tune_mod.further(all_rows, base, gpu=True, rows=2000) is None
+    assert tune_mod.further(all_rows, base, gpu=True, rows=4000)[0] == "max_num_seqs 4096"
 
 
 def test_knob_limits_the_sweep_to_the_named_engine_arguments(monkeypatch, tmp_path):

@@ -42,7 +42,7 @@ class TrialResult:
     gpu_memory_peak_gb: float | None = None
     error: str | None = None
     wall_s: float = 0.0  # the whole trial as the sweep's budget sees it: process, engine start, end
-    passes: list[float] = field(default_factory=list)  # output tok/s of each measured pass; the rest: the median's
+    passes: list[float] = field(default_factory=list)  # output tok/s of each pass; the figures above: the median pass
 
     @property
     def ok(self) -> bool:
@@ -160,9 +160,9 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
         return trial
     summaries, setup_s = value
     speeds = [v["this_run"]["output_tok_s"] for v in summaries]
-    value = sorted(summaries, key=lambda v: v["this_run"]["output_tok_s"])[len(summaries) // 2]
+    median = sorted(summaries, key=lambda v: v["this_run"]["output_tok_s"])[len(summaries) // 2]
     trial.passes = speeds
-    run = value["this_run"]
+    run = median["this_run"]
     trial.requests, trial.output_tokens = run["requests"], run["output_tokens"]
     trial.prompt_tokens, trial.cached_prompt_tokens = run["prompt_tokens"], run["cached_prompt_tokens"]
     trial.generation_s, trial.output_tok_s = run["generation_s"], run["output_tok_s"]

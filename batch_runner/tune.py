@@ -162,8 +162,8 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
         return result
     result.trials.append(profile)
     if profile.generation_s < SHORT_TRIAL_S:
-        say(f"note: the profile's trial generated for {profile.generation_s:.0f} s; on an H200, runs that short of one "
-            f"setting differed by up to 1.57x, more than the gain sought: a larger --rows measures over longer")
+        say(f"note: the profile's trial generated for {profile.generation_s:.0f} s a pass; on an H200, passes that "
+            f"short of one setting differed by up to 1.57x (see the passes column): a larger --rows measures longer")
 
     def sweep_trial(name: str, settings: dict[str, Any]) -> TrialResult | None:
         # room for it and, should it lead, for the re-runs of the profile and of it

@@ -167,7 +167,12 @@ def child_batch_run(args) -> None:
 
 
 def run_variant(args, variant: str, limit_s: float) -> str:
-    cmd = [sys.executable, __file__, "--child", variant, *sys.argv[1:]]
+    return run_group([sys.executable, __file__, "--child", variant, *sys.argv[1:]], limit_s)
+
+
+def run_group(cmd: list[str], limit_s: float) -> str:
+    """``cmd`` in a session of its own, its whole group killed when it ends or runs over; its exit
+    status, or "timeout"."""
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
         code = proc.wait(timeout=limit_s)

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,18 +83,8 @@ def main() -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     first_token.build_input(args, unique_documents=True)  # work/w1.yaml
     for group in (g.strip() for g in args.settings.split(";") if g.strip()):
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--child", group]
-        proc = subprocess.Popen(cmd, start_new_session=True)
-        try:
-            proc.wait(timeout=args.limit_s)
-        except subprocess.TimeoutExpired:
+        if first_token.run_group([sys.executable, __file__, *sys.argv[1:], "--child", group], args.limit_s) == "timeout":
             print(f"{group}: stopped after {args.limit_s} s", flush=True)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the engine's processes too: the GPU is free for the next
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        time.sleep(3)
     return 0
 
 

@@ -34,3 +34,16 @@ def test_bench_smoke(tmp_path):
     assert rows["batch-run"]["requests"] == rows["raw-tuned"]["requests"] == 6
     assert rows["batch-run"]["cache_hit"] > 0  # the shared system prompt
     assert "| w1 | batch-run |" in (out / "results.md").read_text()
+
+
+@pytest.mark.long
+@pytest.mark.engine
+def test_repeat_runs_smoke(tmp_path):
+    # passes of one setting on one engine, each line written as it finishes
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "repeat_runs.py"), "--smoke", "--out", str(tmp_path),
+                           "--rows", "20", "--repeats", "2", "--settings", "profile"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = [json.loads(line) for line in (tmp_path / "repeat_runs.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in runs] == [0, 1] and {r["settings"] for r in runs} == {"profile"}
+    assert all(r["requests"] > 0 and r["output_tok_s"] > 0 and r["start_s"] > 0 for r in runs)

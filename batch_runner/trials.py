@@ -69,8 +69,7 @@ def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> J
 
 def _warm_up(job: JobSpec) -> None:
     """A run on the trial's first rows, as many as the engine schedules at once (the whole sample
-    when it is one engine-full), on the engine the trial will use (kept by the process); then an
-    empty prefix cache. Every batch size and kernel shape the measured run meets is then compiled
+    when it is one engine-full), on the engine the trial will use (kept by the process). Every batch size and kernel shape the measured run meets is then compiled
     and captured before it is timed: after a 32-row warm-up, a 500-row trial (max_num_seqs 512) on
     a fresh H200 still ran at 13,202 output tok/s where a 1,024-row one in the next process ran at
     32,147 and the whole 20,000-row job at 28,650."""
@@ -83,7 +82,6 @@ def _warm_up(job: JobSpec) -> None:
     run_shard(job.model_copy(update={"input": job.input.model_copy(update={"limit": rows}),
                                      "output": job.output.model_copy(update={"dir": str(out)})}),
               RunOptions(progress=False))
-    _empty_prefix_cache()
 
 
 def _empty_prefix_cache() -> None:
@@ -101,8 +99,7 @@ def _measure(job: JobSpec, passes: int) -> list[dict[str, Any]]:
 
     summaries = []
     for i in range(passes):
-        if i:
-            _empty_prefix_cache()
+        _empty_prefix_cache()  # what the warm-up or the pass before cached would flatter this one
         out = job.output.dir if i == 0 else f"{job.output.dir}.pass-{i}"
         one = job.model_copy(update={"output": job.output.model_copy(update={"dir": out})})
         summaries.append(run_shard(one, RunOptions(progress=False)).summary.as_dict())
@@ -159,9 +156,8 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
         trial.error = value.splitlines()[0][:300] + f" (log: {out}.log)"
         return trial
     summaries, setup_s = value
-    speeds = [v["this_run"]["output_tok_s"] for v in summaries]
+    trial.passes = [v["this_run"]["output_tok_s"] for v in summaries]
     median = sorted(summaries, key=lambda v: v["this_run"]["output_tok_s"])[len(summaries) // 2]
-    trial.passes = speeds
     run = median["this_run"]
     trial.requests, trial.output_tokens = run["requests"], run["output_tokens"]
     trial.prompt_tokens, trial.cached_prompt_tokens = run["prompt_tokens"], run["cached_prompt_tokens"]

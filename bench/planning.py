@@ -52,7 +52,8 @@ def warm(out: Path, job: Path, groups: str) -> None:
     so that tune's trials of those settings start warm (on a fresh H200 the first start of a setting
     took 93 to 137 s, a later one 40 to 71 s) and a short budget reaches more of its grid."""
     for i, group in enumerate(g.strip() for g in groups.split(";") if g.strip()):
-        sets = [arg for item in group.split(",") if item.strip() and group != "profile" for arg in ("--set", item.strip())]
+        items = [] if group == "profile" else [item.strip() for item in group.split(",") if item.strip()]
+        sets = [arg for item in items for arg in ("--set", item)]
         cli(out, f"warm-{i}", ["run", str(job), "--limit", "100", "--output", str(out / "work" / f"warm-{i}"), *sets],
             200)
 

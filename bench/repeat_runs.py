@@ -36,7 +36,6 @@ def parse_settings(group: str) -> dict:
 def child(args) -> None:
     from batch_runner import engine, trials
     from batch_runner.cli import _prepare
-    from batch_runner.runner import RunOptions, run_shard
 
     settings = parse_settings(args.child)
     job, *_ = _prepare(str(Path(args.out) / "work" / "w1.yaml"), ())
@@ -45,13 +44,11 @@ def child(args) -> None:
     t0 = time.perf_counter()
     trials._warm_up(job)
     start_s = time.perf_counter() - t0
-    for i in range(args.repeats):
-        for e in engine._cache.values():
-            e.llm.reset_prefix_cache()
+    for i in range(args.repeats):  # a pass at a time, as the trial measures it, each line as it ends
         out = Path(f"{base}-{i}")
         shutil.rmtree(out, ignore_errors=True)
-        s = run_shard(job.model_copy(update={"output": job.output.model_copy(update={"dir": str(out)})}),
-                      RunOptions(progress=False)).summary.as_dict()["this_run"]
+        s = trials._measure(job.model_copy(update={"output": job.output.model_copy(update={"dir": str(out)})}),
+                            1)[0]["this_run"]
         line = {"settings": args.child, "run": i, "start_s": round(start_s, 1), "generation_s": s["generation_s"],
                 "output_tok_s": s["output_tok_s"], "requests": s["requests"]}
         with open(Path(args.out) / "repeat_runs.jsonl", "a") as f:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import re
 import shutil
 import signal
 import time
@@ -130,11 +131,17 @@ def _trial_main(job_json: str, results, log: str, passes: int) -> None:
         os._exit(0)
 
 
+def folder_name(trial_name: str) -> str:
+    """A trial's folder: its name in letters, digits, '.', '_' and '-' alone, so that shells, Slurm
+    scripts and file transfers take it as it is ("profile (re-run)" -> "profile_re-run")."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", trial_name).strip("_") or "trial"
+
+
 def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scratch: Path,
               limit_s: float, passes: int = 1) -> TrialResult:
     """One trial in a child process, ended (with its engine) after ``limit_s`` seconds; with several
     ``passes`` over its rows, the pass of median throughput stands for it."""
-    out = scratch / name.replace(" ", "_").replace("/", "_")
+    out = scratch / folder_name(name)
     for old in [out, *scratch.glob(f"{out.name}.pass-*")]:
         shutil.rmtree(old, ignore_errors=True)
     mp = multiprocessing.get_context("spawn")

@@ -282,3 +282,12 @@ def test_cost_figures_of_a_run(cli, fake, tmp_path):
 def test_cost_without_a_price_has_hours_only():
     c = cost_of(3600, 1800, 2, 1000, 5000, None)
     assert (c.gpu_hours, c.gpu_hours_generating, c.cost, c.cost_per_m_output_tokens) == (2.0, 1.0, None, None)
+
+
+def test_trial_folders_are_named_in_portable_characters():
+    from batch_runner.trials import folder_name
+
+    assert folder_name("profile (re-run)") == "profile_re-run"
+    assert folder_name("max_num_seqs 1024 (re-run)") == "max_num_seqs_1024_re-run"
+    assert folder_name("speculative_config {'method': 'ngram'}") == "speculative_config_method_ngram"
+    assert folder_name("kv_cache_dtype fp8.e4m3") == "kv_cache_dtype_fp8.e4m3"

@@ -13,7 +13,7 @@ from batch_runner import tune as tune_mod
 from batch_runner.cli import _hours
 from batch_runner.cost import cost_of
 from batch_runner.estimate import InputTokens, estimate, report, wave_note
-from batch_runner.trials import TrialResult
+from batch_runner.trials import TrialResult, folder_name
 from conftest import write_job
 
 
@@ -285,8 +285,6 @@ def test_cost_without_a_price_has_hours_only():
 
 
 def test_trial_folders_are_named_in_portable_characters():
-    from batch_runner.trials import folder_name
-
     assert folder_name("profile (re-run)") == "profile_re-run"
     assert folder_name("max_num_seqs 1024 (re-run)") == "max_num_seqs_1024_re-run"
     assert folder_name("speculative_config {'method': 'ngram'}") == "speculative_config_method_ngram"

@@ -125,6 +125,12 @@ class PromptSpec(_Section):
                                                     "shard (else a hash of the id spreads them).")
     expand_env: bool = Field(
         False, description="Expand ${VAR} in system, template and chat_template (default: prompt text is sent as written).")
+    render_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Longest a row's templates may take to render; past it the row is a "
+                                         "template_error row.")
+    max_render_chars: int = Field(
+        4_000_000, gt=0, le=1_000_000_000, description="Longest text (and largest value) a row's templates may "
+                                                       "build; past it the row is a template_error row.")
 
 
 class SamplingSpec(_Section):

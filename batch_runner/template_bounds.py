@@ -101,14 +101,17 @@ class RenderGuard:
             yield
             return
         old = signal.signal(signal.SIGALRM, self._tick)
-        self._armed = True
-        signal.setitimer(signal.ITIMER_REAL, TICK_S, TICK_S)
+        self._armed, started = True, time.monotonic()
+        old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, TICK_S, TICK_S)
         try:
             yield
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             self._armed = False
             signal.signal(signal.SIGALRM, old)
+            if old_delay:  # an alarm of the embedding program (a test timeout...) still comes, on time
+                left = max(old_delay - (time.monotonic() - started), 1e-3)
+                signal.setitimer(signal.ITIMER_REAL, left, old_interval)
 
     def _tick(self, signum, frame) -> None:
         if self.stopping():

@@ -38,6 +38,8 @@ def test_unknown_key_names_nearest_valid_key_and_line(tmp_path):
     ("engine", "gpu_memory_utilization", 2, "engine.gpu_memory_utilization"),
     ("engine", "tensor_parallel_size", 0, "engine.tensor_parallel_size"),
     ("output", "batch_size", -1, "output.batch_size"),
+    ("prompt", "render_timeout_s", 0, "prompt.render_timeout_s"),
+    ("prompt", "max_render_chars", -1, "prompt.max_render_chars"),
 ])
 def test_bad_values_name_the_key(tmp_path, section, key, value, expected):
     path = write_job(tmp_path, **{section: {key: value}})

@@ -204,7 +204,7 @@ class PromptRenderer:
         with self.guard.batch():  # each row's render bounded in time and memory; a stop ends it
             for i, row in enumerate(rows):
                 try:
-                    with self.guard.row():
+                    with self.guard:  # this row's deadline
                         part = self._text(row)
                     _check_text(part[2])
                     parts.append((i, *part))

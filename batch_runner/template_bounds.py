@@ -84,15 +84,14 @@ class RenderGuard:
         if time.monotonic() > self.deadline:
             raise RenderLimit(f"rendering took longer than {self.bounds.timeout_s:g} s (prompt.render_timeout_s)")
 
-    @contextmanager
-    def row(self) -> Iterator[None]:
-        """Bound one row's render: its deadline runs from here."""
+    def __enter__(self) -> None:
+        """``with guard:`` bounds one row's render, its deadline from here (a plain context manager:
+        it runs per row, on the hot path)."""
         self._row += 1
         self.deadline = time.monotonic() + self.bounds.timeout_s
-        try:
-            yield
-        finally:
-            self.deadline = math.inf
+
+    def __exit__(self, *exc) -> None:
+        self.deadline = math.inf
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -244,7 +243,8 @@ class BoundedEnvironment(SandboxedEnvironment):
 def render(template: jinja2.Template, guard: RenderGuard, variables: dict[str, Any]) -> str:
     """The template's text, counted as it is produced: past max_chars, RenderLimit."""
     parts, size, limit = [], 0, guard.bounds.max_chars
-    for chunk in template.generate(variables):
+    # Template.generate without its wrapper (which only rewrites tracebacks): a row's error is a message
+    for chunk in template.root_render_func(template.new_context(dict(variables))):
         size += len(chunk)
         if size > limit:
             raise RenderLimit(f"the rendered text is longer than prompt.max_render_chars ({limit:,})")

@@ -110,3 +110,37 @@ def test_a_stop_ends_a_long_render_within_seconds(tmp_path):
     df = pd.read_parquet(tmp_path / "out" / "results")
     assert df["error_code"].isna().all()  # the stopped row is no error row: it runs again on resume
     assert rows[6]["id"] not in set(df["id"])
+
+
+def test_everyday_templates_render_as_before_under_the_bounds():
+    """The bounds refuse only what would pass them: widths, formats, joins and loops of normal size render."""
+    from batch_runner.config import PromptSpec
+    from batch_runner.errors import RowError
+    from batch_runner.prompts import PromptRenderer
+
+    template = ("{{ '%5.2f' % price }}|{{ '{:>6}'.format(name) }}|{{ name|center(9) }}|{{ tags|join(', ') }}|"
+                "{{ text|replace('a', 'b') }}|{{ tags|tojson }}|{% for i in range(3) %}{{ i }}{% endfor %}|"
+                "{{ (name * 3)|length }}|{{ 2 ** 10 }}|{{ text.upper() }}")
+    row = {"price": 3.14159, "name": "ann", "tags": ["x", "y"], "text": "abc"}
+    expected = ' 3.14|   ann|   ann   |x, y|bbc|["x", "y"]|012|9|1024|ABC'
+    renderer = PromptRenderer(PromptSpec(template=template, max_render_chars=60), None, 2048, 64)
+    assert renderer.user_text(row) == expected
+    small = PromptRenderer(PromptSpec(template=template, max_render_chars=len(expected) - 1), None, 2048, 64)
+    with pytest.raises(RowError, match="prompt.max_render_chars"):
+        small.user_text(row)
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{{ 1 / n }}", "ZeroDivisionError"),
+    ("{{ text + n }}", "TypeError"),
+    ("{% macro f(k) %}{{ f(k + 1) }}{% endmacro %}{{ f(n) }}", "RecursionError"),
+])
+def test_a_template_that_fails_on_a_row_is_that_rows_error_not_the_runs(template, message):
+    from batch_runner.config import PromptSpec
+    from batch_runner.errors import RowError
+    from batch_runner.prompts import PromptRenderer
+
+    renderer = PromptRenderer(PromptSpec(template=template), None, 2048, 64)
+    with pytest.raises(RowError, match=message) as e:
+        renderer.user_text({"n": 0, "text": "abc"})
+    assert e.value.code == "template_error" and len(e.value.message) < 600

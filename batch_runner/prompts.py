@@ -210,6 +210,8 @@ class PromptRenderer:
                     parts.append((i, *part))
                 except RowError as e:
                     out[i] = e
+                except RenderLimit as e:  # the timer's, between two steps of the row's checks
+                    out[i] = RowError("template_error", str(e))
         encoded: dict[int, list[int]] = {}
         for is_chat in (True, False):
             group = [p for p in parts if p[4] is is_chat]

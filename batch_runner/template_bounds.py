@@ -3,7 +3,7 @@
 A job's template is code that runs on every row, in this process; one row must not be able to
 hold the run up or eat the machine. Three layers, each cheap on the hot path:
 
-- size: output is counted as ``Template.generate`` yields it, and the sandbox's hooks (operators,
+- size: output is counted as the template yields it, and the sandbox's hooks (operators,
   calls, filters, attribute and item lookups) refuse a value past ``max_chars`` *before* it is
   built where its size can be told from the operands ('x' * 10**10, '%9999999999s', center(...)),
   and after it is built otherwise;
@@ -96,7 +96,8 @@ class RenderGuard:
     @contextmanager
     def batch(self) -> Iterator[None]:
         """The timer, for the length of a batch's rendering (main thread only; nested: once)."""
-        if self._armed or threading.current_thread() is not threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        if self._armed or not main or not hasattr(signal, "setitimer"):
             yield
             return
         old = signal.signal(signal.SIGALRM, self._tick)

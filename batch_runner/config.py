@@ -441,7 +441,7 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise JobError(f"{path}{line}: YAML syntax error: {getattr(e, 'problem', None) or e}") from e
+        raise JobError(f"{path}{line}: YAML syntax error: {_cut(str(getattr(e, 'problem', None) or e))}") from e
     if not isinstance(data, dict):
         raise JobError(f"{path}: expected a mapping of sections (model, input, prompt...), got {type(data).__name__}")
     repeated: list[str] = []

@@ -193,3 +193,11 @@ def test_a_bad_set_value_is_quoted_as_an_excerpt(tmp_path):
     with pytest.raises(JobError) as e:
         load_job(write_job(tmp_path), ["x" * 100_000])
     assert "expected section.key=value" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_a_yaml_error_quotes_only_an_excerpt(tmp_path):
+    path = write_job(tmp_path)
+    path.write_text(path.read_text() + "description: *" + "a" * 100_000 + "\n")  # an undefined alias, named
+    with pytest.raises(JobError, match="YAML syntax error: found undefined alias") as e:
+        load_job(path)
+    assert len(str(e.value)) < len(str(path)) + 400

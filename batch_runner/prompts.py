@@ -241,7 +241,9 @@ class PromptRenderer:
             cut = n + want - limit + _TRUNCATION_MARGIN
             if cut < len(user_ids):
                 kept = self.tokenizer.decode(user_ids[: len(user_ids) - cut])
-                new_ids = self.encode(self.chat_text(system, kept))
+                with self.guard:  # the chat template runs again, on the cut text: bounded as the first time
+                    text = self.chat_text(system, kept)
+                new_ids = self.encode(text)
                 if len(new_ids) + want <= limit:
                     return RenderedPrompt(new_ids, key, want, f"prompt truncated from {n} to {len(new_ids)} tokens")
         raise RowError("prompt_too_long",

@@ -134,6 +134,7 @@ def test_everyday_templates_render_as_before_under_the_bounds():
     ("{{ 1 / n }}", "ZeroDivisionError"),
     ("{{ text + n }}", "TypeError"),
     ("{% macro f(k) %}{{ f(k + 1) }}{% endmacro %}{{ f(n) }}", "RecursionError"),
+    ("{% for i in range(10 ** 10) %}{% endfor %}", "Range too big"),  # the sandbox's own bound on range
 ])
 def test_a_template_that_fails_on_a_row_is_that_rows_error_not_the_runs(template, message):
     from batch_runner.config import PromptSpec

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import checkpoint
 from .config import JobSpec
-from .errors import ExitStatus, JobError
+from .errors import ExitStatus, JobError, writing
 from .gpu import visible_devices
 from .parallel import NodeExecutor, Worker, combined_status, plan
 from .records import Summary
@@ -88,7 +88,8 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
         checkpoint.check_output_folder(job, s, options.job_file)
     report = run_shard(job, RunOptions(dry_run=True, dry_run_rows=0, shard=shards[0])).preview["report"]
     wanted = checkpoint.fingerprint(job, shards[0], report.assignment)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, checkpoint.OUTPUT_ADVICE, ExitStatus.USAGE):
+        out.mkdir(parents=True, exist_ok=True)
     if options.fresh:
         locks = [checkpoint.OutputLock(out, s.label) for s in shards]
         try:

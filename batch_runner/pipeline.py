@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .commit import Committer
 from .engine import Engine
-from .errors import BatchRunnerError, EngineError, ExitStatus, RowError
+from .errors import BatchRunnerError, EngineError, ExitStatus, RowError, StorageError, os_reason
 from .finish import completed_result, error_result
 from .inputs import InputRow
 from .prepare import RequestBuilder
@@ -87,7 +87,7 @@ class Pipeline:
             log.warning("the engine stopped with the signal (%s); saving finished rows", type(e).__name__)
         finally:
             with self.lock:
-                self.flush_partial()
+                self.flush_partial(failing=sys.exc_info()[1] is not None)
 
     def submit(self, number: int, rows: list[tuple[str, InputRow]]) -> None:
         now = time.perf_counter()
@@ -160,16 +160,26 @@ class Pipeline:
             in_engine = 0
         self.committer.end(time.perf_counter(), in_engine)
 
-    def flush_partial(self) -> None:
-        """Commit the finished rows of open batches; abort the rest (they run again on resume)."""
+    def flush_partial(self, failing: bool = False) -> None:
+        """Commit the finished rows of open batches; abort the rest (they run again on resume).
+
+        When the run is failing already (a full disk, say), a write that fails here too is only
+        logged: the first error is the one to report, and the rows not saved run again on resume.
+        """
         try:
             self.engine.abort(list(self.in_engine))
         except Exception:  # the engine may already be gone (signal reached it too)
             log.debug("abort failed", exc_info=True)
         self.in_engine.clear()
-        self._end()
-        for batch in list(self.open.values()):
-            self._commit(batch)
+        try:
+            self._end()
+            for batch in list(self.open.values()):
+                self._commit(batch)
+        except StorageError as e:
+            if not failing:
+                raise
+            log.warning("the finished rows of the open batches were not saved either (%s: %s); they run "
+                        "again on resume", e.path, os_reason(e.error))
 
     def hard_stop(self) -> None:
         """The engine did not answer after a stop request: save finished rows, exit resumable."""

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import JobSpec, load_job
-from .errors import BatchRunnerError, ExitStatus, JobError
+from .errors import BatchRunnerError, ExitStatus, JobError, writing
 from .output import committed_parts
 from .records import Summary
 from .runner import RunOptions
@@ -90,9 +90,14 @@ def _record_batches(data: Any) -> Iterable[pa.RecordBatch]:
 
 
 def _stage_batches(batches: Iterable[pa.RecordBatch]) -> Path:
-    from .models import cache_base
+    from .models import cache_advice, cache_base
 
     folder = cache_base() / "inputs"
+    with writing(folder, cache_advice(), ExitStatus.USAGE):
+        return _write_staged(batches, folder)
+
+
+def _write_staged(batches: Iterable[pa.RecordBatch], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     digest, tmp = hashlib.sha256(), folder / f".staging-{os.getpid()}.parquet"
     writer = None

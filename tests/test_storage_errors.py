@@ -1,0 +1,158 @@
+"""A file that cannot be written (full disk, read-only file system, a path under a file) is a message
+naming the path, the cause and what to do, with the README's exit status; never a traceback. A disk
+that fills mid-run loses no committed row and leaves no partial file, and the rerun resumes.
+
+The tests run as root, whom permissions do not stop: a full disk is simulated where the output's
+files are written (``output.atomic_write``: the write fails half-way, as pyarrow's does on ENOSPC),
+and an unwritable cache is a folder under a regular file (ENOTDIR), which stops root too.
+"""
+
+import errno
+import os
+
+import pandas as pd
+import pytest
+
+import batch_runner
+from batch_runner import output
+from batch_runner.checkpoint import OutputLock
+from batch_runner.errors import StorageError
+from conftest import SUMMARIZE, news_rows, write_job, write_jsonl
+
+ROWS = 24
+
+
+@pytest.fixture
+def job(tmp_path):
+    data = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))
+    return write_job(tmp_path, input={"path": str(data)}, output={"batch_size": 4})
+
+
+def disk_full_when(monkeypatch, fills) -> list[str]:
+    """Make output writes fail with ENOSPC from the first file for which ``fills(path)`` is true on
+    (the disk stays full). Each failing write leaves half a temporary file first, as a real one does.
+    Returns the paths whose write failed."""
+    real, failed = output.atomic_write, []
+
+    def atomic_write(path, write):
+        if failed or fills(path):
+            failed.append(str(path))
+
+            def half(tmp):
+                with open(tmp, "wb") as f:
+                    f.write(b"PAR1 and then the disk was full")
+                raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
+            return real(path, half)
+        return real(path, write)
+    monkeypatch.setattr(output, "atomic_write", atomic_write)
+    return failed
+
+
+def third_results_part():
+    seen = []
+
+    def fills(path):
+        if path.parent.name == "results":
+            seen.append(path)
+        return len(seen) >= 3
+    return fills
+
+
+WHERE = {  # the file whose write finds the disk full -> what the message names
+    "job.json": (lambda: lambda path: path.name == "job.json", "job.json"),
+    "a results part mid-run": (third_results_part, "results/part-"),
+    "a stats part": (lambda: lambda path: path.parent.name == "stats", "stats/part-"),
+    "the summary": (lambda: lambda path: path.name == "summary.json", "summary.json"),
+}
+
+
+@pytest.mark.parametrize("where", sorted(WHERE))
+def test_a_full_disk_is_a_message_loses_no_committed_row_and_the_rerun_resumes(cli, fake, tmp_path, job,
+                                                                               monkeypatch, where):
+    fills, named = WHERE[where]
+    out = tmp_path / "out"
+    failed = disk_full_when(monkeypatch, fills())
+    fake(per_poll=2)
+    result = cli("run", job)
+    assert failed, "the disk never filled"
+    assert result.exit_code == 1, result.output
+    message = result.output
+    assert "Traceback" not in message and "engine" not in message  # not blamed on the engine
+    assert f"cannot write {out}/" in message and named in message and "No space left on device" in message
+    assert "rerun the same command to resume" in message
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and not p.name.startswith(".lock-")]
+    committed = pd.read_parquet(out / "results") if list((out / "results").glob("part-*")) else pd.DataFrame()
+    if where == "a results part mid-run":
+        assert 0 < len(committed) < ROWS  # the parts before the disk filled are there, whole
+    assert committed.empty or committed["id"].is_unique
+
+    monkeypatch.undo()  # space was freed
+    again = fake()
+    rerun = cli("run", job)
+    assert rerun.exit_code == 0, rerun.output
+    assert len(again.submitted) == ROWS - len(committed)  # only the rows without a result ran
+    df = pd.read_parquet(out / "results")
+    assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(ROWS)) and df["id"].is_unique
+
+
+def test_an_output_whose_lock_cannot_be_created_is_exit_2_and_nothing_is_written(cli, fake, tmp_path, job,
+                                                                                monkeypatch):
+    real_open = os.open
+
+    def open_(path, flags, *args, **kw):
+        if ".lock-" in str(path) and flags & os.O_CREAT:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_open(path, flags, *args, **kw)
+    monkeypatch.setattr(os, "open", open_)
+    engine = fake()
+    result = cli("run", job)
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {tmp_path / 'out' / '.lock-0000-of-0001'}: No space left on device" in result.output
+    assert "--output" in result.output and "Traceback" not in result.output
+    assert engine.submitted == [] and not list((tmp_path / "out").rglob("*"))
+
+
+def unwritable_cache(tmp_path, monkeypatch):
+    """A cache folder that even root cannot create: its parent is a regular file."""
+    (tmp_path / "a-file").write_text("")
+    cache = tmp_path / "a-file" / "cache"
+    monkeypatch.setenv("BATCH_RUNNER_CACHE", str(cache))
+    return cache
+
+
+def test_an_unwritable_model_cache_names_it_and_the_setting_that_moves_it(cli, fake, tmp_path, job, monkeypatch):
+    cache = unwritable_cache(tmp_path, monkeypatch)
+    engine = fake()
+    result = cli("run", job)
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith(f"batch-run: error: cannot write {cache}") and "Not a directory" in line
+    assert "BATCH_RUNNER_CACHE" in line and "Traceback" not in result.output
+    assert engine.submitted == [] and not (tmp_path / "out").exists()
+
+
+def test_the_api_staging_a_frame_in_an_unwritable_cache_raises_a_storage_error(fake, tmp_path, monkeypatch):
+    cache = unwritable_cache(tmp_path, monkeypatch)
+    fake()
+    with pytest.raises(StorageError, match="BATCH_RUNNER_CACHE") as caught:
+        batch_runner.run(SUMMARIZE, pd.DataFrame(news_rows(3)), output_dir=tmp_path / "out", progress=False)
+    assert caught.value.exit_status == 2 and caught.value.path.startswith(str(cache))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_metrics_file_that_cannot_be_written_is_a_warning_and_the_run_goes_on(cli, fake, tmp_path, job):
+    (tmp_path / "a-file").write_text("")
+    fake()
+    result = cli("run", job, "--metrics-dir", tmp_path / "a-file" / "metrics")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("cannot write the metrics file") == 1  # said once, not every interval
+    assert len(pd.read_parquet(tmp_path / "out" / "results")) == ROWS
+
+
+def test_a_report_that_cannot_be_written_is_a_message(cli, fake, tmp_path, job):
+    fake()
+    assert cli("run", job).exit_code == 0
+    (tmp_path / "a-file").write_text("")
+    result = cli("report", tmp_path / "out", "--to", tmp_path / "a-file" / "report")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{tmp_path / 'a-file'}" in result.output and "Not a directory" in result.output

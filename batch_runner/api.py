@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from .config import JobSpec, load_job
 from .errors import BatchRunnerError, ExitStatus, JobError, writing
+from .mainscript import refuse_in_child_import
 from .output import committed_parts
 from .records import Summary
 from .runner import RunOptions
@@ -52,6 +53,7 @@ def run(job: JobSpec | str | Path, data: Any = None, *, output_dir: str | Path |
     """
     from .executors import execute
 
+    refuse_in_child_import()
     spec = job.model_copy(deep=True) if isinstance(job, JobSpec) else load_job(job, list(overrides))
     if data is not None:
         fmt = "auto" if isinstance(data, (str, os.PathLike)) else "parquet"

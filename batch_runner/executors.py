@@ -22,6 +22,7 @@ from . import checkpoint
 from .config import JobSpec
 from .errors import ExitStatus, JobError, writing
 from .gpu import visible_devices
+from .mainscript import refuse_in_child_import
 from .parallel import NodeExecutor, Worker, combined_status, plan
 from .records import Summary
 from .runner import RunOptions, run_shard
@@ -76,6 +77,7 @@ def execute(job: JobSpec, options: RunOptions, kind: str | None = None, shard: S
 def run_job(job: JobSpec, options: RunOptions = RunOptions(), executor: str | None = None) -> Execution:
     """Run (or resume) a job as the CLI does: on its executor (or ``executor``), with data_parallel
     honoured; ``options.shard`` if one is given, else the executor's."""
+    refuse_in_child_import()
     return execute(job, options, executor, options.shard if options.shard != ALL else None)
 
 

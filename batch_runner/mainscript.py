@@ -16,7 +16,6 @@ what to write instead.
 
 from __future__ import annotations
 
-import multiprocessing
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,9 +47,8 @@ def children_skip_main() -> Iterator[None]:
 
 
 def refuse_in_child_import() -> None:
-    """Refuse a run from the top level of a main script that a spawned child is importing."""
-    if multiprocessing.parent_process() is None:
-        return
+    """Refuse a run from the top level of a main script that a spawned child is importing (spawn runs
+    it as ``__mp_main__``, before ``multiprocessing.parent_process()`` is set)."""
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__mp_main__":

@@ -8,7 +8,11 @@ and an unwritable cache is a folder under a regular file (ENOTDIR), which stops 
 """
 
 import errno
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -17,7 +21,7 @@ import batch_runner
 from batch_runner import output
 from batch_runner.checkpoint import OutputLock
 from batch_runner.errors import StorageError
-from conftest import SUMMARIZE, news_rows, write_job, write_jsonl
+from conftest import ROOT, SUMMARIZE, news_rows, write_job, write_jsonl
 
 ROWS = 24
 
@@ -156,3 +160,46 @@ def test_a_report_that_cannot_be_written_is_a_message(cli, fake, tmp_path, job):
     result = cli("report", tmp_path / "out", "--to", tmp_path / "a-file" / "report")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{tmp_path / 'a-file'}" in result.output and "Not a directory" in result.output
+
+
+def _can_mount_tmpfs(where) -> bool:
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "-o", "size=64k",
+                            "tmpfs", str(where)], capture_output=True, timeout=30) if shutil.which("unshare") else None
+    return probe is not None and probe.returncode == 0
+
+
+def test_a_real_full_disk_mid_run_keeps_every_committed_row_and_the_rerun_resumes(tmp_path):
+    """A real full file system: a 64 KiB tmpfs (16 pages; the run's files need more) mounted in a mount
+    namespace of the test's own, so nothing outside sees it. Root only (CI); skipped where not allowed."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _can_mount_tmpfs(disk):
+        pytest.skip("cannot mount a tmpfs here (needs root and unshare)")
+    data = write_jsonl(tmp_path / "in.jsonl", news_rows(40))
+    job = write_job(tmp_path, input={"path": str(data)}, output={"batch_size": 4, "dir": str(disk / "out")})
+    run = f"{sys.executable} {ROOT / 'tests' / 'fake_engine.py'} run {job}"
+    script = f"""
+        mount -t tmpfs -o size=64k tmpfs {disk} || exit 99
+        {run} > {tmp_path}/first.log 2>&1; echo $? > {tmp_path}/first.rc
+        cp -a {disk}/out {tmp_path}/after-first
+        mount -o remount,size=16m {disk}                     # space was freed
+        {run} > {tmp_path}/second.log 2>&1; echo $? > {tmp_path}/second.rc
+        cp -a {disk}/out {tmp_path}/after-second
+    """
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAKE_ENGINE": json.dumps({"per_poll": 2})}
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    first = (tmp_path / "first.log").read_text()
+    assert (tmp_path / "first.rc").read_text().strip() == "1", first
+    assert "No space left on device" in first and f"cannot write {disk / 'out'}/" in first
+    assert "Traceback" not in first and "rerun the same command to resume" in first
+    after = tmp_path / "after-first"
+    assert not [p for p in after.rglob("*") if p.name.startswith(".") and not p.name.startswith(".lock-")]
+    kept = pd.read_parquet(after / "results")  # every committed part reads: none is cut short
+    assert 0 < len(kept) < 40 and kept["id"].is_unique
+
+    assert (tmp_path / "second.rc").read_text().strip() == "0", (tmp_path / "second.log").read_text()
+    df = pd.read_parquet(tmp_path / "after-second" / "results")
+    assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(40)) and df["id"].is_unique
+    assert set(kept["id"]) <= set(df["id"])

@@ -197,9 +197,14 @@ class OutputLock:
             os.close(fd)
             raise ResumeConflict(f"{self.path.parent}: another run is writing to this output "
                                  f"({holder}); wait for it to finish, or use another --output") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         self._fd = fd
+        with writing(self.path, OUTPUT_ADVICE, ExitStatus.USAGE):
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+            except OSError:  # a full disk: no room for the holder's note
+                self.release()
+                raise
 
     def acquire_and_release(self) -> None:
         self.acquire()

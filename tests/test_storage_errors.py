@@ -19,7 +19,7 @@ import pytest
 
 import batch_runner
 from batch_runner import output
-from batch_runner.checkpoint import OutputLock
+from batch_runner.checkpoint import output_locked
 from batch_runner.errors import StorageError
 from conftest import ROOT, SUMMARIZE, news_rows, write_job, write_jsonl
 
@@ -99,21 +99,35 @@ def test_a_full_disk_is_a_message_loses_no_committed_row_and_the_rerun_resumes(c
     assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(ROWS)) and df["id"].is_unique
 
 
-def test_an_output_whose_lock_cannot_be_created_is_exit_2_and_nothing_is_written(cli, fake, tmp_path, job,
-                                                                                monkeypatch):
-    real_open = os.open
+def _no_room_for_the_lock(monkeypatch, step):
+    """ENOSPC where the lock is taken: creating its file, or writing the holder's note into it."""
+    real_open, real_write = os.open, os.write
 
     def open_(path, flags, *args, **kw):
-        if ".lock-" in str(path) and flags & os.O_CREAT:
+        if step == "create" and ".lock-" in str(path) and flags & os.O_CREAT:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return real_open(path, flags, *args, **kw)
+
+    def write(fd, data):
+        if step == "note" and bytes(data).startswith(b"pid "):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
     monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "write", write)
+
+
+@pytest.mark.parametrize("step", ["create", "note"])
+def test_an_output_whose_lock_cannot_be_written_is_exit_2_and_nothing_is_written(cli, fake, tmp_path, job,
+                                                                                monkeypatch, step):
+    _no_room_for_the_lock(monkeypatch, step)
     engine = fake()
     result = cli("run", job)
     assert result.exit_code == 2, result.output
-    assert f"cannot write {tmp_path / 'out' / '.lock-0000-of-0001'}: No space left on device" in result.output
+    lock = tmp_path / "out" / ".lock-0000-of-0001"
+    assert f"cannot write {lock}: No space left on device" in result.output
     assert "--output" in result.output and "Traceback" not in result.output
-    assert engine.submitted == [] and not list((tmp_path / "out").rglob("*"))
+    assert engine.submitted == [] and not [p for p in (tmp_path / "out").rglob("*") if p != lock]
+    assert not output_locked(tmp_path / "out", "0000-of-0001")  # released: the rerun is not blocked
 
 
 def unwritable_cache(tmp_path, monkeypatch):

@@ -37,7 +37,8 @@ class _DefaultToRun(click.Group):
         except OSError as e:
             if e.errno == errno.EPIPE:  # stdout closed by a pager or `head`: click's own handling
                 raise
-            click.echo(f"batch-run: error: {e.filename or 'a file'}: {os_reason(e)}", err=True)
+            click.echo(f"batch-run: error: {e.filename or 'a file'}: {os_reason(e)} (free space, or make it "
+                       "writable, and run the command again)", err=True)
             sys.exit(int(ExitStatus.FAILED))
 
 

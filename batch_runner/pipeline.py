@@ -68,6 +68,7 @@ class Pipeline:
 
     def run(self, rows: Iterable[tuple[str, InputRow]]) -> None:
         """Run every row; on a stop request, save what finished and return."""
+        failing = True  # until the loop ends or stops as it should
         try:
             for number, batch in enumerate(chunked(rows, self.batch_size)):
                 if self.stop.requested:
@@ -78,6 +79,7 @@ class Pipeline:
                     self.collect()
             while self.in_engine and not self.stop.requested:
                 self.collect()
+            failing = False
         except BatchRunnerError:
             raise
         except Exception as e:  # the engine died; a signal may have reached it first
@@ -85,9 +87,10 @@ class Pipeline:
                 raise EngineError(f"the engine failed during the run: {type(e).__name__}: {e}\n"
                                   "Finished rows were saved; rerun the job to resume.") from e
             log.warning("the engine stopped with the signal (%s); saving finished rows", type(e).__name__)
+            failing = False
         finally:
             with self.lock:
-                self.flush_partial(failing=sys.exc_info()[1] is not None)
+                self.flush_partial(failing)
 
     def submit(self, number: int, rows: list[tuple[str, InputRow]]) -> None:
         now = time.perf_counter()

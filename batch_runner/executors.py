@@ -20,7 +20,7 @@ from typing import Any
 
 from . import checkpoint
 from .config import JobSpec
-from .errors import ExitStatus, JobError, writing
+from .errors import RESUME_ADVICE, ExitStatus, JobError, writing
 from .gpu import visible_devices
 from .mainscript import refuse_in_child_import
 from .parallel import NodeExecutor, Worker, combined_status, plan
@@ -97,12 +97,15 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
         try:
             for lock in locks:
                 lock.acquire()
-            if moved := checkpoint.move_aside(out, {s.label for s in shards}, wanted):
+            with writing(out, RESUME_ADVICE):
+                moved = checkpoint.move_aside(out, {s.label for s in shards}, wanted)
+            if moved:
                 log.warning("moved the old results to %s", moved)
         finally:
             for lock in locks:
                 lock.release()
-    checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema)
+    with writing(out, RESUME_ADVICE):
+        checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema)
 
 
 def run_on_node(job: JobSpec, options: RunOptions, workers: list[Worker], tp: int, verbose: bool) -> Execution:

@@ -217,3 +217,17 @@ def test_a_real_full_disk_mid_run_keeps_every_committed_row_and_the_rerun_resume
     df = pd.read_parquet(tmp_path / "after-second" / "results")
     assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(40)) and df["id"].is_unique
     assert set(kept["id"]) <= set(df["id"])
+
+
+def test_the_data_parallel_parent_writing_job_json_on_a_full_disk_raises_a_storage_error(tmp_path, job,
+                                                                                        monkeypatch):
+    from batch_runner.config import load_job
+    from batch_runner.executors import prepare_shards
+    from batch_runner.runner import RunOptions
+    from batch_runner.sharding import Shard
+
+    disk_full_when(monkeypatch, lambda path: path.name == "job.json")
+    with pytest.raises(StorageError) as caught:
+        prepare_shards(load_job(job), RunOptions(), [Shard(0, 2), Shard(1, 2)])
+    assert caught.value.path == str(tmp_path / "out" / "job.json") and caught.value.exit_status == 1
+    assert "No space left on device" in str(caught.value) and not list((tmp_path / "out").iterdir())

@@ -6,6 +6,7 @@ an output directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .errors import BatchRunnerError
+from .errors import BatchRunnerError, ExitStatus, os_reason
 
 # What `tune` varies (tune.knob_of of its trials), named here so that --help needs no engine import.
 TUNE_KNOBS = ("max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype", "speculative_config")
@@ -28,6 +29,18 @@ class _DefaultToRun(click.Group):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        """A file error that no command turned into its own message (report, merge, tune) is still one
+        line naming the path and the cause, exit 1, never a traceback."""
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # stdout closed by a pager or `head`: click's own handling
+                raise
+            click.echo(f"batch-run: error: {e.filename or 'a file'}: {os_reason(e)} (free space, or make it "
+                       "writable, and run the command again)", err=True)
+            sys.exit(int(ExitStatus.FAILED))
 
 
 class _StderrHandler(logging.StreamHandler):

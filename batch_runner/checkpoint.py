@@ -24,12 +24,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .config import JobSpec
-from .errors import JobError, ResumeConflict
+from .errors import RESUME_ADVICE, ExitStatus, JobError, ResumeConflict, writing
 from .inputs import input_identity, resolve_files
 from .sharding import Shard
 from .output import committed_parts, sweep_temporaries, write_json
 
 log = logging.getLogger("batch_runner")
+OUTPUT_ADVICE = "free space there, or give the job a writable output folder (--output or output.dir); nothing was written"
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
@@ -186,8 +187,9 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with writing(self.path, OUTPUT_ADVICE, ExitStatus.USAGE):  # the first write of a run: nothing changed yet
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -195,9 +197,14 @@ class OutputLock:
             os.close(fd)
             raise ResumeConflict(f"{self.path.parent}: another run is writing to this output "
                                  f"({holder}); wait for it to finish, or use another --output") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         self._fd = fd
+        with writing(self.path, OUTPUT_ADVICE, ExitStatus.USAGE):
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+            except OSError:  # a full disk: no room for the holder's note
+                self.release()
+                raise
 
     def acquire_and_release(self) -> None:
         self.acquire()
@@ -339,11 +346,12 @@ def open_shard(job: JobSpec, shard: Shard, assignment: str | None, kept_schema: 
     output's kept-column schema and the ids committed before."""
     out, label = job.output_dir, shard.label
     wanted = fingerprint(job, shard, assignment)
-    if fresh and (moved := move_aside(out, {label}, wanted)):
-        log.warning("moved the old results to %s", moved)
-    kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), kept_schema)
-    sweep_temporaries(out, label)
-    clear_shard_marker(out, label)
-    if retry_errors:
-        drop_error_rows(out / "results", label, job.output.compression)
+    with writing(out, RESUME_ADVICE):
+        if fresh and (moved := move_aside(out, {label}, wanted)):
+            log.warning("moved the old results to %s", moved)
+        kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), kept_schema)
+        sweep_temporaries(out, label)
+        clear_shard_marker(out, label)
+        if retry_errors:
+            drop_error_rows(out / "results", label, job.output.compression)
     return kept, done_ids(out / "results", label)

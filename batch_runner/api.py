@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from .config import JobSpec, load_job
 from .errors import BatchRunnerError, ExitStatus, JobError, writing
 from .mainscript import refuse_in_child_import
-from .output import committed_parts
+from .output import committed_parts, storable
 from .records import Summary
 from .runner import RunOptions
 
@@ -78,7 +78,7 @@ def _record_batches(data: Any) -> Iterable[pa.RecordBatch]:
         import pandas as pd
 
         if isinstance(data, pd.DataFrame):
-            yield from pa.Table.from_pandas(data, preserve_index=False).to_batches(STAGE_BATCH_ROWS)
+            yield from _frame_table(data).to_batches(STAGE_BATCH_ROWS)
             return
     except ImportError:
         pass
@@ -89,6 +89,35 @@ def _record_batches(data: Any) -> Iterable[pa.RecordBatch]:
             yield from table.to_batches()
         return
     raise JobError(f"run(data=...): give a path, a pandas.DataFrame or a datasets.Dataset, not {type(data).__name__}")
+
+
+def _frame_table(frame) -> pa.Table:
+    """A frame as one Arrow table. A column Arrow cannot give one type (ints and strings, ints past
+    64 bits) is staged as text, JSON for non-text values: the CLI stores such a column so too."""
+    try:
+        return pa.Table.from_pandas(frame, preserve_index=False)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        pass
+    columns = {}
+    for name in frame.columns:
+        try:
+            columns[str(name)] = pa.array(frame[name], from_pandas=True)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            columns[str(name)] = _text_column(str(name), frame[name])
+    return pa.table(columns)
+
+
+def _text_column(name: str, values) -> pa.Array:
+    import pandas as pd
+
+    try:
+        texts = [None if pd.api.types.is_scalar(v) and pd.isna(v) else storable(v, pa.string()) for v in values]
+    except ValueError as e:  # a lone surrogate: not text, so no Parquet file can hold it
+        raise JobError(f"run(data=...): column '{name}' holds a value that cannot be stored: {str(e)[:200]}") from None
+    kinds = sorted({type(v).__name__ for v, t in zip(values, texts) if t is not None})
+    log.warning("run(data=...): column '%s' holds %s values; it is stored as text (JSON for non-text values)",
+                name, " and ".join(kinds))
+    return pa.array(texts, pa.string())
 
 
 def _stage_batches(batches: Iterable[pa.RecordBatch]) -> Path:

@@ -312,7 +312,9 @@ def fingerprint(job: JobSpec, shard: Shard, assignment: str | None = None) -> di
     prefix-affinity assignment of rows to shards where there is one (its digest)."""
     return {**({"assignment": assignment} if assignment else {}),
         "model": job.model.model_dump(),
-        "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window", "prefix_affinity"}),
+        # the render bounds decide only which rows fail (--retry-errors runs them again), not a result
+        "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window", "prefix_affinity",
+                                                 "render_timeout_s", "max_render_chars"}),
         "sampling": job.sampling.model_dump(),
         "input": {**input_identity(job.input), "id_column": job.input.id_column,
                   "keep_columns": job.input.keep_columns},

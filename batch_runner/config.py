@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +46,8 @@ class ModelSpec(_Section):
     @model_validator(mode="after")
     def _known_lora(self) -> "ModelSpec":
         if self.lora is not None and self.lora not in self.lora_adapters:
-            raise ValueError(f"lora: '{self.lora}' is not in lora_adapters ({', '.join(self.lora_adapters) or 'none'})")
+            raise ValueError(f"lora: {excerpt(self.lora)} is not in lora_adapters "
+                             f"({_cut(', '.join(self.lora_adapters)) or 'none'})")
         return self
 
 
@@ -123,6 +125,12 @@ class PromptSpec(_Section):
                                                     "shard (else a hash of the id spreads them).")
     expand_env: bool = Field(
         False, description="Expand ${VAR} in system, template and chat_template (default: prompt text is sent as written).")
+    render_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="Longest a row's templates may take to render; past it the row is a "
+                                         "template_error row.")
+    max_render_chars: int = Field(
+        4_000_000, gt=0, le=1_000_000_000, description="Longest text (and largest value) a row's templates may "
+                                                       "build; past it the row is a template_error row.")
 
 
 class SamplingSpec(_Section):
@@ -230,7 +238,8 @@ def expand_env(value: str, where: str, problems: list[str]) -> str:
             return "$"
         var = m.group(1) or m.group(2)
         if var not in os.environ:
-            problems.append(f"{where}: environment variable ${var} is not set (write $$ for a literal $)")
+            problems.append(f"{where}: environment variable ${_cut(var, 60)} is not set "
+                            "(write $$ for a literal $)")
             return m.group(0)
         return os.environ[var]
 
@@ -251,6 +260,92 @@ def _expand_keys(data: dict, problems: list[str]) -> None:
                 node[name] = expand_env(node[name], ".".join([*path[:-1], str(name)]), problems)
 
 
+MAX_JOB_FILE_BYTES = 1 << 20  # a job file is settings and prompts; past this it is a mistake or an attack
+MAX_ALIAS_EXPANSION = 100_000  # values plus characters that YAML aliases may add to a job file
+
+
+class _JobLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting where each alias is used: an alias shares its anchor's node, so
+    nested anchors (an "alias bomb") compose small and expand exponentially in whatever walks them."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self.aliases: list[tuple[yaml.Node, yaml.Mark]] = []
+
+    def compose_node(self, parent, index):
+        mark = self.peek_event().start_mark if self.check_event(yaml.AliasEvent) else None
+        node = super().compose_node(parent, index)
+        if mark is not None:
+            self.aliases.append((node, mark))
+        return node
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], path: set[int]) -> int:
+    """Values and scalar characters of ``node`` with every alias written out (memoized by node);
+    ValueError if it holds itself."""
+    if id(node) in memo:
+        return memo[id(node)]
+    if id(node) in path:
+        raise ValueError("a recursive value")
+    path.add(id(node))
+    if isinstance(node, yaml.ScalarNode):
+        size = 1 + len(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, path) + _expanded_size(v, memo, path) for k, v in node.value)
+    else:
+        size = 1 + sum(_expanded_size(item, memo, path) for item in node.value)
+    path.discard(id(node))
+    memo[id(node)] = size
+    return size
+
+
+def _check_aliases(aliases: list[tuple[yaml.Node, yaml.Mark]], where: str) -> None:
+    """Refuse a document that its aliases expand by more than MAX_ALIAS_EXPANSION, before anything
+    (validation, messages, job.json) walks the expanded values."""
+    if not aliases:
+        return
+    memo: dict[int, int] = {}
+    try:
+        added = sum(_expanded_size(node, memo, set()) for node, _ in aliases)
+    except ValueError:
+        raise JobError(f"{where}: a YAML alias refers to a value that holds it; a job file needs no "
+                       "recursive values") from None
+    if added > MAX_ALIAS_EXPANSION:
+        node, mark = max(aliases, key=lambda a: memo[id(a[0])])
+        raise JobError(f"{where}, line {mark.line + 1}: YAML aliases expand the job file by {added:,} values and "
+                       f"characters, more than the {MAX_ALIAS_EXPANSION:,} allowed (the alias here adds "
+                       f"{memo[id(node)]:,}); write the values out, or use fewer nested aliases")
+
+
+def _load_yaml(text: str, where: str) -> tuple[Any, yaml.Node | None]:
+    """The document and its node graph (for line numbers), its alias expansion bounded."""
+    loader = _JobLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_aliases(loader.aliases, where)
+        return loader.construct_document(node), node
+    except RecursionError:
+        raise JobError(f"{where}: values nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+_EXCERPT = reprlib.Repr()  # stops at its limits: it never walks the whole of a large value
+_EXCERPT.maxlevel, _EXCERPT.maxdict, _EXCERPT.maxlist, _EXCERPT.maxstring, _EXCERPT.maxother = 2, 4, 4, 60, 60
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    """Text that may quote a user's value (a key, a name, a list of names), cut short."""
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """A short, printable excerpt of a user's value for a message: never the whole of a large one."""
+    return _cut(_EXCERPT.repr(value), limit)
+
+
 def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None,
                repeated: list[str] | None = None) -> dict[tuple, int]:
     """Map each mapping key's path to its 1-based line in the YAML file, for error messages.
@@ -263,7 +358,8 @@ def _key_lines(node: yaml.Node, prefix: tuple = (), out: dict | None = None,
             path = prefix + (key.value,)
             line = key.start_mark.line + 1
             if path in out and repeated is not None:
-                repeated.append(f"line {line}: key '{'.'.join(map(str, path))}' is given twice "
+                name = _cut(".".join(map(str, path)), 100)
+                repeated.append(f"line {line}: key '{name}' is given twice "
                                 f"(first at line {out[path]}); merge the two into one")
             else:
                 out[path] = line
@@ -290,24 +386,26 @@ def _describe(err: dict, source: str, lines: dict[tuple, int]) -> str:
     if err["type"] == "extra_forbidden":
         model = _model_for(loc)
         valid = sorted(model.model_fields) if model else []
-        close = difflib.get_close_matches(loc[-1], valid, n=1)
+        close = difflib.get_close_matches(loc[-1][:100], valid, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-        return f"{where}: unknown key '{key}'{hint}"
+        return f"{where}: unknown key '{_cut(key, 100)}'{hint}"
     if err["type"] == "missing":
-        return f"{where}: missing required key '{key}'"
+        return f"{where}: missing required key '{_cut(key, 100)}'"
     msg = err["msg"].removeprefix("Value error, ")
-    return f"{where}: {key}: {msg} (got {err.get('input')!r})"
+    return f"{where}: {_cut(key, 100)}: {_cut(msg)} (got {excerpt(err.get('input'))})"
+
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``--set section.key=value``; the value is read as YAML (numbers, booleans, lists)."""
     if "=" not in text or not text.split("=", 1)[0].strip():
-        raise JobError(f"--set {text!r}: expected section.key=value")
+        raise JobError(f"--set {excerpt(text)}: expected section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw, f"--set {_cut(key, 100)}")[0] if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise JobError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from e
+        raise JobError(f"--set {_cut(key, 100)}: value {excerpt(raw)} is not valid YAML: "
+                       f"{_cut(str(getattr(e, 'problem', None) or e))}") from e
     return key.strip().split("."), value
 
 
@@ -318,7 +416,7 @@ def _apply_overrides(data: dict, overrides: list[str]) -> None:
         for part in path[:-1]:
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
-                raise JobError(f"--set {'.'.join(path)}: '{part}' is not a section")
+                raise JobError(f"--set {_cut('.'.join(path), 100)}: '{_cut(part, 60)}' is not a section")
             node = nxt
         node[path[-1]] = value
 
@@ -327,16 +425,23 @@ def load_job(path: str | Path, overrides: list[str] = ()) -> JobSpec:
     """Read, expand and validate a job file; every problem found goes into one ``JobError``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_JOB_FILE_BYTES + 1)
     except OSError as e:
         raise JobError(f"{path}: cannot read job file: {e.strerror}") from e
+    if len(raw) > MAX_JOB_FILE_BYTES:
+        raise JobError(f"{path}: the job file is larger than {MAX_JOB_FILE_BYTES >> 20} MiB; a job file holds "
+                       "settings and prompts (the rows go in the input)")
     try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JobError(f"{path}: byte {e.start} is not UTF-8; save the job file as UTF-8") from e
+    try:
+        data, node = _load_yaml(text, str(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise JobError(f"{path}{line}: YAML syntax error: {getattr(e, 'problem', None) or e}") from e
+        raise JobError(f"{path}{line}: YAML syntax error: {_cut(str(getattr(e, 'problem', None) or e))}") from e
     if not isinstance(data, dict):
         raise JobError(f"{path}: expected a mapping of sections (model, input, prompt...), got {type(data).__name__}")
     repeated: list[str] = []

@@ -135,7 +135,9 @@ def storable_rows(rows: list[dict[str, Any]], schema: pa.Schema, kept: list[str]
     """Result rows whose kept values fit their columns, so that no row's data can make a write fail.
 
     A kept value that cannot be stored in its column is left out (null) and the row becomes an
-    ``unstorable_value`` error row that names the column; its generated output is kept.
+    ``unstorable_value`` error row that names the column; its generated output is kept. A row that
+    already has an error keeps it (it is why the row has no output), the column named after it. An
+    error message, which may quote a row's value, is stored with unencodable characters escaped.
     """
     types = {name: schema.field(name).type for name in kept}
     clean = []
@@ -148,10 +150,20 @@ def storable_rows(rows: list[dict[str, Any]], schema: pa.Schema, kept: list[str]
                 row[name] = None
                 bad.append(f"column '{name}': {str(e)[:200]}")
         if bad:
-            row["error_code"] = UNSTORABLE
-            row["error"] = f"{UNSTORABLE}: the input value cannot be stored in the results ({'; '.join(bad)})"
+            note = f"the input value cannot be stored in the results ({'; '.join(bad)})"
+            if row.get("error_code"):
+                row["error"] = f"{row['error']}; {UNSTORABLE}: {note}"
+            else:
+                row["error_code"], row["error"] = UNSTORABLE, f"{UNSTORABLE}: {note}"
+        if row.get("error") is not None:
+            row["error"] = _text(row["error"])
         clean.append(row)
     return clean
+
+
+def _text(message: str) -> str:
+    """A message as storable text: a lone surrogate (quoted from a row's value) as its escape."""
+    return message.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def umask() -> int:

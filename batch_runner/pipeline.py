@@ -26,6 +26,7 @@ from .records import Completion, Request, ResultRow
 from .scheduler import chunked
 from .stats import BatchTimes
 from .stop import StopRequest
+from .template_bounds import RenderStopped
 
 log = logging.getLogger("batch_runner")
 
@@ -65,6 +66,7 @@ class Pipeline:
         self.in_engine: dict[str, Request] = {}  # submitted, not yet finished
         self.lock = threading.Lock()  # the loop and the stop watchdog never commit at once
         stop.on_timeout = self.hard_stop
+        builder.renderer.guard.stopping = lambda: stop.requested is not None  # a stop ends a long render
 
     def run(self, rows: Iterable[tuple[str, InputRow]]) -> None:
         """Run every row; on a stop request, save what finished and return."""
@@ -73,8 +75,11 @@ class Pipeline:
             for number, batch in enumerate(chunked(rows, self.batch_size)):
                 if self.stop.requested:
                     break
-                with self.lock:
-                    self.submit(number, batch)
+                try:
+                    with self.lock:
+                        self.submit(number, batch)
+                except RenderStopped:  # none of the batch was submitted: its rows run on resume
+                    break
                 while self.engine.unfinished() >= self.queue_target and not self.stop.requested:
                     self.collect()
             while self.in_engine and not self.stop.requested:

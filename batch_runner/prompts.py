@@ -8,15 +8,19 @@ never evaluates them, and the sandbox keeps the job's own template away from Pyt
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import jinja2
+import jinja2.ext
 from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .config import PromptSpec
 from .errors import JobError, RowError
+from .template_bounds import BoundedEnvironment, RenderBounds, RenderGuard, RenderLimit, render
 
 _TRUNCATION_MARGIN = 4  # tokens; re-tokenizing cut text can merge a token or two differently
 
@@ -54,6 +58,29 @@ def _check_messages(value: Any, column: str) -> list[dict[str, Any]]:
     return value
 
 
+class _ChatEnvironment(BoundedEnvironment, ImmutableSandboxedEnvironment):
+    """A job's own chat template runs under the same bounds as its user template, in the
+    environment transformers gives chat templates (apply_chat_template's globals and filters)."""
+
+
+def _raise_exception(message: str):
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _chat_template(source: str, guard: RenderGuard) -> jinja2.Template:
+    env = _ChatEnvironment(guard, trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = env._bounded_filter("tojson", _tojson)
+    env.globals.update(raise_exception=_raise_exception, strftime_now=lambda f: datetime.now().strftime(f))
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise JobError(f"prompt.chat_template, line {e.lineno}: template syntax error: {e.message}") from e
+
+
 class PromptRenderer:
     """Turns one input row into a ``RenderedPrompt``, or raises ``RowError``.
 
@@ -69,8 +96,10 @@ class PromptRenderer:
         self.max_tokens = max_tokens
         self._template = None
         self.columns: list[str] = []  # columns every row must have (checked by the pre-flight pass)
+        self.guard = RenderGuard(RenderBounds(spec.render_timeout_s, spec.max_render_chars))
+        self._chat = _chat_template(spec.chat_template, self.guard) if spec.chat_template is not None else None
         if spec.template is not None:
-            env = SandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+            env = BoundedEnvironment(self.guard, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
             try:
                 self._template = env.from_string(spec.template)
                 self.columns = sorted(meta.find_undeclared_variables(env.parse(spec.template)))
@@ -128,9 +157,11 @@ class PromptRenderer:
                 raise RowError("missing_column", f"the template needs column '{column}', which this row lacks")
             _check_value(column, row[column])
         try:
-            return self._template.render(row)  # a mapping, not keywords: a column may be named 'self'
-        except jinja2.TemplateError as e:
-            raise RowError("template_error", f"{type(e).__name__}: {e}") from e
+            return render(self._template, self.guard, row)  # a mapping, not keywords: a column may be named 'self'
+        except RenderLimit as e:
+            raise RowError("template_error", str(e)) from None
+        except Exception as e:  # the template failed on this row's values (1/0, 'a' + 1, a recursion...)
+            raise RowError("template_error", f"{type(e).__name__}: {str(e)[:500]}") from None
 
     def chat_text(self, system: str | None, user: str) -> str:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
@@ -138,10 +169,19 @@ class PromptRenderer:
 
     def _apply_chat(self, messages: list[dict[str, Any]]) -> str:
         try:
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True, chat_template=self.spec.chat_template)
+            if self._chat is not None:  # the job's own: bounded as its user template is
+                return render(self._chat, self.guard, {**self.tokenizer.special_tokens_map, "messages": messages,
+                                                       "add_generation_prompt": True, "tools": None,
+                                                       "documents": None})
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except RenderLimit as e:
+            raise RowError("template_error", f"the chat template: {e}") from None
         except Exception as e:  # the model's template may reject a chat (roles out of order...)
-            raise RowError("template_error", f"the chat template rejected the messages: {e}") from e
+            raise RowError("template_error", f"the chat template rejected the messages: {str(e)[:500]}") from None
+        if len(text) > self.guard.bounds.max_chars:  # the model's template is timed; its size counted here
+            raise RowError("template_error", f"the chat template's text is longer than prompt.max_render_chars "
+                                             f"({self.guard.bounds.max_chars:,})")
+        return text
 
     def encode(self, text: str) -> list[int]:
         # The chat template already holds the special tokens (BOS...): add none twice.
@@ -161,13 +201,17 @@ class PromptRenderer:
         """
         out: list[RenderedPrompt | RowError | None] = [None] * len(rows)
         parts: list[tuple[int, str | None, str | None, str, bool]] = []
-        for i, row in enumerate(rows):
-            try:
-                part = self._text(row)
-                _check_text(part[2])
-                parts.append((i, *part))
-            except RowError as e:
-                out[i] = e
+        with self.guard.batch():  # each row's render bounded in time and memory; a stop ends it
+            for i, row in enumerate(rows):
+                try:
+                    with self.guard:  # this row's deadline
+                        part = self._text(row)
+                    _check_text(part[2])
+                    parts.append((i, *part))
+                except RowError as e:
+                    out[i] = e
+                except RenderLimit as e:  # the timer's, between two steps of the row's checks
+                    out[i] = RowError("template_error", str(e))
         encoded: dict[int, list[int]] = {}
         for is_chat in (True, False):
             group = [p for p in parts if p[4] is is_chat]
@@ -197,7 +241,9 @@ class PromptRenderer:
             cut = n + want - limit + _TRUNCATION_MARGIN
             if cut < len(user_ids):
                 kept = self.tokenizer.decode(user_ids[: len(user_ids) - cut])
-                new_ids = self.encode(self.chat_text(system, kept))
+                with self.guard:  # the chat template runs again, on the cut text: bounded as the first time
+                    text = self.chat_text(system, kept)
+                new_ids = self.encode(text)
                 if len(new_ids) + want <= limit:
                     return RenderedPrompt(new_ids, key, want, f"prompt truncated from {n} to {len(new_ids)} tokens")
         raise RowError("prompt_too_long",

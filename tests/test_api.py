@@ -1,7 +1,10 @@
 """The Python API: a job on a path, a pandas frame or a datasets.Dataset, results as a datasets.Dataset."""
 
+import json
+
 import datasets
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 import batch_runner
@@ -58,3 +61,18 @@ def test_the_real_engine_through_the_api(tmp_path):
                            overrides=["sampling.max_tokens=8"])
     assert got["id"] == list(frame(6)["id"])
     assert all(got["output"]) and set(got["finish_reason"]) <= {"stop", "length"}
+
+
+@pytest.mark.parametrize("values", [[3, "c1"], ["c0", 3], [2**64, 5], [1.5, "x"], [True, {"k": [1]}]],
+                         ids=["int-then-str", "str-then-int", "past-64-bits", "float-and-str", "bool-and-dict"])
+def test_a_frame_column_of_mixed_kinds_is_stored_as_text_as_the_cli_does(fake, tmp_path, caplog, values):
+    data = frame(6)
+    data["code"] = pd.Series([values[i % 2] for i in range(6)], dtype=object)
+    fake()
+    got = batch_runner.run(SUMMARIZE, data, output_dir=tmp_path / "out", progress=False,
+                           overrides=["input.keep_columns=[code]"])
+    assert got["id"] == list(data["id"]) and got["error_code"] == [None] * 6
+    as_text = [v if isinstance(v, str) else json.dumps(v) for v in values]
+    assert got["code"] == [as_text[i % 2] for i in range(6)]
+    assert pq.read_schema(next((tmp_path / "out" / "results").glob("part-*.parquet"))).field("code").type == "string"
+    assert "column 'code' holds" in caplog.text and "stored as text" in caplog.text

@@ -38,6 +38,8 @@ def test_unknown_key_names_nearest_valid_key_and_line(tmp_path):
     ("engine", "gpu_memory_utilization", 2, "engine.gpu_memory_utilization"),
     ("engine", "tensor_parallel_size", 0, "engine.tensor_parallel_size"),
     ("output", "batch_size", -1, "output.batch_size"),
+    ("prompt", "render_timeout_s", 0, "prompt.render_timeout_s"),
+    ("prompt", "max_render_chars", -1, "prompt.max_render_chars"),
 ])
 def test_bad_values_name_the_key(tmp_path, section, key, value, expected):
     path = write_job(tmp_path, **{section: {key: value}})
@@ -97,3 +99,105 @@ def test_input_needs_exactly_one_source(tmp_path):
     path = write_job(tmp_path, input={"dataset": {"path": "x"}})
     with pytest.raises(JobError, match="exactly one of input.path or input.dataset"):
         load_job(path)
+
+
+# Issue 25, item 3: YAML aliases expand without bound; a message never quotes more than an excerpt.
+def alias_bomb(indent: str = "") -> str:
+    """Ten levels of nine aliases: 9**10 values once written out, a few hundred bytes as YAML."""
+    lines = [f'{indent}a0: &a0 [{", ".join(["lol"] * 9)}]']
+    lines += [f'{indent}a{i}: &a{i} [{", ".join([f"*a{i - 1}"] * 9)}]' for i in range(1, 10)]
+    return "\n".join(lines) + "\n"
+
+
+def bounded_cli(*args, limit_gib: int = 4):
+    """The CLI in a process of its own with its memory capped: before the fix, a bomb fails it
+    (MemoryError) rather than the machine."""
+    import resource
+    import subprocess
+
+    from conftest import batch_run_cmd
+
+    cap = limit_gib << 30
+    return subprocess.run(batch_run_cmd(*args), capture_output=True, text=True, timeout=180,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)))
+
+
+@pytest.mark.parametrize("where", ["description", "engine.extra", "--set"])
+def test_an_alias_bomb_is_refused_naming_the_file_and_line(tmp_path, where):
+    path = write_job(tmp_path)
+    text, sets = path.read_text(), []
+    if where == "--set":
+        flow = alias_bomb().replace("\n", ", ").rstrip(", ")
+        sets = ["--set", f"engine.extra={{{flow}}}"]
+    else:
+        text = text.replace("engine:\n", "engine:\n  extra:\n" + alias_bomb("    "), 1)
+        if where == "description":
+            text = "\n".join(l for l in text.splitlines() if not l.startswith("description:")) + "\ndescription: *a9\n"
+        path.write_text(text)
+    result = bounded_cli("run", path, "--dry-run", *sets)
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip()
+    assert "YAML aliases expand" in message and "Traceback" not in message
+    if where != "--set":  # the line of the alias that expands most
+        largest = "description: *a9" if where == "description" else "&a9"
+        line = next(i for i, l in enumerate(text.splitlines(), 1) if largest in l)
+        assert f"{path}, line {line}:" in message
+    assert len(message) < 600  # never the expanded value
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_few_aliases_still_load(tmp_path):
+    path = write_job(tmp_path)
+    text = path.read_text().replace("  temperature: 0\n", "  temperature: &t 0.5\n  top_p: *t\n", 1)
+    path.write_text(text)
+    job = load_job(path)
+    assert job.sampling.temperature == job.sampling.top_p == 0.5
+
+
+def test_a_recursive_alias_and_deep_nesting_are_refused(tmp_path):
+    path = write_job(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace("engine:\n", "engine:\n  extra:\n    loop: &loop [*loop]\n", 1))
+    with pytest.raises(JobError, match="refers to a value that holds it"):
+        load_job(path)
+    path.write_text(text.replace("engine:\n", "engine:\n  extra:\n    deep: " + "[" * 5000 + "]" * 5000 + "\n", 1))
+    with pytest.raises(JobError, match="nested too deeply"):
+        load_job(path)
+
+
+def test_a_job_file_past_its_size_bound_is_refused(tmp_path):
+    path = write_job(tmp_path, prompt={"system": "x" * (2 << 20)})
+    with pytest.raises(JobError, match="larger than 1 MiB") as e:
+        load_job(path)
+    assert len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("engine", "profile", "fast" * 100_000),
+    ("model", "lora", "x" * 100_000),
+    ("sampling", "top_p", list(range(100_000))),
+    ("engine", "x" * 100_000, 1),
+])
+def test_a_message_quotes_only_an_excerpt_of_a_value(tmp_path, section, key, value):
+    path = write_job(tmp_path, **{section: {key: value}})
+    with pytest.raises(JobError) as e:
+        load_job(path)
+    assert str(path) in str(e.value) and section in str(e.value)
+    assert len(str(e.value)) < len(str(path)) + 600
+
+
+def test_a_bad_set_value_is_quoted_as_an_excerpt(tmp_path):
+    with pytest.raises(JobError) as e:
+        load_job(write_job(tmp_path), ["sampling.stop=[" + "x, " * 100_000 + "{"])
+    assert "--set sampling.stop" in str(e.value) and len(str(e.value)) < 600
+    with pytest.raises(JobError) as e:
+        load_job(write_job(tmp_path), ["x" * 100_000])
+    assert "expected section.key=value" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_a_yaml_error_quotes_only_an_excerpt(tmp_path):
+    path = write_job(tmp_path)
+    path.write_text(path.read_text() + "description: *" + "a" * 100_000 + "\n")  # an undefined alias, named
+    with pytest.raises(JobError, match="YAML syntax error: found undefined alias") as e:
+        load_job(path)
+    assert len(str(e.value)) < len(str(path)) + 400

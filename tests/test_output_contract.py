@@ -80,6 +80,30 @@ def test_values_past_64_bits_and_unstorable_text_never_fail_a_commit(cli, fake, 
     assert df["error_code"].notna().sum() == 1
 
 
+def test_a_prompt_problem_in_a_kept_column_is_reported_and_no_error_text_fails_a_write(cli, fake, tmp_path):
+    fake()
+    rows = news_rows(6)
+    for r in rows:
+        r["code"] = ""
+    lines = [json.dumps(r) for r in rows]
+    lines[2] = lines[2].replace('"title": "', '"title": "\\udc80', 1)  # kept and used by the template
+    lines[4] = lines[4].replace('"code": ""', '"code": "\\ud800!"')  # quoted by the chat template's error
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    chat = ("{% for m in messages %}{% if m.content.endswith('!') %}{{ raise_exception('bad ' + m.content[-2:]) }}"
+            "{% endif %}{{ m.content }}{% endfor %}")
+    job = write_job(tmp_path, input={"path": str(tmp_path / "in.jsonl"), "keep_columns": ["title"]},
+                    prompt={"template": "{{ title }} {{ text }}{{ code }}", "chat_template": chat})
+    result = cli("run", job)
+    assert result.exit_code == 3, result.output
+    df = read_everywhere(tmp_path / "out").set_index("id")
+    assert len(df) == 6 and df["error_code"].notna().sum() == 2
+    bad = df.loc["news-0002"]
+    assert bad["error_code"] == "invalid_value" and "not valid Unicode" in bad["error"]  # the prompt problem
+    assert "column 'title'" in bad["error"] and pd.isna(bad["title"]) and pd.isna(bad["output"])  # never ran
+    quoted = df.loc["news-0004"]
+    assert quoted["error_code"] == "template_error" and "bad \\ud800!" in quoted["error"]  # escaped, not lost
+
+
 # 3. result column names are reserved
 @pytest.mark.parametrize("column", ["id", "output", "batch", "error"])
 def test_kept_column_that_clashes_with_a_result_column_is_refused(cli, tmp_path, column):

@@ -191,17 +191,15 @@ class OutputLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
-            raise ResumeConflict(f"{self.path.parent}: another run is writing to this output "
-                                 f"({holder}); wait for it to finish, or use another --output") from None
+            raise ResumeConflict(self.busy(lock_holder(self.path))) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         self._fd = fd
 
-    def acquire_and_release(self) -> None:
-        self.acquire()
-        self.release()
+    def busy(self, holder: str) -> str:
+        return (f"{self.path.parent}: another run is writing to this output ({holder}); wait for it to "
+                "finish, or use another --output")
 
     def release(self) -> None:
         if self._fd is not None:
@@ -216,10 +214,19 @@ class OutputLock:
         self.release()
 
 
+def lock_holder(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[:200] or "unknown process"
+    except OSError:
+        return "unknown process"
+
+
 def check_not_locked(out: Path, shard: str) -> None:
-    """Fail at once, naming the holder, when a run holds this shard's lock (creates nothing)."""
-    if (out / f".lock-{shard}").exists():
-        OutputLock(out, shard).acquire_and_release()
+    """Fail at once, naming the holder, when a run holds this shard's lock. A probe: it creates and
+    writes nothing (a refusal leaves the output as it was); the run takes the lock for real later."""
+    if output_locked(out, shard):
+        lock = OutputLock(out, shard)
+        raise ResumeConflict(lock.busy(lock_holder(lock.path)))
 
 
 def output_locked(out: Path, shard: str) -> bool:

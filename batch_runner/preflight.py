@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .affinity import Membership, assign
 from .config import InputSpec, JobSpec
-from .engine import check_sampling
+from .engine import check_sampling, engine_arguments
 from .errors import JobError, RowError
 from .inputs import INVALID, describe_source, iter_rows, row_id
 from .models import context_length, load_tokenizer, resolve_model
@@ -217,6 +217,8 @@ class Preflight:
     renderer: PromptRenderer
     report: InputReport
     membership: Membership  # which rows are this shard's (by id hash, or by prefix group)
+    engine_args: dict[str, Any] = field(default_factory=dict)  # for vllm.LLM, checked against vLLM's EngineArgs
+    dropped: list[str] = field(default_factory=list)  # engine options the installed vLLM lacks (not passed)
 
 
 def preflight(job: JobSpec, shard: Shard) -> Preflight:
@@ -226,10 +228,12 @@ def preflight(job: JobSpec, shard: Shard) -> Preflight:
     tokenizer = load_tokenizer(model_path, job)
     renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
     check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
+    # engine.extra keys vLLM does not know fail here too: a refusal must come before --fresh moves anything
+    engine_args, dropped = engine_arguments(model_path, job.model, job.engine)
     p = job.prompt
     assignment = assign(job, renderer.prefix_key, shard.count) \
         if p.group_by_prefix and p.prefix_affinity and shard.count > 1 else None
     membership = Membership(shard, assignment, renderer.prefix_key)
     report = check_input(job.input, columns_read(job, renderer), membership.owns)
     report.assignment = assignment.digest if assignment else None
-    return Preflight(model_path, renderer, report, membership)
+    return Preflight(model_path, renderer, report, membership, engine_args, dropped)

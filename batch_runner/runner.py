@@ -26,8 +26,7 @@ import pyarrow as pa
 from . import checkpoint
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
-from .engine import (Engine, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, max_num_seqs,
-                     vllm_version)
+from .engine import Engine, check_vllm_version, get_engine, is_cpu_platform, max_num_seqs, vllm_version
 from .errors import ExitStatus
 from .metrics import RunMetrics
 from .pipeline import Pipeline
@@ -138,7 +137,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
 
 def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Engine]:
     job = ctx.job
-    args, dropped = engine_arguments(ctx.pre.model_path, job.model, job.engine)
+    args, dropped = dict(ctx.pre.engine_args), ctx.pre.dropped  # checked by the pre-flight
     if dropped:
         log.warning("engine options not in vLLM %s, not passed: %s", vllm_version(), ", ".join(dropped))
     if job.model.lora_adapters and job.model.lora is None and is_cpu_platform():

@@ -222,11 +222,16 @@ def lock_holder(path: Path) -> str:
 
 
 def check_not_locked(out: Path, shard: str) -> None:
-    """Fail at once, naming the holder, when a run holds this shard's lock. A probe: it creates and
-    writes nothing (a refusal leaves the output as it was); the run takes the lock for real later."""
-    if output_locked(out, shard):
-        lock = OutputLock(out, shard)
-        raise ResumeConflict(lock.busy(lock_holder(lock.path)))
+    """Fail at once, naming the holder, when a run holds this shard's lock, or the lock of any shard
+    of another split of this output (a run over other shards than ours would be refused later
+    anyway, as a different job). A probe: it creates and writes nothing (a refusal leaves the output
+    as it was); the run takes its lock for real after the pre-flight."""
+    split = shard.partition("-of-")[2]
+    labels = [p.name.removeprefix(".lock-") for p in out.glob(".lock-*")] if out.is_dir() else []
+    for label in [shard] + sorted(x for x in labels if x.partition("-of-")[2] != split):
+        if output_locked(out, label):
+            lock = OutputLock(out, label)
+            raise ResumeConflict(lock.busy(lock_holder(lock.path)))
 
 
 def output_locked(out: Path, shard: str) -> bool:

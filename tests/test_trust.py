@@ -52,3 +52,53 @@ def test_fresh_changes_nothing_when_any_check_refuses_the_run(cli, done, tmp_pat
     assert named in result.output and "Traceback" not in result.output
     assert snapshot(tmp_path) == before  # no job.json rewritten, nothing moved aside
     assert not list(tmp_path.glob("out.replaced-*"))
+
+
+# 10. a busy output is refused before the pre-flight, and the refusal creates and changes nothing
+BUSY = {
+    "local": ([], ["0000-of-0001"], {}),
+    "--shard": (["--shard", "1/2"], ["0001-of-0002"], {}),
+    "data_parallel": (["--set", "engine.data_parallel=2"], ["0000-of-0002", "0001-of-0002"], {}),
+    "slurm array task": ([], ["0001-of-0002"], {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2",
+                                                 "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "1"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BUSY))
+def test_a_busy_output_is_refused_before_the_preflight(cli, fake, tmp_path, monkeypatch, case):
+    args, held, env = BUSY[case]
+    fake()
+    path = write_jsonl(tmp_path / "in.jsonl", news_rows(6))
+    job = write_job(tmp_path, input={"path": str(path)})
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    def too_late(*a, **kw):
+        raise AssertionError("the pre-flight ran on a busy output")
+    monkeypatch.setattr("batch_runner.runner.preflight", too_late)
+    locks = [OutputLock(tmp_path / "out", label) for label in held]
+    for lock in locks:
+        lock.acquire()
+    try:
+        before = snapshot(tmp_path)
+        result = cli("run", job, "--fresh", *args)
+        after = snapshot(tmp_path)
+    finally:
+        for lock in locks:
+            lock.release()
+    assert result.exit_code == 2, result.output
+    assert "another run is writing to this output" in result.output and f"pid " in result.output
+    assert after == before
+
+
+def test_a_run_over_another_split_of_a_busy_output_is_refused_before_the_preflight(cli, fake, tmp_path,
+                                                                                   monkeypatch):
+    fake()
+    job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", news_rows(6)))})
+    assert cli("run", job, "--shard", "0/2").exit_code == 0
+    monkeypatch.setattr("batch_runner.runner.preflight", lambda *a: pytest.fail("the pre-flight ran"))
+    with OutputLock(tmp_path / "out", "0001-of-0002"):  # an array task runs shard 1 of 2 now
+        before = snapshot(tmp_path)
+        result = cli("run", job, "--fresh")  # one shard of all the rows: a different job
+        assert snapshot(tmp_path) == before
+    assert result.exit_code == 2 and "another run is writing to this output" in result.output

@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from .config import JobSpec
 from .errors import JobError, ResumeConflict
-from .inputs import input_identity, resolve_files
+from .digest import InputContent, changed_files
+from .inputs import resolve_files
 from .sharding import Shard
 from .output import committed_parts, sweep_temporaries, write_json
 
@@ -59,26 +60,37 @@ def read_job_record(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any], kept: pa.Schema) -> pa.Schema:
-    """Record the fingerprint and the kept columns' types in a new output; refuse an output
-    written by a different job. Returns the kept schema every part of this output must have."""
+def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any], kept: pa.Schema,
+                      content: InputContent) -> pa.Schema:
+    """Record the fingerprint, the input's block digests and the kept columns' types in a new output;
+    refuse an output written by a different job. Returns the kept schema every part must have."""
     recorded = read_job_record(out)
     if recorded is not None:
         if recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
-            raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint))
+            raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint, content))
         if "kept_schema" in recorded:  # decided by the first run, from the whole input
             return schema_from_record(recorded["kept_schema"])
     write_json(out / "job.json", {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint,
-                                  "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job})
+                                  "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job,
+                                  "input_blocks": content.blocks()})
     return kept
 
 
-def fingerprint_conflict(out: Path, recorded: dict[str, Any], fingerprint: dict[str, Any]) -> list[str]:
-    changes = changed_keys(recorded.get("fingerprint", {}), fingerprint)
+_AGAIN = ("Rerun with --fresh to move the old results aside and start over, or write elsewhere with "
+          "--output DIR.")
+
+
+def fingerprint_conflict(out: Path, recorded: dict[str, Any], fingerprint: dict[str, Any],
+                         content: InputContent) -> list[str]:
+    old = recorded.get("fingerprint", {})
+    old_input = old.get("input", {})
+    if isinstance(old_input.get("files"), list):  # job.json of a batch-run that recorded sizes only
+        return [f"{out}: its job.json records the input's file sizes, not its content (written by an older "
+                "batch-run), so a resumed run cannot tell whether the input changed. " + _AGAIN]
+    files = changed_files(recorded.get("input_blocks"), old_input, content) if "files" in old_input else []
+    changes = files + [c for c in changed_keys(old, fingerprint) if not c.startswith("input.files.")]
     text = (f"{out} holds results of a different job; resuming would mix them. What changed:\n"
-            + "\n".join(f"  {c}" for c in changes[:20])
-            + "\nRerun with --fresh to move the old results aside and start over, "
-              "or write elsewhere with --output DIR.")
+            + "\n".join(f"  {c}" for c in changes[:20]) + "\n" + _AGAIN)
     return [text]  # one problem, however many lines
 
 
@@ -312,14 +324,15 @@ __all__ = ["OutputLock", "check_fingerprint", "check_output_dir", "done_ids", "d
            "fingerprint_hash", "mark_shard_done", "clear_shard_marker"]
 
 
-def fingerprint(job: JobSpec, shard: Shard, assignment: str | None = None) -> dict[str, Any]:
-    """What determines the results: model, rendering, sampling, input identity, shard count, and the
-    prefix-affinity assignment of rows to shards where there is one (its digest)."""
+def fingerprint(job: JobSpec, shard: Shard, assignment: str | None, content: InputContent) -> dict[str, Any]:
+    """What determines the results: model, rendering, sampling, the input's content, shard count, and
+    the prefix-affinity assignment of rows to shards where there is one (its digest)."""
+    source = {"dataset": job.input.dataset} if job.input.dataset is not None or job.input.format == "hf" else {}
     return {**({"assignment": assignment} if assignment else {}),
         "model": job.model.model_dump(),
         "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window", "prefix_affinity"}),
         "sampling": job.sampling.model_dump(),
-        "input": {**input_identity(job.input), "id_column": job.input.id_column,
+        "input": {**source, **content.identity(), "id_column": job.input.id_column,
                   "keep_columns": job.input.keep_columns},
         "shards": shard.count,
     }
@@ -344,14 +357,14 @@ def check_output_folder(job: JobSpec, shard: Shard, job_file: Path | None) -> No
 
 
 def open_shard(job: JobSpec, shard: Shard, assignment: str | None, kept_schema: pa.Schema, fresh: bool,
-               retry_errors: bool) -> tuple[pa.Schema, set[str]]:
+               retry_errors: bool, content: InputContent) -> tuple[pa.Schema, set[str]]:
     """Under the shard's lock: the fingerprint check (and --fresh), the resume state. Returns the
     output's kept-column schema and the ids committed before."""
     out, label = job.output_dir, shard.label
-    wanted = fingerprint(job, shard, assignment)
+    wanted = fingerprint(job, shard, assignment, content)
     if fresh and (moved := move_aside(out, {label}, wanted)):
         log.warning("moved the old results to %s", moved)
-    kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), kept_schema)
+    kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), kept_schema, content)
     sweep_temporaries(out, label)
     clear_shard_marker(out, label)
     if retry_errors:

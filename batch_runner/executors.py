@@ -87,7 +87,7 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
     for s in shards:
         checkpoint.check_output_folder(job, s, options.job_file)
     report = run_shard(job, RunOptions(dry_run=True, dry_run_rows=0, shard=shards[0])).preview["report"]
-    wanted = checkpoint.fingerprint(job, shards[0], report.assignment)
+    wanted = checkpoint.fingerprint(job, shards[0], report.assignment, report.content)
     out.mkdir(parents=True, exist_ok=True)
     if options.fresh:
         locks = [checkpoint.OutputLock(out, s.label) for s in shards]
@@ -99,7 +99,8 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
         finally:
             for lock in locks:
                 lock.release()
-    checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema)
+    checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema,
+                                report.content)
 
 
 def run_on_node(job: JobSpec, options: RunOptions, workers: list[Worker], tp: int, verbose: bool) -> Execution:

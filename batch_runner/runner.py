@@ -93,7 +93,7 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     job.output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.OutputLock(job.output_dir, shard.label), StopRequest() as stop:
         kept, done = checkpoint.open_shard(job, shard, pre.report.assignment, pre.report.kept_schema,
-                                           options.fresh, options.retry_errors)
+                                           options.fresh, options.retry_errors, pre.report.content)
         return _run_rows(ctx, options, stop, kept, done)
 
 

@@ -5,12 +5,19 @@ output are refused, never counted as done; --fresh acts only after every check; 
 refused before the pre-flight. Through the CLI in-process, with the fake engine.
 """
 
+import gzip
 import hashlib
 import json
+import os
+import re
+import shutil
+import time
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from batch_runner.checkpoint import OutputLock
+from batch_runner.checkpoint import OutputLock, fingerprint_hash
 from conftest import news_rows, write_job, write_jsonl
 
 
@@ -19,6 +26,11 @@ def snapshot(folder) -> dict:
     return {str(p.relative_to(folder)): (p.is_symlink(), hashlib.sha256(p.read_bytes()).hexdigest()
                                          if p.is_file() and not p.is_symlink() else None)
             for p in sorted(folder.rglob("*"))}
+
+
+def unlocked(files: dict) -> dict:
+    """A snapshot without the lock files: a run that took the lock to compare under it wrote its pid there."""
+    return {k: v for k, v in files.items() if not k.startswith(".lock-")}
 
 
 @pytest.fixture
@@ -102,3 +114,100 @@ def test_a_run_over_another_split_of_a_busy_output_is_refused_before_the_preflig
         result = cli("run", job, "--fresh")  # one shard of all the rows: a different job
         assert snapshot(tmp_path) == before
     assert result.exit_code == 2 and "another run is writing to this output" in result.output
+
+
+# 1. the fingerprint holds the input's content: a same-size edit is refused, a touch resumes
+def edit_in_place(path, line: int, new: str) -> None:
+    """Overwrite the start of a row's text on a 1-based line, keeping the file's size."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    at = lines[line - 1].index(b'"text": "') + len('"text": "')
+    lines[line - 1] = lines[line - 1][:at] + new.encode() + lines[line - 1][at + len(new):]
+    path.write_bytes(b"".join(lines))
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr("batch_runner.digest.BLOCK_BYTES", 2048)  # a few lines per block, as MiBs are in big files
+
+
+def test_an_edit_that_keeps_the_size_is_refused_naming_the_file_and_its_lines(cli, small_blocks, done):
+    job, path, out = done
+    size = path.stat().st_size
+    edit_in_place(path, 17, "ZZ")
+    assert path.stat().st_size == size
+    before = snapshot(out)
+    result = cli("run", job)
+    assert result.exit_code == 2, result.output
+    assert f"input file {path.resolve()} changed (same size): the first change is in lines " in result.output
+    first, last = map(int, re.search(r"in lines (\d+)-(\d+)", result.output).groups())
+    assert first <= 17 <= last and last - first <= 6
+    assert "--fresh" in result.output and "Traceback" not in result.output
+    assert unlocked(snapshot(out)) == unlocked(before)  # exit 2: nothing changed
+    again = cli("run", job, "--fresh")
+    assert again.exit_code == 0 and "0 were done before" in again.output, again.output
+
+
+def test_a_touched_input_resumes(cli, done):
+    job, path, out = done
+    os.utime(path, (time.time() + 3600, time.time() + 3600))  # new mtime, same bytes
+    result = cli("run", job)
+    assert result.exit_code == 0 and "30 were done before" in result.output, result.output
+
+
+@pytest.mark.parametrize("kind", ["gzip", "parquet", "a file added to the input folder"])
+def test_changed_compressed_parquet_and_folder_inputs_are_refused(cli, fake, tmp_path, kind):
+    fake()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = news_rows(12)
+    if kind == "parquet":
+        path = folder / "in.parquet"
+        write = lambda rows: pq.write_table(pa.Table.from_pylist(rows), path)  # noqa: E731
+    else:
+        path = folder / ("in.jsonl.gz" if kind == "gzip" else "in.jsonl")
+        write = lambda rows: path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(),  # noqa: E731
+                                                            mtime=0) if kind == "gzip" else
+                                              "".join(json.dumps(r) + "\n" for r in rows).encode())
+    write(rows)
+    job = write_job(tmp_path, input={"path": str(folder)})
+    assert cli("run", job).exit_code == 0
+    if kind == "a file added to the input folder":
+        write_jsonl(folder / "more.jsonl", [{**r, "id": r["id"] + "-b"} for r in rows])
+        expected = f"input file {(folder / 'more.jsonl').resolve()}: new in the input"
+    else:
+        rows[5] = {**rows[5], "text": rows[5]["text"].replace(rows[5]["text"][:2], "ZZ", 1)}
+        write(rows)
+        expected = f"input file {path.resolve()} changed"
+    result = cli("run", job)
+    assert result.exit_code == 2 and expected in result.output, result.output
+    if kind != "a file added to the input folder":
+        assert "its bytes differ from byte 0 on" in result.output  # no line numbers in compressed bytes
+
+
+def test_an_output_recorded_with_sizes_only_gets_a_clear_message(cli, done):
+    job, path, out = done
+    record = json.loads((out / "job.json").read_text())
+    record["fingerprint"]["input"]["files"] = [[str(path.resolve()), path.stat().st_size]]  # as before issue 25
+    record.pop("input_blocks")
+    record["fingerprint_hash"] = fingerprint_hash(record["fingerprint"])
+    (out / "job.json").write_text(json.dumps(record))
+    result = cli("run", job)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "records the input's file sizes, not its content" in result.output and "--fresh" in result.output
+
+
+def test_a_changed_hf_dataset_is_refused_by_its_content_fingerprint(cli, fake, tmp_path):
+    import datasets
+
+    fake()
+    rows = news_rows(8)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    job = write_job(tmp_path, input={"path": None, "dataset": {"path": str(tmp_path / "ds")}})
+    assert cli("run", job).exit_code == 0
+    assert "8 were done before" in cli("run", job).output  # the same dataset resumes
+    rows[2] = {**rows[2], "text": "ZZ" + rows[2]["text"][2:]}
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds2"))
+    shutil.rmtree(tmp_path / "ds")
+    (tmp_path / "ds2").rename(tmp_path / "ds")  # same folder, same size, other content
+    result = cli("run", job)
+    assert result.exit_code == 2 and "input.dataset_fingerprint:" in result.output, result.output

@@ -16,8 +16,9 @@ import os
 import re
 import socket
 import time
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -28,7 +29,11 @@ from .errors import JobError, ResumeConflict
 from .digest import InputContent, changed_files
 from .inputs import resolve_files
 from .sharding import Shard
-from .output import committed_parts, sweep_temporaries, write_json
+from .output import committed_parts, create_json, sweep_temporaries, write_json
+from .ownership import MAX_NAMED, ForeignFiles, part_identity, refuse_foreign
+
+if TYPE_CHECKING:
+    from .preflight import InputReport
 
 log = logging.getLogger("batch_runner")
 
@@ -62,18 +67,25 @@ def read_job_record(out: Path) -> dict[str, Any] | None:
 
 def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any], kept: pa.Schema,
                       content: InputContent) -> pa.Schema:
-    """Record the fingerprint, the input's block digests and the kept columns' types in a new output;
-    refuse an output written by a different job. Returns the kept schema every part must have."""
+    """Record the fingerprint, the input's block digests, the kept columns' types and a new output id
+    in a new output; refuse an output written by a different job. Returns the kept schema every
+    part of this output must have."""
     recorded = read_job_record(out)
-    if recorded is not None:
-        if recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
-            raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint, content))
-        if "kept_schema" in recorded:  # decided by the first run, from the whole input
-            return schema_from_record(recorded["kept_schema"])
-    write_json(out / "job.json", {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint,
-                                  "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job,
-                                  "input_blocks": content.blocks()})
-    return kept
+    if recorded is None:
+        record = {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint,
+                  "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job,
+                  "output_id": uuid.uuid4().hex, "input_blocks": content.blocks()}
+        if create_json(out / "job.json", record):
+            return kept
+        recorded = read_job_record(out)  # another shard's run created it first: that one holds
+    if recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
+        raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint, content))
+    return schema_from_record(recorded["kept_schema"]) if "kept_schema" in recorded else kept
+
+
+def output_identity(out: Path) -> dict[str, str]:
+    """What every part written into this output carries in its footer (ownership.part_identity)."""
+    return part_identity(read_job_record(out) or {})
 
 
 _AGAIN = ("Rerun with --fresh to move the old results aside and start over, or write elsewhere with "
@@ -356,17 +368,33 @@ def check_output_folder(job: JobSpec, shard: Shard, job_file: Path | None) -> No
     check_not_locked(out, shard.label)
 
 
-def open_shard(job: JobSpec, shard: Shard, assignment: str | None, kept_schema: pa.Schema, fresh: bool,
-               retry_errors: bool, content: InputContent) -> tuple[pa.Schema, set[str]]:
-    """Under the shard's lock: the fingerprint check (and --fresh), the resume state. Returns the
-    output's kept-column schema and the ids committed before."""
+def open_shard(job: JobSpec, shard: Shard, report: InputReport, fresh: bool,
+               retry_errors: bool) -> tuple[pa.Schema, set[str]]:
+    """Under the shard's lock: foreign files, the fingerprint (and --fresh), the resume state. Every
+    refusal comes before anything is moved or written. Returns the output's kept-column schema and
+    the ids committed before."""
     out, label = job.output_dir, shard.label
-    wanted = fingerprint(job, shard, assignment, content)
+    refuse_foreign(out, read_job_record(out))  # --fresh too: it moves only our files, these would stay
+    wanted = fingerprint(job, shard, report.assignment, report.content)
     if fresh and (moved := move_aside(out, {label}, wanted)):
         log.warning("moved the old results to %s", moved)
-    kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), kept_schema, content)
+    kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema, report.content)
+    done = done_ids(out / "results", label)
+    if strays := done - report.shard_ids - report.ids_beyond_limit:
+        raise ForeignFiles(stray_parts(out / "results", label, strays))
     sweep_temporaries(out, label)
     clear_shard_marker(out, label)
-    if retry_errors:
-        drop_error_rows(out / "results", label, job.output.compression)
-    return kept, done_ids(out / "results", label)
+    if retry_errors and drop_error_rows(out / "results", label, job.output.compression):
+        done = done_ids(out / "results", label)
+    return kept, done
+
+
+def stray_parts(results: Path, shard: str, strays: set[str]) -> list[str]:
+    """The parts of this shard holding ids that are not this shard's rows of the input (whatever
+    wrote them, they are not this job's answers), one line each, and what to do."""
+    bad = []
+    for part in shard_parts(results, shard):
+        if found := strays & set(pq.read_table(part, columns=["id"]).column("id").to_pylist()):
+            bad.append(f"{part}: ids that are not this shard's rows of the input ({', '.join(sorted(found)[:3])})")
+    return bad[:MAX_NAMED] + [f"{results.parent} holds parts batch-run did not write for this job (above); "
+                              "move them out of the folder, then run again."]

@@ -22,6 +22,7 @@ from . import checkpoint
 from .config import JobSpec
 from .errors import ExitStatus, JobError
 from .gpu import visible_devices
+from .ownership import refuse_foreign
 from .parallel import NodeExecutor, Worker, combined_status, plan
 from .records import Summary
 from .runner import RunOptions, run_shard
@@ -89,6 +90,7 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
     report = run_shard(job, RunOptions(dry_run=True, dry_run_rows=0, shard=shards[0])).preview["report"]
     wanted = checkpoint.fingerprint(job, shards[0], report.assignment, report.content)
     out.mkdir(parents=True, exist_ok=True)
+    refuse_foreign(out, checkpoint.read_job_record(out))  # before --fresh moves anything
     if options.fresh:
         locks = [checkpoint.OutputLock(out, s.label) for s in shards]
         try:

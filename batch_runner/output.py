@@ -180,9 +180,13 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
@@ -193,6 +197,25 @@ def write_json(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, default=str)
             f.write("\n")
     atomic_write(path, write)
+
+
+def create_json(path: Path, data: Any) -> bool:
+    """Write ``path`` whole unless it exists (then False): two runs creating it at once cannot both win."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # atomic, and fails when the name exists (rename would replace it)
+        _fsync_dir(path.parent)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_parquet(path: Path, table: pa.Table, metadata: dict[str, str], compression: str) -> None:

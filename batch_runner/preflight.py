@@ -34,6 +34,7 @@ class InputReport:
     shard_rows: int = 0  # of those, rows this shard owns
     shard_ids: set[str] = field(default_factory=set)  # their ids: the run is done when all are committed
     rows_beyond_limit: int = 0  # rows of this shard past the limit: a limited run never completes the shard
+    ids_beyond_limit: set[str] = field(default_factory=set)  # their ids: an earlier run's parts may hold them
     kept_schema: pa.Schema = field(default_factory=lambda: pa.schema([]))
     notes: list[str] = field(default_factory=list)  # decisions the user should hear of (widened columns)
     assignment: str | None = None  # prefix affinity: the digest of the rows' assignment to shards
@@ -147,6 +148,7 @@ def check_input(spec: InputSpec, columns: dict[str, str], owns: Callable[[str, d
                     report.shard_ids.add(rid)
                 else:
                     report.rows_beyond_limit += 1
+                    report.ids_beyond_limit.add(rid)
     except JobError as e:
         problems.extend(e.problems)  # a reader error ends the pass; report it with the rest
     source = describe_source(spec)

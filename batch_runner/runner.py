@@ -92,8 +92,7 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     ctx = _Context(job, shard, pre, started, t0)
     job.output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.OutputLock(job.output_dir, shard.label), StopRequest() as stop:
-        kept, done = checkpoint.open_shard(job, shard, pre.report.assignment, pre.report.kept_schema,
-                                           options.fresh, options.retry_errors, pre.report.content)
+        kept, done = checkpoint.open_shard(job, shard, pre.report, options.fresh, options.retry_errors)
         return _run_rows(ctx, options, stop, kept, done)
 
 
@@ -105,6 +104,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     engine_info = {k: v for k, v in args.items() if k != "model"}
     meta = {"batch_runner": json.dumps({
+        **checkpoint.output_identity(out),  # whose part it is: checked on every read (ownership.py)
         "job": job.name, "model": job.model.name, "run_id": run_id, "shard": ctx.shard.label,
         "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
     committer = Committer(PartWriter(out, ctx.shard.label, run_id, meta, job.output.compression), kept,

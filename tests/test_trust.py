@@ -188,7 +188,7 @@ def test_an_output_recorded_with_sizes_only_gets_a_clear_message(cli, done):
     job, path, out = done
     record = json.loads((out / "job.json").read_text())
     record["fingerprint"]["input"]["files"] = [[str(path.resolve()), path.stat().st_size]]  # as before issue 25
-    record.pop("input_blocks")
+    record.pop("input_blocks"), record.pop("output_id")
     record["fingerprint_hash"] = fingerprint_hash(record["fingerprint"])
     (out / "job.json").write_text(json.dumps(record))
     result = cli("run", job)
@@ -211,3 +211,66 @@ def test_a_changed_hf_dataset_is_refused_by_its_content_fingerprint(cli, fake, t
     (tmp_path / "ds2").rename(tmp_path / "ds")  # same folder, same size, other content
     result = cli("run", job)
     assert result.exit_code == 2 and "input.dataset_fingerprint:" in result.output, result.output
+
+
+# 4. files batch-run did not write for this output are named and refused, never counted as done
+def other_output(cli, tmp_path, ids: list[str]):
+    """A complete output of another job over rows with these ids (its own input and folder)."""
+    rows = [{**r, "id": i} for r, i in zip(news_rows(len(ids)), ids)]
+    path = write_jsonl(tmp_path / "other.jsonl", rows)
+    job = write_job(tmp_path, "other.yaml", input={"path": str(path)}, output={"dir": str(tmp_path / "other")})
+    assert cli("run", job).exit_code == 0
+    return tmp_path / "other"
+
+
+def foreign_cases(cli, tmp_path, out) -> dict:
+    """Ways a file that is not this output's gets into results/ (each makes one file)."""
+    other = other_output(cli, tmp_path, [f"foreign-{i}" for i in range(5)])
+    same_job = other_output(cli, tmp_path / "twin", [r["id"] for r in news_rows(30)]) \
+        if (tmp_path / "twin").mkdir() is None else None
+    (tmp_path / "notes.txt").write_text("not parquet")
+    part = lambda folder: next((folder / "results").glob("part-*.parquet"))  # noqa: E731
+    return {
+        "a part of another job, copied": lambda: shutil.copy(part(other), out / "results" / part(other).name),
+        "a part of another job, linked": lambda: (out / "results" / part(other).name).symlink_to(part(other)),
+        "a part of the same job's other output": lambda: shutil.copy(part(same_job),
+                                                                    out / "results" / part(same_job).name),
+        "a link to a file that is not Parquet": lambda: (out / "results" / "part-0000-of-0001-x-b000009.parquet")
+        .symlink_to(tmp_path / "notes.txt"),
+        "a file that is not Parquet": lambda: shutil.copy(tmp_path / "notes.txt",
+                                                          out / "results" / "part-0000-of-0001-x-b000009.parquet"),
+        "a stats part linked in": lambda: (out / "stats" / "part-0000-of-0001-x-b000009.parquet")
+        .symlink_to(next((out / "stats").glob("part-*"))),
+    }
+
+
+FOREIGN = ["a part of another job, copied", "a part of another job, linked", "a part of the same job's other output",
+           "a link to a file that is not Parquet", "a file that is not Parquet", "a stats part linked in"]
+
+
+@pytest.mark.parametrize("case", FOREIGN)
+def test_a_foreign_file_is_named_and_refused_by_status_merge_report_and_a_rerun(cli, done, tmp_path, case):
+    job, _, out = done
+    foreign_cases(cli, tmp_path, out)[case]()
+    before = snapshot(out)
+    for command in (["status", out], ["merge", out], ["report", out], ["run", job], ["run", job, "--fresh"]):
+        result = cli(*command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "Traceback" not in result.output and "Move them out of the folder" in result.output, result.output
+        assert "complete" not in result.output.replace("not complete", "")
+        named = [line for line in result.output.splitlines() if "/results/part-" in line or "/stats/part-" in line]
+        assert named, result.output
+        assert unlocked(snapshot(out)) == unlocked(before), command  # nothing merged, moved or written
+
+
+def test_a_part_with_ids_outside_the_input_is_refused_by_a_rerun(cli, done):
+    job, _, out = done
+    part = next((out / "results").glob("part-*.parquet"))
+    table = pq.read_table(part)  # its footer's metadata kept: as if batch-run had written it
+    ids = table.column("id").to_pylist()
+    table = table.set_column(0, "id", pa.array(["intruder"] + ids[1:]))
+    pq.write_table(table, part)
+    (out / "shards" / "0000-of-0001.done").unlink()  # so that the rerun looks at the parts
+    result = cli("run", job)
+    assert result.exit_code == 2, result.output
+    assert f"{part}: ids that are not this shard's rows of the input (intruder)" in result.output

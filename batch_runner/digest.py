@@ -4,8 +4,9 @@ An edit that keeps a file's size changes the answers, so a resumed run compares 
 file is read in blocks of ``BLOCK_BYTES`` and hashed; the fingerprint holds each file's size and the
 digest of its block digests, and ``job.json`` keeps the block digests with the line each block
 starts in, so that a changed file is named with its first changed lines without a copy of the old
-one. The bytes are hashed as they are on disk (compressed files too); only uncompressed text has
-line numbers. A Hugging Face dataset is identified by its own content fingerprint.
+one. The bytes are hashed as they are on disk (compressed files too): uncompressed text is named by
+lines, Parquet by the rows of its row groups (from its footer), anything else by byte offset. A
+Hugging Face dataset is identified by its own content fingerprint.
 """
 
 from __future__ import annotations
@@ -102,18 +103,39 @@ def changed_files(recorded: dict[str, Any] | None, old: dict[str, Any], now: Inp
             out.append(f"input file {path}: new in the input")
         elif was[path] != {"bytes": f.size, "sha256": f.sha256}:
             size = "same size" if was[path].get("bytes") == f.size else f"{was[path].get('bytes')} -> {f.size} bytes"
-            out.append(f"input file {path} changed ({size}): {_where(((recorded or {}).get('files') or {}).get(path), f)}")
+            where = _where(((recorded or {}).get("files") or {}).get(path), f, (recorded or {}).get("block_bytes"))
+            out.append(f"input file {path} changed ({size}): {where}")
     return out
 
 
-def _where(old: dict[str, Any] | None, now: FileContent) -> str:
-    """Where the first changed block is: its lines, or its bytes for a compressed or binary file."""
-    if not old or "blocks" not in old:
+def _where(old: dict[str, Any] | None, now: FileContent, block_bytes: int) -> str:
+    """Where the first changed block is: its lines, a Parquet file's rows, else its bytes."""
+    if not old or "blocks" not in old or block_bytes != BLOCK_BYTES:
         return "its content differs"
     before = [tuple(b) for b in old["blocks"]]
     i = next((i for i, (a, b) in enumerate(zip(before, now.blocks)) if a != b), min(len(before), len(now.blocks)))
-    if not now.lines or not old.get("lines"):
-        return f"its bytes differ from byte {i * BLOCK_BYTES:,} on"
-    start = now.blocks[i][0] if i < len(now.blocks) else before[i][0]
-    end = now.blocks[i + 1][0] if i + 1 < len(now.blocks) else now.last_line
-    return f"the first change is in lines {start}-{end}" if end >= start else f"lines from {start} on are gone"
+    if now.lines and old.get("lines"):
+        start = now.blocks[i][0] if i < len(now.blocks) else before[i][0]
+        end = now.blocks[i + 1][0] if i + 1 < len(now.blocks) else now.last_line
+        return f"the first change is in lines {start}-{end}" if end >= start else f"lines from {start} on are gone"
+    return _parquet_rows(Path(now.path), i * BLOCK_BYTES) or f"its bytes differ from byte {i * BLOCK_BYTES:,} on"
+
+
+def _parquet_rows(path: Path, offset: int) -> str | None:
+    """The rows of the Parquet row groups in the changed block starting at ``offset`` (from the footer)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+    except Exception:  # not Parquet (a compressed file): bytes it is
+        return None
+    first, rows = 0, []
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        chunks = [group.column(c) for c in range(group.num_columns)]
+        start = min((c.dictionary_page_offset or c.data_page_offset) for c in chunks)
+        end = max((c.dictionary_page_offset or c.data_page_offset) + c.total_compressed_size for c in chunks)
+        if end > offset and start < offset + BLOCK_BYTES:
+            rows += [first + 1, first + group.num_rows]
+        first += group.num_rows
+    return f"the first change is in rows {min(rows)}-{max(rows)}" if rows else "its footer differs"

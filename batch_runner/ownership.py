@@ -71,6 +71,8 @@ def _why_foreign(path: Path, folder: str, record: dict[str, Any] | None) -> str 
     try:
         with pq.ParquetFile(path) as f:  # the footer only
             meta, schema = f.metadata, f.schema_arrow
+    except FileNotFoundError:
+        return None  # gone since the listing: a --retry-errors rewrite emptied it
     except (pa.ArrowException, OSError) as e:
         return f"not a readable Parquet file ({str(e)[:120]})"
     if record is None:

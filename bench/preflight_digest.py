@@ -4,7 +4,8 @@
 
 TREE is a source tree of batch-runner (e.g. from ``git archive COMMIT | tar -x -C TREE``). Each run is
 ``python -m batch_runner.cli run JOB --dry-run`` with that tree first on sys.path, timed as a whole
-process; runs alternate before, after, before, after... so that both see the same machine load.
+process (wall and CPU seconds); runs alternate before, after, before, after... so that both see the
+same machine load.
 The input (the sample news rows repeated with unique ids) is written once under --dir.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -41,15 +43,18 @@ def make_job(folder: Path, data: Path) -> Path:
     return path
 
 
-def timed_run(tree: Path, job: Path) -> float:
+def timed_run(tree: Path, job: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, all threads) of one dry run."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "batch_runner.cli", "run", str(job), "--dry-run"], cwd=tree,
                           env=env, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{tree}: exit {done.returncode}: {done.stderr[-2000:]}")
-    return elapsed
+    return elapsed, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def main() -> None:
@@ -67,11 +72,12 @@ def main() -> None:
     runs = []
     for i in range(a.pairs):
         for label, tree in (("before", a.before), ("after", a.after)):
-            runs.append({"pair": i, "tree": label, "seconds": round(timed_run(tree, job), 2)})
+            wall, cpu = timed_run(tree, job)
+            runs.append({"pair": i, "tree": label, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)})
             print(json.dumps(runs[-1]), flush=True)
-    mean = {k: sum(r["seconds"] for r in runs if r["tree"] == k) / a.pairs for k in ("before", "after")}
-    print(json.dumps({"rows": a.rows, "input_bytes": data.stat().st_size, "runs": runs,
-                      "after_over_before": round(mean["after"] / mean["before"], 3)}))
+    ratio = {m: round(sum(r[m] for r in runs if r["tree"] == "after") / sum(r[m] for r in runs if r["tree"] == "before"),
+                      3) for m in ("seconds", "cpu_seconds")}
+    print(json.dumps({"rows": a.rows, "input_bytes": data.stat().st_size, "runs": runs, "after_over_before": ratio}))
 
 
 if __name__ == "__main__":

@@ -155,14 +155,14 @@ def test_a_touched_input_resumes(cli, done):
 
 
 @pytest.mark.parametrize("kind", ["gzip", "parquet", "a file added to the input folder"])
-def test_changed_compressed_parquet_and_folder_inputs_are_refused(cli, fake, tmp_path, kind):
+def test_changed_compressed_parquet_and_folder_inputs_are_refused(cli, fake, small_blocks, tmp_path, kind):
     fake()
     folder = tmp_path / "data"
     folder.mkdir()
     rows = news_rows(12)
     if kind == "parquet":
         path = folder / "in.parquet"
-        write = lambda rows: pq.write_table(pa.Table.from_pylist(rows), path)  # noqa: E731
+        write = lambda rows: pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)  # noqa: E731
     else:
         path = folder / ("in.jsonl.gz" if kind == "gzip" else "in.jsonl")
         write = lambda rows: path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(),  # noqa: E731
@@ -180,8 +180,11 @@ def test_changed_compressed_parquet_and_folder_inputs_are_refused(cli, fake, tmp
         expected = f"input file {path.resolve()} changed"
     result = cli("run", job)
     assert result.exit_code == 2 and expected in result.output, result.output
-    if kind != "a file added to the input folder":
+    if kind == "gzip":
         assert "its bytes differ from byte 0 on" in result.output  # no line numbers in compressed bytes
+    if kind == "parquet":  # the row groups in the first changed block, from the footer
+        first, last = map(int, re.search(r"the first change is in rows (\d+)-(\d+)", result.output).groups())
+        assert first <= 6 <= last and last - first < 8
 
 
 def test_an_output_recorded_with_sizes_only_gets_a_clear_message(cli, done):
@@ -274,3 +277,15 @@ def test_a_part_with_ids_outside_the_input_is_refused_by_a_rerun(cli, done):
     result = cli("run", job)
     assert result.exit_code == 2, result.output
     assert f"{part}: ids that are not this shard's rows of the input (intruder)" in result.output
+
+
+def test_parts_rewritten_by_retry_errors_stay_this_outputs_own(cli, fake, tmp_path):
+    fake(reject=lambda request: request.key.endswith(":0"))  # the first row of every batch
+    job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", news_rows(12)))},
+                    output={"batch_size": 4})
+    assert cli("run", job).exit_code == 3
+    fake()
+    assert cli("run", job, "--retry-errors").exit_code == 0
+    status = cli("status", tmp_path / "out")
+    assert status.exit_code == 0 and "1/1 shards complete, 12 rows, 0 errors" in status.output, status.output
+    assert cli("merge", tmp_path / "out").exit_code == 0

@@ -289,3 +289,14 @@ def test_parts_rewritten_by_retry_errors_stay_this_outputs_own(cli, fake, tmp_pa
     status = cli("status", tmp_path / "out")
     assert status.exit_code == 0 and "1/1 shards complete, 12 rows, 0 errors" in status.output, status.output
     assert cli("merge", tmp_path / "out").exit_code == 0
+
+
+def test_the_python_api_refuses_an_output_with_foreign_files(cli, done, tmp_path):
+    from batch_runner.api import results
+    from batch_runner.config import load_job
+    from batch_runner.ownership import ForeignFiles
+
+    job, _, out = done
+    foreign_cases(cli, tmp_path, out)["a part of another job, copied"]()
+    with pytest.raises(ForeignFiles, match="written for another"):
+        results(load_job(job, []))

@@ -226,11 +226,11 @@ def other_output(cli, tmp_path, ids: list[str]):
     return tmp_path / "other"
 
 
-def foreign_cases(cli, tmp_path, out) -> dict:
+def foreign_cases(cli, tmp_path, job, out) -> dict:
     """Ways a file that is not this output's gets into results/ (each makes one file)."""
     other = other_output(cli, tmp_path, [f"foreign-{i}" for i in range(5)])
-    same_job = other_output(cli, tmp_path / "twin", [r["id"] for r in news_rows(30)]) \
-        if (tmp_path / "twin").mkdir() is None else None
+    same_job = tmp_path / "twin"  # the same job (same fingerprint) run into another folder
+    assert cli("run", job, "--output", same_job).exit_code == 0
     (tmp_path / "notes.txt").write_text("not parquet")
     part = lambda folder: next((folder / "results").glob("part-*.parquet"))  # noqa: E731
     return {
@@ -244,17 +244,25 @@ def foreign_cases(cli, tmp_path, out) -> dict:
                                                           out / "results" / "part-0000-of-0001-x-b000009.parquet"),
         "a stats part linked in": lambda: (out / "stats" / "part-0000-of-0001-x-b000009.parquet")
         .symlink_to(next((out / "stats").glob("part-*"))),
+        "a part with another schema": lambda: pq.write_table(  # its footer's metadata kept
+            pq.read_table(part(out)).append_column("extra", pa.array([1] * pq.read_metadata(part(out)).num_rows)),
+            part(out)),
     }
 
 
-FOREIGN = ["a part of another job, copied", "a part of another job, linked", "a part of the same job's other output",
-           "a link to a file that is not Parquet", "a file that is not Parquet", "a stats part linked in"]
+FOREIGN = {"a part of another job, copied": "written for another output",
+           "a part of another job, linked": "a link",
+           "a part of the same job's other output": "written for another output",
+           "a link to a file that is not Parquet": "a link",
+           "a file that is not Parquet": "not a readable Parquet file",
+           "a stats part linked in": "a link",
+           "a part with another schema": "another schema than this output's"}
 
 
-@pytest.mark.parametrize("case", FOREIGN)
+@pytest.mark.parametrize("case", sorted(FOREIGN))
 def test_a_foreign_file_is_named_and_refused_by_status_merge_report_and_a_rerun(cli, done, tmp_path, case):
     job, _, out = done
-    foreign_cases(cli, tmp_path, out)[case]()
+    foreign_cases(cli, tmp_path, job, out)[case]()
     before = snapshot(out)
     for command in (["status", out], ["merge", out], ["report", out], ["run", job], ["run", job, "--fresh"]):
         result = cli(*command)
@@ -262,7 +270,7 @@ def test_a_foreign_file_is_named_and_refused_by_status_merge_report_and_a_rerun(
         assert "Traceback" not in result.output and "Move them out of the folder" in result.output, result.output
         assert "complete" not in result.output.replace("not complete", "")
         named = [line for line in result.output.splitlines() if "/results/part-" in line or "/stats/part-" in line]
-        assert named, result.output
+        assert named and FOREIGN[case] in named[0], result.output
         assert unlocked(snapshot(out)) == unlocked(before), command  # nothing merged, moved or written
 
 
@@ -297,6 +305,6 @@ def test_the_python_api_refuses_an_output_with_foreign_files(cli, done, tmp_path
     from batch_runner.ownership import ForeignFiles
 
     job, _, out = done
-    foreign_cases(cli, tmp_path, out)["a part of another job, copied"]()
+    foreign_cases(cli, tmp_path, job, out)["a part of another job, copied"]()
     with pytest.raises(ForeignFiles, match="written for another"):
         results(load_job(job, []))

@@ -75,8 +75,8 @@ def main() -> None:
             wall, cpu = timed_run(tree, job)
             runs.append({"pair": i, "tree": label, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)})
             print(json.dumps(runs[-1]), flush=True)
-    ratio = {m: round(sum(r[m] for r in runs if r["tree"] == "after") / sum(r[m] for r in runs if r["tree"] == "before"),
-                      3) for m in ("seconds", "cpu_seconds")}
+    total = lambda tree, m: sum(r[m] for r in runs if r["tree"] == tree)  # noqa: E731
+    ratio = {m: round(total("after", m) / total("before", m), 3) for m in ("seconds", "cpu_seconds")}
     print(json.dumps({"rows": a.rows, "input_bytes": data.stat().st_size, "runs": runs, "after_over_before": ratio}))
 
 

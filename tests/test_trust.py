@@ -165,9 +165,10 @@ def test_changed_compressed_parquet_and_folder_inputs_are_refused(cli, fake, sma
         write = lambda rows: pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=2)  # noqa: E731
     else:
         path = folder / ("in.jsonl.gz" if kind == "gzip" else "in.jsonl")
-        write = lambda rows: path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode(),  # noqa: E731
-                                                            mtime=0) if kind == "gzip" else
-                                              "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+        def write(rows):
+            text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+            path.write_bytes(gzip.compress(text, mtime=0) if kind == "gzip" else text)
     write(rows)
     job = write_job(tmp_path, input={"path": str(folder)})
     assert cli("run", job).exit_code == 0

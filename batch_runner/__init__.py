@@ -6,10 +6,10 @@
 
 from .api import RunIncomplete, run
 from .config import JobSpec, load_job
-from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError
+from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError, StorageError
 from .executors import Execution, run_job
 from .runner import RunOptions, RunResult
 
 __all__ = ["BatchRunnerError", "EngineError", "Execution", "ExitStatus", "JobError", "JobSpec", "RowError",
-           "RunIncomplete", "RunOptions", "RunResult", "load_job", "run", "run_job"]
+           "RunIncomplete", "RunOptions", "RunResult", "StorageError", "load_job", "run", "run_job"]
 __version__ = "0.1.0"

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import JobSpec, load_job
-from .errors import BatchRunnerError, ExitStatus, JobError
+from .errors import BatchRunnerError, ExitStatus, JobError, writing
+from .mainscript import refuse_in_child_import
 from .output import committed_parts
 from .records import Summary
 from .runner import RunOptions
@@ -52,6 +53,7 @@ def run(job: JobSpec | str | Path, data: Any = None, *, output_dir: str | Path |
     """
     from .executors import execute
 
+    refuse_in_child_import()
     spec = job.model_copy(deep=True) if isinstance(job, JobSpec) else load_job(job, list(overrides))
     if data is not None:
         fmt = "auto" if isinstance(data, (str, os.PathLike)) else "parquet"
@@ -90,9 +92,14 @@ def _record_batches(data: Any) -> Iterable[pa.RecordBatch]:
 
 
 def _stage_batches(batches: Iterable[pa.RecordBatch]) -> Path:
-    from .models import cache_base
+    from .models import cache_advice, cache_base
 
     folder = cache_base() / "inputs"
+    with writing(folder, cache_advice(), ExitStatus.USAGE):
+        return _write_staged(batches, folder)
+
+
+def _write_staged(batches: Iterable[pa.RecordBatch], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     digest, tmp = hashlib.sha256(), folder / f".staging-{os.getpid()}.parquet"
     writer = None

@@ -17,6 +17,8 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,17 +27,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .config import JobSpec
-from .errors import JobError, ResumeConflict
 from .digest import InputContent, changed_files
+from .errors import RESUME_ADVICE, ExitStatus, JobError, ResumeConflict, writing
 from .inputs import resolve_files
 from .sharding import Shard
-from .output import committed_parts, create_json, sweep_temporaries, write_json
+from .output import committed_parts, sweep_temporaries, write_json
 from .ownership import MAX_NAMED, ForeignFiles, part_identity, refuse_foreign
 
 if TYPE_CHECKING:
     from .preflight import InputReport
 
 log = logging.getLogger("batch_runner")
+OUTPUT_ADVICE = "free space there, or give the job a writable output folder (--output or output.dir); nothing was written"
 
 
 def fingerprint_hash(fingerprint: dict[str, Any]) -> str:
@@ -75,12 +78,37 @@ def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any
         record = {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint,
                   "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job,
                   "output_id": uuid.uuid4().hex, "input_blocks": content.blocks()}
-        if create_json(out / "job.json", record):
-            return kept
-        recorded = read_job_record(out)  # another shard's run created it first: that one holds
+        with _creating(out):  # shards starting together: one creates it, the others read it
+            if (recorded := read_job_record(out)) is None:
+                write_json(out / "job.json", record)
+                return kept
     if recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
         raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint, content))
     return schema_from_record(recorded["kept_schema"]) if "kept_schema" in recorded else kept
+
+
+CREATE_WAIT_S = 30.0  # job.json is written in milliseconds; a holder past this is stuck
+
+
+@contextmanager
+def _creating(out: Path) -> Iterator[None]:
+    """An exclusive flock on the output folder itself while job.json is read and, if absent, created
+    (no file of its own: a refusal creates nothing). Bounded: it waits at most CREATE_WAIT_S."""
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + CREATE_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ResumeConflict(f"{out}: another run has been creating job.json for over "
+                                         f"{CREATE_WAIT_S:.0f} s; run again when it is done") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
 
 
 def output_identity(out: Path) -> dict[str, str]:
@@ -210,16 +238,22 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with writing(self.path, OUTPUT_ADVICE, ExitStatus.USAGE):  # the first write of a run: nothing changed yet
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise ResumeConflict(self.busy(lock_holder(self.path))) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         self._fd = fd
+        with writing(self.path, OUTPUT_ADVICE, ExitStatus.USAGE):
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+            except OSError:  # a full disk: no room for the holder's note
+                self.release()
+                raise
 
     def busy(self, holder: str) -> str:
         return (f"{self.path.parent}: another run is writing to this output ({holder}); wait for it to "
@@ -376,16 +410,18 @@ def open_shard(job: JobSpec, shard: Shard, report: InputReport, fresh: bool,
     out, label = job.output_dir, shard.label
     refuse_foreign(out, read_job_record(out))  # --fresh too: it moves only our files, these would stay
     wanted = fingerprint(job, shard, report.assignment, report.content)
-    if fresh and (moved := move_aside(out, {label}, wanted)):
-        log.warning("moved the old results to %s", moved)
-    kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema, report.content)
-    done = done_ids(out / "results", label)
-    if strays := done - report.shard_ids - report.ids_beyond_limit:
-        raise ForeignFiles(stray_parts(out / "results", label, strays))
-    sweep_temporaries(out, label)
-    clear_shard_marker(out, label)
-    if retry_errors and drop_error_rows(out / "results", label, job.output.compression):
+    with writing(out, RESUME_ADVICE):
+        if fresh and (moved := move_aside(out, {label}, wanted)):
+            log.warning("moved the old results to %s", moved)
+        kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema,
+                                 report.content)
         done = done_ids(out / "results", label)
+        if strays := done - report.shard_ids - report.ids_beyond_limit:
+            raise ForeignFiles(stray_parts(out / "results", label, strays))
+        sweep_temporaries(out, label)
+        clear_shard_marker(out, label)
+        if retry_errors and drop_error_rows(out / "results", label, job.output.compression):
+            done = done_ids(out / "results", label)
     return kept, done
 
 

@@ -6,15 +6,17 @@ an output directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 import click
 
-from .errors import BatchRunnerError
+from .errors import BatchRunnerError, ExitStatus, os_reason
 
 # What `tune` varies (tune.knob_of of its trials), named here so that --help needs no engine import.
 TUNE_KNOBS = ("max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype", "speculative_config")
@@ -27,6 +29,18 @@ class _DefaultToRun(click.Group):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context):
+        """A file error that no command turned into its own message (report, merge, tune) is still one
+        line naming the path and the cause, exit 1, never a traceback."""
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno == errno.EPIPE:  # stdout closed by a pager or `head`: click's own handling
+                raise
+            click.echo(f"batch-run: error: {e.filename or 'a file'}: {os_reason(e)} (free space, or make it "
+                       "writable, and run the command again)", err=True)
+            sys.exit(int(ExitStatus.FAILED))
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -139,13 +153,12 @@ def _print_summary(s) -> None:
         ("throughput", f"{run['output_tok_s']} output tok/s, {run['total_tok_s']} total tok/s, {run['requests_s']} req/s"),
         ("prefix cache", f"{run['cache_hit_rate']:.1%} of prompt tokens"),
     ]
-    if s.cost:
+    if s.cost and s.cost["price"] is not None:  # the table shows GPU-hours and cost with a price only
         c = s.cost
         rows.append(("GPU-hours", f"{c['gpu_hours']:.4f} ({c['gpu_hours_generating']:.4f} generating, "
                                   f"{c['devices']} device{'s' if c['devices'] > 1 else ''})"))
-        if c["cost"] is not None:
-            rows.append(("cost", f"{c['cost']:.4f} at {c['price']:g} per GPU-hour; per million tokens: "
-                                 f"{c['cost_per_m_output_tokens'] or 0:.4f} output, {c['cost_per_m_total_tokens'] or 0:.4f} total"))
+        rows.append(("cost", f"{c['cost']:.4f} at {c['price']:g} per GPU-hour; per million tokens: "
+                             f"{c['cost_per_m_output_tokens'] or 0:.4f} output, {c['cost_per_m_total_tokens'] or 0:.4f} total"))
     click.echo("")
     for k, v in rows:
         click.echo(f"{k:>13}  {v}")
@@ -243,22 +256,21 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int | None, tu
     per hour per GPU, cost at --price, and for a Slurm array of --array tasks and a --time limit
     whether it fits, with the --array and --time to use.
     """
-    import json as json_mod
     import tempfile
 
     from .engine import max_num_seqs
     from .estimate import count_tokens, estimate, report, wave_note
-    from .trials import TrialResult, run_trial
+    from .trials import run_trial
 
     setup_logging(False)
-    try:
-        job, renderer, args, gpu = _prepare(job_file, overrides)
+    try:  # every argument is checked before the job is, and all of it before any engine starts
         limit_h = _hours(time_limit) if time_limit else None
+        tuned_trial = _tuned_trial(Path(tuned)) if tuned else None
+        job, renderer, args, gpu = _prepare(job_file, overrides)
     except BatchRunnerError as e:
         _fail(e)
-    if tuned:
-        data = json_mod.loads(Path(tuned).read_text())
-        trial = TrialResult(**(data["best"] or data["trials"][0]))
+    if tuned_trial:
+        trial = tuned_trial
     else:
         rows = rows or 2 * max_num_seqs(args)
         click.echo(f"batch-run estimate: a trial of the first {rows} rows", err=True)
@@ -278,22 +290,39 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int | None, tu
 
 
 def _hours(text: str) -> float:
-    """A Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) as hours."""
+    """A Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) as hours; minutes and
+    seconds below 60 (hours below 24 after a day count), and more than nothing."""
     from .errors import JobError
 
-    days, _, rest = text.strip().rpartition("-")
-    try:
-        parts = [int(x) for x in rest.split(":")]
-        d = int(days) if days else 0
-    except ValueError:
-        raise JobError(f"--time {text!r}: give a Slurm time limit, e.g. 04:00:00 or 1-00:00:00") from None
+    bad = JobError(f"--time {text[:40]!r}: give a Slurm time limit longer than zero, e.g. 04:00:00 or 1-00:00:00")
+    days, dash, rest = text.strip().rpartition("-")
+    if not re.fullmatch(r"\d+(:\d+){0,2}", rest) or (dash and not days.isdigit()):
+        raise bad
+    parts = [int(x) for x in rest.split(":")]
     if days:
-        h, m, s = (parts + [0, 0])[:3]
+        (h, m, s), hour_cap = (parts + [0, 0])[:3], 24
     else:
-        h, m, s = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}.get(len(parts), (None, None, None))
-        if h is None:
-            raise JobError(f"--time {text!r}: give a Slurm time limit, e.g. 04:00:00")
-    return d * 24 + h + m / 60 + s / 3600
+        (h, m, s), hour_cap = {1: (0, parts[0], 0), 2: (0, *parts), 3: tuple(parts)}[len(parts)], None
+    minutes_cap = None if len(parts) < 3 and not days else 60  # MM and MM:SS take any number of minutes
+    if s >= 60 or (minutes_cap and m >= minutes_cap) or (hour_cap and h >= hour_cap):
+        raise bad
+    hours = int(days or 0) * 24 + h + m / 60 + s / 3600
+    if hours <= 0:
+        raise bad
+    return hours
+
+
+def _tuned_trial(path: Path):
+    """The trial a tune.json recommends (its best, else its profile's); a clear error for any other file."""
+    from .errors import JobError
+    from .trials import TrialResult
+
+    try:
+        data = json.loads(path.read_text())
+        return TrialResult(**(data["best"] or data["trials"][0]))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, IndexError, TypeError) as e:
+        raise JobError(f"--tuned {path}: not a tune.json written by `batch-run tune` ({type(e).__name__}: "
+                       f"{str(e)[:120]})") from None
 
 
 @main.command("status")

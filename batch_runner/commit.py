@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .errors import RESUME_ADVICE, writing
 from .gpu import GpuMonitor
 from .output import (STATS_SCHEMA, TIMELINE_SCHEMA, flush_part_name, part_name, results_schema, storable_rows,
                      timeline_part_name, write_parquet)
@@ -32,7 +33,9 @@ class PartWriter:
     compression: str
 
     def write(self, folder: str, name: str, table: pa.Table) -> None:
-        write_parquet(self.out / folder / name, table, self.meta, self.compression)
+        path = self.out / folder / name
+        with writing(path, RESUME_ADVICE):  # a StorageError, not an OSError the pipeline would blame on the engine
+            write_parquet(path, table, self.meta, self.compression)
 
 
 class Committer:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from .config import EngineSpec, ModelSpec, SamplingSpec
 from . import reaper
 from .errors import EngineError, Interrupted, JobError, RowError
+from .mainscript import children_skip_main
 from .records import Completion, EngineCounters, LoraAdapter, Request, Sample
 from .sampling import check_schema
 
@@ -225,7 +226,8 @@ class VllmEngine:
 
         self.args = args
         try:
-            self.llm = LLM(**args)
+            with children_skip_main():  # the engine's processes must not run the user's script again
+                self.llm = LLM(**args)
         except Interrupted:  # a stop signal during the start: not the engine's failure
             raise
         except Exception as e:  # vLLM raises many types here; all are fatal for the run

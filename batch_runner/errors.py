@@ -4,11 +4,16 @@ Three kinds of failure, each with its own remedy:
 - ``JobError``: the job file, the input or the output directory is wrong; the user fixes it.
 - ``RowError``: one row cannot be served; it becomes a result row with ``error`` set.
 - ``EngineError``: the engine could not start or failed as a whole; fatal, with advice.
+- ``StorageError``: a file could not be written (full disk, read-only file system): the path, the
+  system's reason and what to do, never a traceback.
 """
 
 from __future__ import annotations
 
 import enum
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class ExitStatus(enum.IntEnum):
@@ -53,6 +58,41 @@ class ResumeConflict(JobError):
 
 class EngineError(BatchRunnerError):
     """The engine failed as a whole (could not start, ran out of memory)."""
+
+
+class StorageError(BatchRunnerError):
+    """A file or folder could not be written: a full disk, a read-only file system, no permission.
+
+    ``exit_status`` is USAGE where nothing was changed yet (the cache, the output's lock), else FAILED:
+    what was committed before stays, and a rerun resumes.
+    """
+
+    def __init__(self, path: str | os.PathLike, error: OSError, advice: str,
+                 exit_status: ExitStatus = ExitStatus.FAILED):
+        self.path, self.error, self.exit_status = str(path), error, exit_status
+        super().__init__(f"cannot write {path}: {os_reason(error)}. {advice}")
+
+
+# What to do when the output cannot be written mid-run (exit 1): nothing committed is lost.
+RESUME_ADVICE = ("Every row committed before is kept and no file was left half-written: free space (or make "
+                 "the folder writable), then rerun the same command to resume")
+
+
+def os_reason(error: OSError) -> str:
+    """The system's words for an OSError ("No space left on device"), without Python's decoration."""
+    return os.strerror(error.errno) if error.errno else (error.strerror or str(error))
+
+
+@contextmanager
+def writing(path: str | os.PathLike, advice: str, exit_status: ExitStatus = ExitStatus.FAILED) -> Iterator[None]:
+    """An OSError in the block becomes a ``StorageError`` naming the file that failed (where the system
+    names it; else ``path``), its reason and ``advice``."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        raise StorageError(e.filename or path, e, advice, exit_status) from e
 
 
 class RowError(BatchRunnerError):

@@ -20,8 +20,9 @@ from typing import Any
 
 from . import checkpoint
 from .config import JobSpec
-from .errors import ExitStatus, JobError
+from .errors import RESUME_ADVICE, ExitStatus, JobError, writing
 from .gpu import visible_devices
+from .mainscript import refuse_in_child_import
 from .ownership import refuse_foreign
 from .parallel import NodeExecutor, Worker, combined_status, plan
 from .records import Summary
@@ -77,6 +78,7 @@ def execute(job: JobSpec, options: RunOptions, kind: str | None = None, shard: S
 def run_job(job: JobSpec, options: RunOptions = RunOptions(), executor: str | None = None) -> Execution:
     """Run (or resume) a job as the CLI does: on its executor (or ``executor``), with data_parallel
     honoured; ``options.shard`` if one is given, else the executor's."""
+    refuse_in_child_import()
     return execute(job, options, executor, options.shard if options.shard != ALL else None)
 
 
@@ -89,20 +91,24 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
         checkpoint.check_output_folder(job, s, options.job_file)
     report = run_shard(job, RunOptions(dry_run=True, dry_run_rows=0, shard=shards[0])).preview["report"]
     wanted = checkpoint.fingerprint(job, shards[0], report.assignment, report.content)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out, checkpoint.OUTPUT_ADVICE, ExitStatus.USAGE):
+        out.mkdir(parents=True, exist_ok=True)
     refuse_foreign(out, checkpoint.read_job_record(out))  # before --fresh moves anything
     if options.fresh:
         locks = [checkpoint.OutputLock(out, s.label) for s in shards]
         try:
             for lock in locks:
                 lock.acquire()
-            if moved := checkpoint.move_aside(out, {s.label for s in shards}, wanted):
+            with writing(out, RESUME_ADVICE):
+                moved = checkpoint.move_aside(out, {s.label for s in shards}, wanted)
+            if moved:
                 log.warning("moved the old results to %s", moved)
         finally:
             for lock in locks:
                 lock.release()
-    checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema,
-                                report.content)
+    with writing(out, RESUME_ADVICE):
+        checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema,
+                                    report.content)
 
 
 def run_on_node(job: JobSpec, options: RunOptions, workers: list[Worker], tp: int, verbose: bool) -> Execution:

@@ -9,6 +9,7 @@ the label Prometheus gives the scrape target.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -18,8 +19,10 @@ from pathlib import Path
 from .checkpoint import shard_totals
 from .config import JobSpec
 from .cost import devices_of
+from .errors import os_reason
 from .output import atomic_write
 
+log = logging.getLogger("batch_runner")
 PREFIX = "batch_run_"
 DEFAULT_INTERVAL_S = 15.0
 
@@ -103,6 +106,7 @@ class MetricsFile:
         self.job, self.shard, self.interval = job, shard, interval
         self.started = time.time()
         self.last_write = 0.0
+        self.failed = False  # the last write failed (said once, not every interval)
         self.last_success = self._previous_success()
 
     def _previous_success(self) -> float | None:
@@ -123,8 +127,15 @@ class MetricsFile:
 
         def write(tmp: str) -> None:
             Path(tmp).write_text(text)
-        atomic_write(self.path, write)
-        self.last_write = now
+        try:
+            atomic_write(self.path, write)
+        except OSError as e:  # metrics watch the run; they must not end it (the results are the output)
+            if not self.failed:
+                log.warning("cannot write the metrics file %s: %s; the run goes on without it",
+                            self.path, os_reason(e))
+            self.failed = True
+            return
+        self.last_write, self.failed = now, False
 
 
 class RunMetrics:

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .config import JobSpec
-from .errors import JobError
+from .errors import ExitStatus, JobError, writing
 from .output import umask
 
 EMBEDDED = {
@@ -31,6 +31,12 @@ def cache_base() -> Path:
 
 def cache_root() -> Path:
     return cache_base() / "models"
+
+
+def cache_advice() -> str:
+    """What to do when the cache cannot be written (a read-only or full home, say)."""
+    return (f"batch-runner keeps converted models and staged inputs in {cache_base()}: set BATCH_RUNNER_CACHE "
+            "to a writable folder (e.g. export BATCH_RUNNER_CACHE=/scratch/$USER/batch-runner); nothing was run")
 
 
 def _gguf_path(package: str, filename: str) -> Path:
@@ -61,15 +67,16 @@ def convert_gguf(gguf: Path, target: Path) -> None:
     config.dtype = torch.bfloat16
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     clean.load_state_dict({k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp gives 0700: others sharing the cache could not read it
-        clean.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with writing(target, cache_advice(), ExitStatus.USAGE):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~umask())  # mkdtemp gives 0700: others sharing the cache could not read it
+            clean.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written model behind
 
 
 def resolve_model(name: str) -> str:
@@ -77,9 +84,11 @@ def resolve_model(name: str) -> str:
     if name in EMBEDDED:
         target = cache_root() / name
         if not (target / "config.json").exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
+            with writing(target.parent, cache_advice(), ExitStatus.USAGE):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                lock = open(target.parent / f".{name}.lock", "a")
             # Runs started together convert once: the others wait here, then find the folder.
-            with open(target.parent / f".{name}.lock", "a") as lock:
+            with lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if not (target / "config.json").exists():
                     package, filename = EMBEDDED[name]

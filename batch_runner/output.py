@@ -14,6 +14,7 @@ Every file is written under a temporary name starting with '.', fsynced, then re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -167,26 +168,33 @@ def file_mode() -> int:
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, fsync, and rename into place; the file appears whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, file_mode())
-    os.close(fd)
+    """Call ``write(tmp_path)``, fsync, and rename into place; the file appears whole or not at all.
+
+    On failure the temporary file is removed, and an OSError names ``path`` (not the temporary name,
+    and not nothing, as pyarrow's do), so that the caller's message says which file failed.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, file_mode())
+        finally:
+            os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):  # else the next run's sweep_temporaries removes it
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            e.filename = str(path)
         raise
-    _fsync_dir(path.parent)  # the rename itself survives a power cut
-
-
-def _fsync_dir(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
 
@@ -197,25 +205,6 @@ def write_json(path: Path, data: Any) -> None:
             json.dump(data, f, indent=2, default=str)
             f.write("\n")
     atomic_write(path, write)
-
-
-def create_json(path: Path, data: Any) -> bool:
-    """Write ``path`` whole unless it exists (then False): two runs creating it at once cannot both win."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # atomic, and fails when the name exists (rename would replace it)
-        _fsync_dir(path.parent)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def write_parquet(path: Path, table: pa.Table, metadata: dict[str, str], compression: str) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from . import reaper
 from .config import EngineSpec, JobSpec
 from .errors import BatchRunnerError, ExitStatus, JobError
+from .mainscript import children_skip_main
 from .records import ProgressEvent, Summary
 from .sharding import Shard
 
@@ -130,7 +131,8 @@ class NodeExecutor:
         for w in self.workers:
             w.proc = self.mp.Process(target=worker_main, name=f"batch-run {w.shard.label}",
                                      args=(job_json, w.shard, w.devices, retry_errors, verbose, self.events))
-            w.proc.start()
+            with children_skip_main():  # a worker must not run the user's script (run() in it) again
+                w.proc.start()
             _say(f"shard {w.shard.label} on {w.where}: worker pid {w.proc.pid}")
 
     def _forward(self, signum: int, frame) -> None:

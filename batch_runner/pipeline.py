@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .commit import Committer
 from .engine import Engine
-from .errors import BatchRunnerError, EngineError, ExitStatus, RowError
+from .errors import BatchRunnerError, EngineError, ExitStatus, RowError, StorageError, os_reason
 from .finish import completed_result, error_result
 from .inputs import InputRow
 from .prepare import RequestBuilder
@@ -68,6 +68,7 @@ class Pipeline:
 
     def run(self, rows: Iterable[tuple[str, InputRow]]) -> None:
         """Run every row; on a stop request, save what finished and return."""
+        failing = True  # until the loop ends or stops as it should
         try:
             for number, batch in enumerate(chunked(rows, self.batch_size)):
                 if self.stop.requested:
@@ -78,6 +79,7 @@ class Pipeline:
                     self.collect()
             while self.in_engine and not self.stop.requested:
                 self.collect()
+            failing = False
         except BatchRunnerError:
             raise
         except Exception as e:  # the engine died; a signal may have reached it first
@@ -85,9 +87,10 @@ class Pipeline:
                 raise EngineError(f"the engine failed during the run: {type(e).__name__}: {e}\n"
                                   "Finished rows were saved; rerun the job to resume.") from e
             log.warning("the engine stopped with the signal (%s); saving finished rows", type(e).__name__)
+            failing = False
         finally:
             with self.lock:
-                self.flush_partial()
+                self.flush_partial(failing)
 
     def submit(self, number: int, rows: list[tuple[str, InputRow]]) -> None:
         now = time.perf_counter()
@@ -160,16 +163,26 @@ class Pipeline:
             in_engine = 0
         self.committer.end(time.perf_counter(), in_engine)
 
-    def flush_partial(self) -> None:
-        """Commit the finished rows of open batches; abort the rest (they run again on resume)."""
+    def flush_partial(self, failing: bool = False) -> None:
+        """Commit the finished rows of open batches; abort the rest (they run again on resume).
+
+        When the run is failing already (a full disk, say), a write that fails here too is only
+        logged: the first error is the one to report, and the rows not saved run again on resume.
+        """
         try:
             self.engine.abort(list(self.in_engine))
         except Exception:  # the engine may already be gone (signal reached it too)
             log.debug("abort failed", exc_info=True)
         self.in_engine.clear()
-        self._end()
-        for batch in list(self.open.values()):
-            self._commit(batch)
+        try:
+            self._end()
+            for batch in list(self.open.values()):
+                self._commit(batch)
+        except StorageError as e:
+            if not failing:
+                raise
+            log.warning("the finished rows of the open batches were not saved either (%s: %s); they run "
+                        "again on resume", e.path, os_reason(e.error))
 
     def hard_stop(self) -> None:
         """The engine did not answer after a stop request: save finished rows, exit resumable."""

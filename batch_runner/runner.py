@@ -27,7 +27,7 @@ from . import checkpoint
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
 from .engine import Engine, check_vllm_version, get_engine, is_cpu_platform, max_num_seqs, vllm_version
-from .errors import ExitStatus
+from .errors import ExitStatus, writing
 from .metrics import RunMetrics
 from .pipeline import Pipeline
 from .prepare import RequestBuilder
@@ -90,7 +90,8 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
         return RunResult(ExitStatus.OK, job.output_dir,
                          preview=preview(job.input, pre.renderer, pre.report, options.dry_run_rows))
     ctx = _Context(job, shard, pre, started, t0)
-    job.output_dir.mkdir(parents=True, exist_ok=True)
+    with writing(job.output_dir, checkpoint.OUTPUT_ADVICE, ExitStatus.USAGE):
+        job.output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.OutputLock(job.output_dir, shard.label), StopRequest() as stop:
         kept, done = checkpoint.open_shard(job, shard, pre.report, options.fresh, options.retry_errors)
         return _run_rows(ctx, options, stop, kept, done)

@@ -91,13 +91,24 @@ def array_ranges(indices: list[int]) -> str:
     return ",".join(out)
 
 
+def unfinished_message(out: Path, states: list[ShardState]) -> str:
+    """Why ``merge`` refuses: the shards not complete, those running now (wait for them), and the
+    array indices to resubmit when there are any (never an empty ``--array=``)."""
+    unfinished = [s.shard.index for s in states if s.state != "complete"]
+    running = [s.shard.index for s in states if s.state == "running"]
+    says = [f"{out}: shards not complete: {array_ranges(unfinished)}"]
+    if running:
+        says.append(f"running now: {array_ranges(running)} (wait for them to finish)")
+    if tasks := array_tasks(out, states):
+        says.append(f"resubmit (sbatch --array={array_ranges(tasks)} ..., or rerun the job)")
+    return "; ".join(says) + "; then merge"
+
+
 def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
     """Write ``merged/results.parquet`` and ``merged/stats.parquet``; refuse unless complete."""
     states = shard_states(out)
-    unfinished = [s.shard.index for s in states if s.state != "complete"]
-    if unfinished:
-        raise JobError(f"{out}: shards not complete: {array_ranges(unfinished)}; resubmit them "
-                       f"(sbatch --array={array_ranges(array_tasks(out, states))} ..., or rerun the job), then merge")
+    if any(s.state != "complete" for s in states):
+        raise JobError(unfinished_message(out, states))
     results = ds.dataset([str(p) for p in committed_parts(out / "results")], format="parquet")
     ids = results.to_table(columns=["id"]).column("id")
     if pc.count_distinct(ids).as_py() != len(ids):

@@ -13,7 +13,7 @@ from . import checkpoint
 from .commit import Committer
 from .cost import cost_of, devices_of
 from .engine import vllm_version
-from .errors import ExitStatus
+from .errors import RESUME_ADVICE, ExitStatus, writing
 from .openai_batch import write_openai_files
 from .output import write_json
 from .records import Summary
@@ -45,10 +45,11 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
         skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.as_dict(),
         engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
         gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost.as_dict())
-    write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
-    if complete:
-        checkpoint.mark_shard_done(out, shard.label, summary.as_dict())
-        if job.output.openai and shard.count == 1:  # sharded outputs get theirs from `merge`
-            answered, failed = write_openai_files(out, job.model.name)
-            log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
+    with writing(out, RESUME_ADVICE):
+        write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
+        if complete:
+            checkpoint.mark_shard_done(out, shard.label, summary.as_dict())
+            if job.output.openai and shard.count == 1:  # sharded outputs get theirs from `merge`
+                answered, failed = write_openai_files(out, job.model.name)
+                log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
     return status, summary

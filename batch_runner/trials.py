@@ -25,6 +25,7 @@ from typing import Any
 
 from .config import JobSpec
 from .errors import BatchRunnerError
+from .mainscript import children_skip_main
 
 
 @dataclass
@@ -150,7 +151,8 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
     proc = mp.Process(target=_trial_main, args=(trial_job(job, rows, settings, out).model_dump_json(), results,
                                                 str(out) + ".log", passes))
     t0 = time.monotonic()
-    proc.start()
+    with children_skip_main():
+        proc.start()
     trial = TrialResult(name, settings)
     try:
         kind, value = results.get(timeout=limit_s)

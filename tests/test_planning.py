@@ -12,6 +12,7 @@ import pytest
 from batch_runner import tune as tune_mod
 from batch_runner.cli import _hours
 from batch_runner.cost import cost_of
+from batch_runner.errors import JobError
 from batch_runner.estimate import InputTokens, estimate, report, wave_note
 from batch_runner.trials import TrialResult, folder_name
 from conftest import write_job
@@ -259,6 +260,24 @@ def test_slurm_time_limits_are_read_as_slurm_writes_them():
     assert [_hours(t) for t in ("90", "10:30", "04:00:00", "1-00:00:00", "2-12")] == [1.5, 0.175, 4.0, 24.0, 60.0]
 
 
+@pytest.mark.parametrize("bad", ["25:99", "00:00:00", "0", "1-24", "1-23:60", "10:61:00", "-5", "UNLIMITED", "4h"])
+def test_a_bad_time_limit_is_refused_before_any_trial(cli, tmp_path, monkeypatch, bad):
+    def no_trial(*a, **kw):
+        raise AssertionError("a trial started before --time was checked")
+    monkeypatch.setattr("batch_runner.trials.run_trial", no_trial)
+    result = cli("estimate", write_job(tmp_path), "--time", bad)
+    assert result.exit_code == 2 and f"--time {bad!r}" in result.output, result.output
+    with pytest.raises(JobError):
+        _hours(bad)
+
+
+def test_a_tuned_file_that_is_not_tunes_is_refused(cli, tmp_path):
+    for text in ("not json", "{}", '{"best": null, "trials": []}', '{"best": {"nope": 1}}'):
+        (tmp_path / "tune.json").write_text(text)
+        result = cli("estimate", write_job(tmp_path), "--tuned", tmp_path / "tune.json")
+        assert result.exit_code == 2 and "not a tune.json written by `batch-run tune`" in result.output, text
+
+
 def test_cost_figures_of_a_run(cli, fake, tmp_path):
     fake()
     metrics = tmp_path / "metrics"
@@ -277,6 +296,14 @@ def test_cost_figures_of_a_run(cli, fake, tmp_path):
     assert "GPU-hours" in result.output and "cost" in result.output
     prom = next(metrics.glob("*.prom")).read_text()
     assert "batch_run_gpu_hours{" in prom and "batch_run_cost{" in prom
+
+
+def test_the_closing_table_shows_gpu_hours_only_with_a_price(cli, fake, tmp_path):
+    fake()
+    result = cli("run", write_job(tmp_path), "--limit", "4")
+    assert result.exit_code == 0, result.output
+    assert "GPU-hours" not in result.output and "per GPU-hour" not in result.output
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["cost"]["gpu_hours"] > 0  # still recorded
 
 
 def test_cost_without_a_price_has_hours_only():

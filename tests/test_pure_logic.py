@@ -175,3 +175,15 @@ def test_metrics_while_running_parse_and_escape_labels(tmp_path):
     samples = {s.name: s for f in text_string_to_metric_families(m.path.read_text()) for s in f.samples}
     assert samples["batch_run_exit_status"].value == 75
     assert "batch_run_last_success_timestamp_seconds" not in samples  # interrupted is no success
+
+
+def test_merge_refusal_never_offers_an_empty_array(tmp_path):
+    from batch_runner.shards import ShardState, unfinished_message
+
+    (tmp_path / "job.json").write_text('{"fingerprint": {"shards": 3}, "job": {}}')
+    state = lambda i, s: ShardState(Shard(i, 3), s, 0, 0, None)  # noqa: E731
+    all_running = unfinished_message(tmp_path, [state(0, "complete"), state(1, "running"), state(2, "running")])
+    assert "shards not complete: 1-2" in all_running and "running now: 1-2" in all_running
+    assert "--array" not in all_running
+    mixed = unfinished_message(tmp_path, [state(0, "missing"), state(1, "running"), state(2, "partial")])
+    assert "running now: 1 " in mixed and "sbatch --array=0,2 ..." in mixed

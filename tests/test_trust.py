@@ -309,3 +309,26 @@ def test_the_python_api_refuses_an_output_with_foreign_files(cli, done, tmp_path
     foreign_cases(cli, tmp_path, job, out)["a part of another job, copied"]()
     with pytest.raises(ForeignFiles, match="written for another"):
         results(load_job(job, []))
+
+
+def test_shards_creating_job_json_together_keep_the_first_output_id(tmp_path):
+    import fcntl
+    import threading
+
+    from batch_runner.checkpoint import check_fingerprint
+    from batch_runner.digest import InputContent
+
+    out = tmp_path / "out"
+    out.mkdir()
+    first = {"fingerprint_hash": fingerprint_hash({"a": 1}), "fingerprint": {"a": 1}, "output_id": "first"}
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another shard's run is creating job.json right now
+    second = threading.Thread(target=check_fingerprint, args=(out, {"a": 1}, {}, pa.schema([]), InputContent([])))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive() and not (out / "job.json").exists()  # it waits, having written nothing
+    (out / "job.json").write_text(json.dumps(first))
+    os.close(fd)
+    second.join(30)
+    assert not second.is_alive()
+    assert json.loads((out / "job.json").read_text())["output_id"] == "first"  # not overwritten

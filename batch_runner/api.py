@@ -161,6 +161,10 @@ def results(job: JobSpec):
     from .inputs import iter_rows
     from .inputs import row_id
 
+    from .checkpoint import read_job_record
+    from .ownership import refuse_foreign
+
+    refuse_foreign(job.output_dir, read_job_record(job.output_dir))  # never another output's rows
     parts = [str(p) for p in committed_parts(job.output_dir / "results")]
     found = datasets.Dataset.from_parquet(parts)
     position = {str(row_id(job.input, row.index, row.data)): i for i, row in enumerate(iter_rows(job.input))}

@@ -16,18 +16,26 @@ import os
 import re
 import socket
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from .config import JobSpec
+from .digest import InputContent, changed_files
 from .errors import RESUME_ADVICE, ExitStatus, JobError, ResumeConflict, writing
-from .inputs import input_identity, resolve_files
+from .inputs import resolve_files
 from .sharding import Shard
 from .output import committed_parts, sweep_temporaries, write_json
+from .ownership import MAX_NAMED, ForeignFiles, part_identity, refuse_foreign
+
+if TYPE_CHECKING:
+    from .preflight import InputReport
 
 log = logging.getLogger("batch_runner")
 OUTPUT_ADVICE = "free space there, or give the job a writable output folder (--output or output.dir); nothing was written"
@@ -60,26 +68,69 @@ def read_job_record(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any], kept: pa.Schema) -> pa.Schema:
-    """Record the fingerprint and the kept columns' types in a new output; refuse an output
-    written by a different job. Returns the kept schema every part of this output must have."""
+def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any], kept: pa.Schema,
+                      content: InputContent) -> pa.Schema:
+    """Record the fingerprint, the input's block digests, the kept columns' types and a new output id
+    in a new output; refuse an output written by a different job. Returns the kept schema every
+    part of this output must have."""
     recorded = read_job_record(out)
-    if recorded is not None:
-        if recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
-            raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint))
-        if "kept_schema" in recorded:  # decided by the first run, from the whole input
-            return schema_from_record(recorded["kept_schema"])
-    write_json(out / "job.json", {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint,
-                                  "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job})
-    return kept
+    if recorded is None:
+        record = {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint,
+                  "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job,
+                  "output_id": uuid.uuid4().hex, "input_blocks": content.blocks()}
+        with _creating(out):  # shards starting together: one creates it, the others read it
+            if (recorded := read_job_record(out)) is None:
+                write_json(out / "job.json", record)
+                return kept
+    if recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
+        raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint, content))
+    return schema_from_record(recorded["kept_schema"]) if "kept_schema" in recorded else kept
 
 
-def fingerprint_conflict(out: Path, recorded: dict[str, Any], fingerprint: dict[str, Any]) -> list[str]:
-    changes = changed_keys(recorded.get("fingerprint", {}), fingerprint)
+CREATE_WAIT_S = 30.0  # job.json is written in milliseconds; a holder past this is stuck
+
+
+@contextmanager
+def _creating(out: Path) -> Iterator[None]:
+    """An exclusive flock on the output folder itself while job.json is read and, if absent, created
+    (no file of its own: a refusal creates nothing). Bounded: it waits at most CREATE_WAIT_S."""
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        deadline = time.monotonic() + CREATE_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ResumeConflict(f"{out}: another run has been creating job.json for over "
+                                         f"{CREATE_WAIT_S:.0f} s; run again when it is done") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # drops the flock
+
+
+def output_identity(out: Path) -> dict[str, str]:
+    """What every part written into this output carries in its footer (ownership.part_identity)."""
+    return part_identity(read_job_record(out) or {})
+
+
+_AGAIN = ("Rerun with --fresh to move the old results aside and start over, or write elsewhere with "
+          "--output DIR.")
+
+
+def fingerprint_conflict(out: Path, recorded: dict[str, Any], fingerprint: dict[str, Any],
+                         content: InputContent) -> list[str]:
+    old = recorded.get("fingerprint", {})
+    old_input = old.get("input", {})
+    if isinstance(old_input.get("files"), list):  # job.json of a batch-run that recorded sizes only
+        return [f"{out}: its job.json records the input's file sizes, not its content (written by an older "
+                "batch-run), so a resumed run cannot tell whether the input changed. " + _AGAIN]
+    files = changed_files(recorded.get("input_blocks"), old_input, content) if "files" in old_input else []
+    changes = files + [c for c in changed_keys(old, fingerprint) if not c.startswith("input.files.")]
     text = (f"{out} holds results of a different job; resuming would mix them. What changed:\n"
-            + "\n".join(f"  {c}" for c in changes[:20])
-            + "\nRerun with --fresh to move the old results aside and start over, "
-              "or write elsewhere with --output DIR.")
+            + "\n".join(f"  {c}" for c in changes[:20]) + "\n" + _AGAIN)
     return [text]  # one problem, however many lines
 
 
@@ -193,10 +244,8 @@ class OutputLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
-            raise ResumeConflict(f"{self.path.parent}: another run is writing to this output "
-                                 f"({holder}); wait for it to finish, or use another --output") from None
+            raise ResumeConflict(self.busy(lock_holder(self.path))) from None
         self._fd = fd
         with writing(self.path, OUTPUT_ADVICE, ExitStatus.USAGE):
             try:
@@ -206,9 +255,9 @@ class OutputLock:
                 self.release()
                 raise
 
-    def acquire_and_release(self) -> None:
-        self.acquire()
-        self.release()
+    def busy(self, holder: str) -> str:
+        return (f"{self.path.parent}: another run is writing to this output ({holder}); wait for it to "
+                "finish, or use another --output")
 
     def release(self) -> None:
         if self._fd is not None:
@@ -223,10 +272,24 @@ class OutputLock:
         self.release()
 
 
+def lock_holder(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace").strip()[:200] or "unknown process"
+    except OSError:
+        return "unknown process"
+
+
 def check_not_locked(out: Path, shard: str) -> None:
-    """Fail at once, naming the holder, when a run holds this shard's lock (creates nothing)."""
-    if (out / f".lock-{shard}").exists():
-        OutputLock(out, shard).acquire_and_release()
+    """Fail at once, naming the holder, when a run holds this shard's lock, or the lock of any shard
+    of another split of this output (a run over other shards than ours would be refused later
+    anyway, as a different job). A probe: it creates and writes nothing (a refusal leaves the output
+    as it was); the run takes its lock for real after the pre-flight."""
+    split = shard.partition("-of-")[2]
+    labels = [p.name.removeprefix(".lock-") for p in out.glob(".lock-*")] if out.is_dir() else []
+    for label in [shard] + sorted(x for x in labels if x.partition("-of-")[2] != split):
+        if output_locked(out, label):
+            lock = OutputLock(out, label)
+            raise ResumeConflict(lock.busy(lock_holder(lock.path)))
 
 
 def output_locked(out: Path, shard: str) -> bool:
@@ -307,16 +370,17 @@ __all__ = ["OutputLock", "check_fingerprint", "check_output_dir", "done_ids", "d
            "fingerprint_hash", "mark_shard_done", "clear_shard_marker"]
 
 
-def fingerprint(job: JobSpec, shard: Shard, assignment: str | None = None) -> dict[str, Any]:
-    """What determines the results: model, rendering, sampling, input identity, shard count, and the
-    prefix-affinity assignment of rows to shards where there is one (its digest)."""
+def fingerprint(job: JobSpec, shard: Shard, assignment: str | None, content: InputContent) -> dict[str, Any]:
+    """What determines the results: model, rendering, sampling, the input's content, shard count, and
+    the prefix-affinity assignment of rows to shards where there is one (its digest)."""
+    source = {"dataset": job.input.dataset} if job.input.dataset is not None or job.input.format == "hf" else {}
     return {**({"assignment": assignment} if assignment else {}),
         "model": job.model.model_dump(),
         # the render bounds decide only which rows fail (--retry-errors runs them again), not a result
         "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window", "prefix_affinity",
                                                  "render_timeout_s", "max_render_chars"}),
         "sampling": job.sampling.model_dump(),
-        "input": {**input_identity(job.input), "id_column": job.input.id_column,
+        "input": {**source, **content.identity(), "id_column": job.input.id_column,
                   "keep_columns": job.input.keep_columns},
         "shards": shard.count,
     }
@@ -340,18 +404,35 @@ def check_output_folder(job: JobSpec, shard: Shard, job_file: Path | None) -> No
     check_not_locked(out, shard.label)
 
 
-def open_shard(job: JobSpec, shard: Shard, assignment: str | None, kept_schema: pa.Schema, fresh: bool,
+def open_shard(job: JobSpec, shard: Shard, report: InputReport, fresh: bool,
                retry_errors: bool) -> tuple[pa.Schema, set[str]]:
-    """Under the shard's lock: the fingerprint check (and --fresh), the resume state. Returns the
-    output's kept-column schema and the ids committed before."""
+    """Under the shard's lock: foreign files, the fingerprint (and --fresh), the resume state. Every
+    refusal comes before anything is moved or written. Returns the output's kept-column schema and
+    the ids committed before."""
     out, label = job.output_dir, shard.label
-    wanted = fingerprint(job, shard, assignment)
+    refuse_foreign(out, read_job_record(out))  # --fresh too: it moves only our files, these would stay
+    wanted = fingerprint(job, shard, report.assignment, report.content)
     with writing(out, RESUME_ADVICE):
         if fresh and (moved := move_aside(out, {label}, wanted)):
             log.warning("moved the old results to %s", moved)
-        kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), kept_schema)
+        kept = check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema,
+                                 report.content)
+        done = done_ids(out / "results", label)
+        if strays := done - report.shard_ids - report.ids_beyond_limit:
+            raise ForeignFiles(stray_parts(out / "results", label, strays))
         sweep_temporaries(out, label)
         clear_shard_marker(out, label)
-        if retry_errors:
-            drop_error_rows(out / "results", label, job.output.compression)
-    return kept, done_ids(out / "results", label)
+        if retry_errors and drop_error_rows(out / "results", label, job.output.compression):
+            done = done_ids(out / "results", label)
+    return kept, done
+
+
+def stray_parts(results: Path, shard: str, strays: set[str]) -> list[str]:
+    """The parts of this shard holding ids that are not this shard's rows of the input (whatever
+    wrote them, they are not this job's answers), one line each, and what to do."""
+    bad = []
+    for part in shard_parts(results, shard):
+        if found := strays & set(pq.read_table(part, columns=["id"]).column("id").to_pylist()):
+            bad.append(f"{part}: ids that are not this shard's rows of the input ({', '.join(sorted(found)[:3])})")
+    return bad[:MAX_NAMED] + [f"{results.parent} holds parts batch-run did not write for this job (above); "
+                              "move them out of the folder, then run again."]

@@ -23,6 +23,7 @@ from .config import JobSpec
 from .errors import RESUME_ADVICE, ExitStatus, JobError, writing
 from .gpu import visible_devices
 from .mainscript import refuse_in_child_import
+from .ownership import refuse_foreign
 from .parallel import NodeExecutor, Worker, combined_status, plan
 from .records import Summary
 from .runner import RunOptions, run_shard
@@ -89,9 +90,10 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
     for s in shards:
         checkpoint.check_output_folder(job, s, options.job_file)
     report = run_shard(job, RunOptions(dry_run=True, dry_run_rows=0, shard=shards[0])).preview["report"]
-    wanted = checkpoint.fingerprint(job, shards[0], report.assignment)
+    wanted = checkpoint.fingerprint(job, shards[0], report.assignment, report.content)
     with writing(out, checkpoint.OUTPUT_ADVICE, ExitStatus.USAGE):
         out.mkdir(parents=True, exist_ok=True)
+    refuse_foreign(out, checkpoint.read_job_record(out))  # before --fresh moves anything
     if options.fresh:
         locks = [checkpoint.OutputLock(out, s.label) for s in shards]
         try:
@@ -105,7 +107,8 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> No
             for lock in locks:
                 lock.release()
     with writing(out, RESUME_ADVICE):
-        checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema)
+        checkpoint.check_fingerprint(out, wanted, json.loads(job.model_dump_json()), report.kept_schema,
+                                    report.content)
 
 
 def run_on_node(job: JobSpec, options: RunOptions, workers: list[Worker], tp: int, verbose: bool) -> Execution:

@@ -219,16 +219,9 @@ def _read_files(spec: InputSpec) -> Iterator[InputRow]:
             start = row.index + 1
 
 
-def input_identity(spec: InputSpec) -> dict[str, Any]:
-    """What identifies the input for the resume fingerprint: resolved paths and sizes.
-
-    ``limit`` is left out on purpose: a run over the first 100 rows and a later run over all of
-    them produce the same result for the same id, so the second resumes the first.
-    """
-    if spec.dataset is not None or spec.format == "hf":
-        return {"dataset": spec.dataset}
-    files = resolve_files(spec)
-    return {"files": [[str(f.resolve()), f.stat().st_size] for f in files]}
+def load_dataset(spec: InputSpec):
+    """The Hugging Face dataset of ``input.dataset`` (its split), loaded as the reader loads it."""
+    return _load_dataset(spec)
 
 
 def row_id(spec: InputSpec, index: int, data: dict[str, Any]) -> Any:

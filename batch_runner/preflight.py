@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,8 @@ import pyarrow as pa
 
 from .affinity import Membership, assign
 from .config import InputSpec, JobSpec
-from .engine import check_sampling
+from .digest import InputContent, dataset_content, files_content
+from .engine import check_sampling, engine_arguments
 from .errors import JobError, RowError
 from .inputs import INVALID, describe_source, iter_rows, row_id
 from .models import context_length, load_tokenizer, resolve_model
@@ -32,9 +34,11 @@ class InputReport:
     shard_rows: int = 0  # of those, rows this shard owns
     shard_ids: set[str] = field(default_factory=set)  # their ids: the run is done when all are committed
     rows_beyond_limit: int = 0  # rows of this shard past the limit: a limited run never completes the shard
+    ids_beyond_limit: set[str] = field(default_factory=set)  # their ids: an earlier run's parts may hold them
     kept_schema: pa.Schema = field(default_factory=lambda: pa.schema([]))
     notes: list[str] = field(default_factory=list)  # decisions the user should hear of (widened columns)
     assignment: str | None = None  # prefix affinity: the digest of the rows' assignment to shards
+    content: InputContent = field(default_factory=lambda: InputContent([]))  # for the resume fingerprint
 
 
 INT64 = (-2**63, 2**63 - 1)
@@ -144,6 +148,7 @@ def check_input(spec: InputSpec, columns: dict[str, str], owns: Callable[[str, d
                     report.shard_ids.add(rid)
                 else:
                     report.rows_beyond_limit += 1
+                    report.ids_beyond_limit.add(rid)
     except JobError as e:
         problems.extend(e.problems)  # a reader error ends the pass; report it with the rest
     source = describe_source(spec)
@@ -217,19 +222,29 @@ class Preflight:
     renderer: PromptRenderer
     report: InputReport
     membership: Membership  # which rows are this shard's (by id hash, or by prefix group)
+    engine_args: dict[str, Any] = field(default_factory=dict)  # for vllm.LLM, checked against vLLM's EngineArgs
+    dropped: list[str] = field(default_factory=list)  # engine options the installed vLLM lacks (not passed)
 
 
 def preflight(job: JobSpec, shard: Shard) -> Preflight:
     """The model (converted once), its tokenizer and the prompt renderer, the job's own sampling
-    values, the rows' assignment to shards, and one pass over the whole input."""
-    model_path = resolve_model(job.model.name)
-    tokenizer = load_tokenizer(model_path, job)
-    renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
-    check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
-    p = job.prompt
-    assignment = assign(job, renderer.prefix_key, shard.count) \
-        if p.group_by_prefix and p.prefix_affinity and shard.count > 1 else None
-    membership = Membership(shard, assignment, renderer.prefix_key)
-    report = check_input(job.input, columns_read(job, renderer), membership.owns)
-    report.assignment = assignment.digest if assignment else None
-    return Preflight(model_path, renderer, report, membership)
+    values and engine arguments, the rows' assignment to shards, one pass over the whole input, and
+    the input's content digest (hashed in a thread meanwhile: hashlib lets go of the GIL)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="batch-run-digest") as pool:
+        hashing = pool.submit(files_content, job.input)
+        model_path = resolve_model(job.model.name)
+        tokenizer = load_tokenizer(model_path, job)
+        renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
+        check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
+        # engine.extra keys vLLM does not know fail here too: a refusal must come before --fresh moves anything
+        engine_args, dropped = engine_arguments(model_path, job.model, job.engine)
+        p = job.prompt
+        assignment = assign(job, renderer.prefix_key, shard.count) \
+            if p.group_by_prefix and p.prefix_affinity and shard.count > 1 else None
+        membership = Membership(shard, assignment, renderer.prefix_key)
+        report = check_input(job.input, columns_read(job, renderer), membership.owns)
+        report.assignment = assignment.digest if assignment else None
+        report.content = hashing.result()  # bounded: one read of files the pass above has just read
+    if job.input.dataset is not None or job.input.format == "hf":
+        report.content = dataset_content(job.input)
+    return Preflight(model_path, renderer, report, membership, engine_args, dropped)

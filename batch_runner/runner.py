@@ -26,8 +26,7 @@ import pyarrow as pa
 from . import checkpoint
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
-from .engine import (Engine, check_vllm_version, engine_arguments, get_engine, is_cpu_platform, max_num_seqs,
-                     vllm_version)
+from .engine import Engine, check_vllm_version, get_engine, is_cpu_platform, max_num_seqs, vllm_version
 from .errors import ExitStatus, writing
 from .metrics import RunMetrics
 from .pipeline import Pipeline
@@ -94,8 +93,7 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     with writing(job.output_dir, checkpoint.OUTPUT_ADVICE, ExitStatus.USAGE):
         job.output_dir.mkdir(parents=True, exist_ok=True)
     with checkpoint.OutputLock(job.output_dir, shard.label), StopRequest() as stop:
-        kept, done = checkpoint.open_shard(job, shard, pre.report.assignment, pre.report.kept_schema,
-                                           options.fresh, options.retry_errors)
+        kept, done = checkpoint.open_shard(job, shard, pre.report, options.fresh, options.retry_errors)
         return _run_rows(ctx, options, stop, kept, done)
 
 
@@ -107,6 +105,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     engine_info = {k: v for k, v in args.items() if k != "model"}
     meta = {"batch_runner": json.dumps({
+        **checkpoint.output_identity(out),  # whose part it is: checked on every read (ownership.py)
         "job": job.name, "model": job.model.name, "run_id": run_id, "shard": ctx.shard.label,
         "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
     committer = Committer(PartWriter(out, ctx.shard.label, run_id, meta, job.output.compression), kept,
@@ -139,7 +138,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
 
 def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Engine]:
     job = ctx.job
-    args, dropped = engine_arguments(ctx.pre.model_path, job.model, job.engine)
+    args, dropped = dict(ctx.pre.engine_args), ctx.pre.dropped  # checked by the pre-flight
     if dropped:
         log.warning("engine options not in vLLM %s, not passed: %s", vllm_version(), ", ".join(dropped))
     if job.model.lora_adapters and job.model.lora is None and is_cpu_platform():

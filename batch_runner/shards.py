@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from .checkpoint import output_locked, shard_totals
 from .errors import JobError
 from .openai_batch import write_openai_files
+from .ownership import refuse_foreign
 from .output import atomic_write, committed_parts
 from .sharding import Shard
 
@@ -40,6 +41,8 @@ def recorded(out: Path) -> dict:
 
 
 def shard_states(out: Path) -> list[ShardState]:
+    """Each shard's state; refuses (exit 2, naming them) an output holding files it did not write."""
+    refuse_foreign(out, recorded(out))
     states = []
     count = int(recorded(out)["fingerprint"]["shards"])
     for i in range(count):

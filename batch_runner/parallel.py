@@ -28,6 +28,7 @@ from .config import EngineSpec, JobSpec
 from .errors import BatchRunnerError, ExitStatus, JobError
 from .records import ProgressEvent, Summary
 from .sharding import Shard
+from .stop import is_second_request
 
 log = logging.getLogger("batch_runner")
 
@@ -134,12 +135,15 @@ class NodeExecutor:
             _say(f"shard {w.shard.label} on {w.where}: worker pid {w.proc.pid}")
 
     def _forward(self, signum: int, frame) -> None:
+        """The first signal reaches the workers as SIGTERM, later ones as they came: the workers apply
+        the stop rule (stop.py), so repeated SIGTERMs stay one stop and a SIGINT after it exits at once."""
         self.signals += 1
+        at_once = self.signals > 1 and is_second_request(signum)
         _say(f"{signal.Signals(signum).name} received: passing it to the workers"
-             + (" (again: they exit at once)" if self.signals > 1 else ""))
+             + (" (again: they exit at once)" if at_once else ""))
         for w in self.workers:
             if w.proc.is_alive():
-                os.kill(w.proc.pid, signal.SIGTERM)
+                os.kill(w.proc.pid, signum if self.signals > 1 else signal.SIGTERM)
 
     def wait(self) -> list[int]:
         """Until every worker has ended: their events as they come; returns their exit codes."""

@@ -1,4 +1,9 @@
-"""SIGTERM/SIGINT during a run: the first asks for a clean stop, a second exits at once."""
+"""SIGTERM/SIGINT during a run: the first asks for a clean stop; a SIGINT after that exits at once.
+
+Schedulers repeat their SIGTERM (scancel retries it while slurmctld is busy; a preemption or a
+time limit may send it again), so further SIGTERMs belong to the stop already under way. Only a
+SIGINT after a stop began (a person pressing Ctrl-C again) is a clear second request.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,11 @@ from typing import Any
 from .errors import Interrupted
 
 STOP_GRACE_S = 60.0  # after a stop request, the longest we wait for the engine before saving and exiting
+
+
+def is_second_request(signum: int) -> bool:
+    """Whether a signal that comes while a stop is under way asks to exit at once: only SIGINT does."""
+    return signum == signal.SIGINT
 
 
 class StopRequest:
@@ -37,14 +47,17 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:
-            print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
-            os._exit(130)
+            if is_second_request(signum):
+                print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
+                os._exit(130)
+            print("batch-run: SIGTERM again: already stopping (SIGINT to exit at once)", file=sys.stderr, flush=True)
+            return
         self.requested = signal.Signals(signum).name
         if self.starting:  # a start takes minutes on a GPU; no row has run, so stop now
             raise Interrupted(f"{self.requested} received while the engine was starting; nothing ran. "
                               "Rerun (or requeue) to resume")
         print(f"batch-run: {self.requested} received: saving finished rows, then stopping "
-              "(signal again to exit at once)", file=sys.stderr, flush=True)
+              "(SIGINT again to exit at once)", file=sys.stderr, flush=True)
         self._timer = threading.Timer(STOP_GRACE_S, self.on_timeout)
         self._timer.daemon = True
         self._timer.start()

@@ -19,13 +19,14 @@ from conftest import ROOT
 SBATCH = ROOT / "jobs" / "slurm" / "batch-run.sbatch"
 
 # batch-run's part: on the first TERM it saves for a while, then exits with $STATUS; meanwhile the
-# scheduler's repeats reach the script, the last one just as batch-run ends ($SCRIPT: the script).
+# scheduler's repeats reach the script, the last one just as batch-run ends ($TARGET: the script, or
+# its process group).
 STAND_IN = """#!/usr/bin/env bash
 trap 'echo TERM >> "$WORK/terms"; stopping=1' TERM
 touch "$WORK/ready"
 while [ -z "${stopping:-}" ]; do sleep 0.05; done
 sleep 1
-kill -TERM "$SCRIPT"
+kill -TERM "$TARGET"
 exit "$STATUS"
 """
 
@@ -41,8 +42,11 @@ def _executable(path: Path, text: str) -> Path:
     return path
 
 
-def _run_script(tmp_path: Path, status: int, terms: int, **env) -> tuple[subprocess.CompletedProcess, Path]:
-    """The sbatch script as Slurm runs it, sent `terms` SIGTERMs 0.3 s apart once batch-run runs."""
+def _run_script(tmp_path: Path, status: int, terms: int, group: bool = False,
+                **env) -> tuple[subprocess.CompletedProcess, Path]:
+    """The sbatch script as Slurm runs it, sent `terms` SIGTERMs 0.3 s apart once batch-run runs: to
+    the script alone (`--signal=B:TERM`), or with `group` to its whole process group, as slurmstepd
+    22.05 delivers `scancel --batch`."""
     work = tmp_path / "work"
     work.mkdir()
     bin_dir = tmp_path / "bin"
@@ -52,7 +56,8 @@ def _run_script(tmp_path: Path, status: int, terms: int, **env) -> tuple[subproc
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "WORK": str(work), "STATUS": str(status),
            "BATCH_RUN": str(stand_in), "SLURM_SUBMIT_DIR": str(tmp_path), "SLURM_JOB_ID": "101",
            "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "1", **env}
-    proc = subprocess.Popen(["bash", "-c", 'SCRIPT=$$ exec bash "$0" job.yaml', str(SBATCH)], env=env, stdout=subprocess.PIPE,
+    target = 'TARGET=-$$' if group else 'TARGET=$$'
+    proc = subprocess.Popen(["bash", "-c", target + ' exec bash "$0" job.yaml', str(SBATCH)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 30
@@ -60,7 +65,7 @@ def _run_script(tmp_path: Path, status: int, terms: int, **env) -> tuple[subproc
             assert proc.poll() is None and time.time() < deadline, proc.communicate()
             time.sleep(0.05)
         for _ in range(terms):
-            proc.send_signal(signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGTERM) if group else proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -70,9 +75,10 @@ def _run_script(tmp_path: Path, status: int, terms: int, **env) -> tuple[subproc
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), work
 
 
+@pytest.mark.parametrize("group", [False, True], ids=["script", "process-group"])
 @pytest.mark.parametrize("terms", [1, 3])
-def test_a_stop_requeues_however_often_the_signal_comes(tmp_path, terms):
-    done, work = _run_script(tmp_path, 75, terms)
+def test_a_stop_requeues_however_often_the_signal_comes(tmp_path, terms, group):
+    done, work = _run_script(tmp_path, 75, terms, group)
     assert (work / "scontrol").read_text().split() == ["requeue", "100_1"], done.stderr
     assert done.returncode == 0, done.stderr
     assert "requeueing 100_1" in done.stderr
@@ -81,7 +87,7 @@ def test_a_stop_requeues_however_often_the_signal_comes(tmp_path, terms):
 
 def test_the_script_ends_with_batch_runs_own_status(tmp_path):
     """No requeue unless batch-run said 75; the script's status is batch-run's, not the signal's."""
-    done, work = _run_script(tmp_path, 3, 2)
+    done, work = _run_script(tmp_path, 3, 2, group=True)
     assert done.returncode == 3, done.stderr
     assert not (work / "scontrol").exists()
 

@@ -336,9 +336,12 @@ def merge_cmd(output_dir: str) -> None:
     from pathlib import Path
 
     from .shards import merge
+    from .stop import StopAtOnce
 
-    try:
-        target, rows = merge(Path(output_dir))
+    try:  # a stop ends it at once, with its temporary file removed: exit 75, or 130 for a SIGINT after
+        with StopAtOnce("merge stopped, its temporary files removed: "
+                        "run merge again"):
+            target, rows = merge(Path(output_dir))
     except BatchRunnerError as e:
         _fail(e)
     click.echo(f"merged {rows} rows into {target}")

@@ -67,3 +67,36 @@ class StopRequest:
             self._timer.cancel()
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class StopAtOnce:
+    """Catches the stop signals during a command with nothing to save (merge): the first raises
+    ``Interrupted(message)`` where the command is, so that its cleanup (``finally``, temporary files)
+    runs on the way out; a SIGINT after it exits at once (130), later SIGTERMs are part of the stop.
+    """
+
+    def __init__(self, message: str):
+        self.message = message
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopAtOnce":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (embedded use): no handlers
+                pass
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            if is_second_request(signum):
+                print("batch-run: second signal, exiting at once", file=sys.stderr, flush=True)
+                os._exit(130)
+            return
+        self.requested = signal.Signals(signum).name
+        raise Interrupted(f"{self.requested} received: {self.message}")
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

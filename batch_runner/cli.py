@@ -372,6 +372,9 @@ def report_cmd(output_dir: str, target: str | None) -> None:
 def entry() -> None:
     """The console script: run the CLI, shut the engine down, and exit without waiting on
     interpreter teardown (seen on the GPU build: the process hung for minutes after its last write)."""
+    from .stop import exit_at_once_on_stop, own_process
+
+    own_process()
     code = 0
     try:
         main()
@@ -380,6 +383,7 @@ def entry() -> None:
     finally:
         from .engine import shutdown_engines
 
+        exit_at_once_on_stop(code)  # a stop during the engine's teardown ends with this status
         shutdown_engines()
         sys.stdout.flush()
         sys.stderr.flush()

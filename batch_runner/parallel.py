@@ -28,7 +28,7 @@ from .config import EngineSpec, JobSpec
 from .errors import BatchRunnerError, ExitStatus, JobError
 from .records import ProgressEvent, Summary
 from .sharding import Shard
-from .stop import is_second_request
+from .stop import exit_at_once_on_stop, is_second_request, own_process
 
 log = logging.getLogger("batch_runner")
 
@@ -97,6 +97,7 @@ def worker_main(job_json: str, shard: Shard, devices: list[str] | None, retry_er
     from .engine import shutdown_engines
     from .runner import RunOptions, run_shard
 
+    own_process()
     setup_logging(verbose, prefix=f"[{shard.label}] ")
     code = int(ExitStatus.FAILED)
     try:
@@ -109,9 +110,10 @@ def worker_main(job_json: str, shard: Shard, devices: list[str] | None, retry_er
         print(f"batch-run: [{shard.label}] error: {e}", file=sys.stderr, flush=True)
         code = int(e.exit_status)
     finally:
-        shutdown_engines()
         events.close()
         events.join_thread()  # the queue's feeder thread has handed everything over
+        exit_at_once_on_stop(code)  # a stop during the engine's teardown ends with this status
+        shutdown_engines()
         sys.stderr.flush()
         os._exit(code)
 

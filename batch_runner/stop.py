@@ -18,6 +18,28 @@ from .errors import Interrupted
 STOP_GRACE_S = 60.0  # after a stop request, the longest we wait for the engine before saving and exiting
 
 
+_owned = False  # this process is batch-run's own (the command line, a node worker), not an embedding program's
+
+
+def own_process() -> None:
+    """Declare the process batch-run's own: a run's stop then covers the rest of its life."""
+    global _owned
+    _owned = True
+
+
+def exit_at_once_on_stop(status: int) -> None:
+    """The run has ended and its results are saved: from now on, SIGTERM/SIGINT end the process at
+    once with ``status`` (the run's own). What is left is the engine's teardown, which may take
+    seconds; a repeated stop must not turn a saved run into a death by signal (exit 143)."""
+    def handle(signum: int, frame) -> None:
+        print(f"batch-run: {signal.Signals(signum).name} received while shutting down; exiting now "
+              f"(status {status})", file=sys.stderr, flush=True)
+        os._exit(status)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+
+
 def is_second_request(signum: int) -> bool:
     """Whether a signal that comes while a stop is under way asks to exit at once: only SIGINT does."""
     return signum == signal.SIGINT
@@ -65,6 +87,9 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         if self._timer is not None:  # the run ended in time; an embedding program goes on
             self._timer.cancel()
+        if _owned and self.requested and self._old:  # the stop goes on until the process ends
+            exit_at_once_on_stop(int(Interrupted.exit_status))
+            return
         for sig, old in self._old.items():
             signal.signal(sig, old)
 

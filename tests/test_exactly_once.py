@@ -167,6 +167,25 @@ def test_repeated_sigterms_are_one_stop(cli, fake, tmp_path):
     assert_every_id_once(tmp_path)
 
 
+def test_a_sigterm_during_the_engines_teardown_ends_with_the_runs_status(cli, fake, tmp_path):
+    """The run stopped and saved its rows; the scheduler's repeated SIGTERM comes while the engine
+    shuts down (seconds with vLLM): the process still ends 75, at once, not killed by the signal."""
+    job = job_file(tmp_path)
+    proc = start_fake_run(job, per_poll=1, latency_s=0.05, close_s=60.0)
+    wait_for_parts(tmp_path / "out", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + 60
+    while not (tmp_path / "out" / "summary.json").exists():  # written before the teardown
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)  # not the 60 s of the teardown
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "SIGTERM received while shutting down; exiting now (status 75)" in stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "interrupted"
+
+
 def test_an_engine_that_does_not_stop_is_left_after_the_grace_period(cli, fake, tmp_path):
     job = job_file(tmp_path)
     proc = start_fake_run(job, per_poll=1, hang_after=6, stop_grace_s=1.0)

@@ -40,6 +40,16 @@ def exit_at_once_on_stop(status: int) -> None:
         signal.signal(sig, handle)
 
 
+def restore_handlers(old: dict[int, Any], stopped: bool) -> None:
+    """Put back the signal handlers a run replaced. In a process of batch-run's own whose run was
+    stopped, the stop covers the rest of the process instead: a repeat exits at once with 75."""
+    if _owned and stopped and old:
+        exit_at_once_on_stop(int(Interrupted.exit_status))
+        return
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
 def is_second_request(signum: int) -> bool:
     """Whether a signal that comes while a stop is under way asks to exit at once: only SIGINT does."""
     return signum == signal.SIGINT
@@ -87,11 +97,7 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         if self._timer is not None:  # the run ended in time; an embedding program goes on
             self._timer.cancel()
-        if _owned and self.requested and self._old:  # the stop goes on until the process ends
-            exit_at_once_on_stop(int(Interrupted.exit_status))
-            return
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        restore_handlers(self._old, bool(self.requested))
 
 
 class StopAtOnce:

@@ -85,10 +85,9 @@ def test_a_stale_temporary_file_of_an_earlier_merge_is_removed(cli, out):
 def test_a_second_merge_while_one_runs_is_refused_and_removes_nothing(cli, out):
     from batch_runner.shards import merge_lock
 
-    (out / "merged").mkdir()
-    theirs = out / "merged" / ".results.parquet.abcdef.tmp"  # the running merge's file
-    theirs.write_bytes(b"being written")
-    with merge_lock(out):
+    theirs = out / "merged" / ".results.parquet.abcdef.tmp"
+    with merge_lock(out):  # a merge running: it holds the lock and writes its temporary file
+        theirs.write_bytes(b"being written")
         refused = cli("merge", out)
     assert refused.exit_code == 2 and "another merge of this output is running" in refused.output
     assert theirs.exists()

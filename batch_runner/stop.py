@@ -2,7 +2,10 @@
 
 Schedulers repeat their SIGTERM (scancel retries it while slurmctld is busy; a preemption or a
 time limit may send it again), so further SIGTERMs belong to the stop already under way. Only a
-SIGINT after a stop began (a person pressing Ctrl-C again) is a clear second request.
+SIGINT after a stop began (a person pressing Ctrl-C again) is a clear second request. In a process
+of batch-run's own, the rule holds until it exits: a signal while the engine shuts down after the
+run ends the process at once with the run's own status, never as a death by signal. ``StopAtOnce``
+applies the rule to a command with nothing to save (merge).
 """
 
 from __future__ import annotations

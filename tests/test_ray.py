@@ -63,6 +63,16 @@ def _lock_holder(out: Path, shard: str) -> int | None:
     return int(text.split()[1]) if text.startswith("pid ") else None
 
 
+def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """The run's output once it ends; past the timeout, its process group is killed (none left behind)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+
+
 def _ray_job(tmp_path: Path, ray_address: str, **executor) -> Path:
     rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))
     return write_job(tmp_path, sampling={"max_tokens": 24}, output={"batch_size": 2}, input={"path": str(rows)},
@@ -74,6 +84,8 @@ def _wait_for_parts(out: Path, proc: subprocess.Popen, *shards: str) -> None:
     deadline = time.time() + 600
     while not all(list((out / "results").glob(f"part-{s}-*.parquet")) for s in shards):
         if proc.poll() is not None or time.time() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(f"shards {shards} committed nothing:\n" + proc.communicate()[1][-4000:])
         time.sleep(0.2)
 
@@ -87,7 +99,7 @@ def test_two_shards_on_ray_survive_a_killed_worker(ray_address, tmp_path, cli):
     assert worker and worker != proc.pid  # the shard runs in a Ray worker, not in batch-run
     os.kill(worker, signal.SIGKILL)
 
-    _, stderr = proc.communicate(timeout=900)
+    _, stderr = _communicate(proc, 900)
     assert proc.returncode == 0, stderr[-4000:]
     assert "2 shards as Ray tasks" in stderr
     df = pd.read_parquet(out / "results")
@@ -111,7 +123,7 @@ def test_a_stopped_driver_stops_its_shards_cleanly_and_ends_75(ray_address, tmp_
     time.sleep(2)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=300)
+    stdout, stderr = _communicate(proc, 300)
     assert proc.returncode == 75, stdout + stderr[-4000:]
     assert "status  interrupted" in stdout and "failed on Ray" not in stderr
     written = sum(pq.read_metadata(p).num_rows for p in (out / "results").glob("part-*.parquet"))
@@ -120,7 +132,7 @@ def test_a_stopped_driver_stops_its_shards_cleanly_and_ends_75(ray_address, tmp_
     assert 75 in ends and set(ends) <= {0, 75}  # each shard saved its rows; one may have finished first
 
     again = start_batch_run("run", job)
-    _, stderr = again.communicate(timeout=900)
+    _, stderr = _communicate(again, 900)
     assert again.returncode == 0, stderr[-4000:]
     df = pd.read_parquet(out / "results")
     assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(ROWS)) and df["id"].is_unique
@@ -134,7 +146,7 @@ def test_a_shard_lost_more_often_than_max_retries_is_given_up(ray_address, tmp_p
     proc = start_batch_run("run", job)
     _wait_for_parts(out, proc, "0000-of-0002")
     os.kill(_lock_holder(out, "0000-of-0002"), signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=900)
+    _, stderr = _communicate(proc, 900)
     assert proc.returncode == 1, stderr[-4000:]
     assert "[0000-of-0002] error: its task was lost on each of 1 run(s)" in stderr
     assert "gave up after executor.max_retries=0 retries" in stderr
@@ -145,7 +157,7 @@ def test_an_unreachable_cluster_is_one_clear_line(tmp_path):
     pytest.importorskip("ray")
     job = _ray_job(tmp_path, f"127.0.0.1:{_free_port()}")
     proc = start_batch_run("run", job)
-    _, stderr = proc.communicate(timeout=120)
+    _, stderr = _communicate(proc, 120)
     assert proc.returncode == 2, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "executor.ray_address: no Ray cluster answers at 127.0.0.1:" in lines[0], stderr

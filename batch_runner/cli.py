@@ -365,9 +365,12 @@ def merge_cmd(output_dir: str) -> None:
     from pathlib import Path
 
     from .shards import merge
+    from .stop import StopAtOnce
 
-    try:
-        target, rows = merge(Path(output_dir))
+    try:  # a stop ends it at once, with its temporary file removed: exit 75, or 130 for a SIGINT after
+        with StopAtOnce("merge stopped, its temporary files removed: "
+                        "run merge again"):
+            target, rows = merge(Path(output_dir))
     except BatchRunnerError as e:
         _fail(e)
     click.echo(f"merged {rows} rows into {target}")
@@ -398,6 +401,9 @@ def report_cmd(output_dir: str, target: str | None) -> None:
 def entry() -> None:
     """The console script: run the CLI, shut the engine down, and exit without waiting on
     interpreter teardown (seen on the GPU build: the process hung for minutes after its last write)."""
+    from .stop import exit_at_once_on_stop, own_process
+
+    own_process()
     code = 0
     try:
         main()
@@ -406,6 +412,7 @@ def entry() -> None:
     finally:
         from .engine import shutdown_engines
 
+        exit_at_once_on_stop(code)  # a stop during the engine's teardown ends with this status
         shutdown_engines()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -29,6 +29,7 @@ from .errors import BatchRunnerError, ExitStatus, JobError
 from .mainscript import children_skip_main
 from .records import ProgressEvent, Summary
 from .sharding import Shard
+from .stop import exit_at_once_on_stop, is_second_request, own_process
 
 log = logging.getLogger("batch_runner")
 
@@ -97,6 +98,7 @@ def worker_main(job_json: str, shard: Shard, devices: list[str] | None, retry_er
     from .engine import shutdown_engines
     from .runner import RunOptions, run_shard
 
+    own_process()
     setup_logging(verbose, prefix=f"[{shard.label}] ")
     code = int(ExitStatus.FAILED)
     try:
@@ -109,9 +111,10 @@ def worker_main(job_json: str, shard: Shard, devices: list[str] | None, retry_er
         print(f"batch-run: [{shard.label}] error: {e}", file=sys.stderr, flush=True)
         code = int(e.exit_status)
     finally:
-        shutdown_engines()
         events.close()
         events.join_thread()  # the queue's feeder thread has handed everything over
+        exit_at_once_on_stop(code)  # a stop during the engine's teardown ends with this status
+        shutdown_engines()
         sys.stderr.flush()
         os._exit(code)
 
@@ -136,12 +139,15 @@ class NodeExecutor:
             _say(f"shard {w.shard.label} on {w.where}: worker pid {w.proc.pid}")
 
     def _forward(self, signum: int, frame) -> None:
+        """The first signal reaches the workers as SIGTERM, later ones as they came: the workers apply
+        the stop rule (stop.py), so repeated SIGTERMs stay one stop and a SIGINT after it exits at once."""
         self.signals += 1
+        at_once = self.signals > 1 and is_second_request(signum)
         _say(f"{signal.Signals(signum).name} received: passing it to the workers"
-             + (" (again: they exit at once)" if self.signals > 1 else ""))
+             + (" (again: they exit at once)" if at_once else ""))
         for w in self.workers:
             if w.proc.is_alive():
-                os.kill(w.proc.pid, signal.SIGTERM)
+                os.kill(w.proc.pid, signum if self.signals > 1 else signal.SIGTERM)
 
     def wait(self) -> list[int]:
         """Until every worker has ended: their events as they come; returns their exit codes."""

@@ -8,19 +8,28 @@ compacted results file and one stats table.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .checkpoint import output_locked, shard_totals
-from .errors import JobError
+from .checkpoint import OutputLock, output_locked, shard_totals
+from .errors import JobError, ResumeConflict
 from .openai_batch import write_openai_files
 from .ownership import refuse_foreign
 from .output import atomic_write, committed_parts
 from .sharding import Shard
+
+# Merged files' row groups: readers (duckdb, Spark, pyarrow) do best with 100k to 1M rows a group;
+# the byte bound keeps the one group held in memory small when rows are long.
+ROW_GROUP_ROWS = 100_000
+ROW_GROUP_BYTES = 64 * 2**20
+MERGE_TEMPORARIES = (".results.parquet.*.tmp", ".stats.parquet.*.tmp")  # atomic_write's names in merged/
 
 
 @dataclass
@@ -114,16 +123,54 @@ def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
     if pc.count_distinct(ids).as_py() != len(ids):
         raise JobError(f"{out}: some ids appear more than once; the output is inconsistent")
     target = out / "merged" / "results.parquet"
-
-    def write_results(tmp: str) -> None:
-        with pq.ParquetWriter(tmp, results.schema, compression=compression) as w:
-            for batch in results.to_batches():  # streams: never the whole table in memory
-                w.write_batch(batch)
-
-    atomic_write(target, write_results)
-    stats = ds.dataset([str(p) for p in committed_parts(out / "stats")], format="parquet").to_table()
-    atomic_write(out / "merged" / "stats.parquet", lambda tmp: pq.write_table(stats, tmp, compression=compression))
-    job = recorded(out).get("job", {})
-    if job.get("output", {}).get("openai"):
-        write_openai_files(out, job.get("model", {}).get("name", ""))
+    with merge_lock(out):
+        write_compacted(results, target, compression)
+        stats = ds.dataset([str(p) for p in committed_parts(out / "stats")], format="parquet")
+        write_compacted(stats, out / "merged" / "stats.parquet", compression)
+        job = recorded(out).get("job", {})
+        if job.get("output", {}).get("openai"):
+            write_openai_files(out, job.get("model", {}).get("name", ""))
     return target, len(ids)
+
+
+@contextmanager
+def merge_lock(out: Path) -> Iterator[None]:
+    """One merge of an output at a time (``merged/.lock-merge``, non-blocking); under it, the
+    temporary files of earlier merges cut short (kill -9, power loss) are removed."""
+    lock = OutputLock(out / "merged", "merge")
+    try:
+        lock.acquire()
+    except ResumeConflict:
+        raise ResumeConflict(f"{out}: another merge of this output is running; wait for it to finish") from None
+    try:
+        for pattern in MERGE_TEMPORARIES:
+            for tmp in (out / "merged").glob(pattern):
+                tmp.unlink(missing_ok=True)
+        yield
+    finally:
+        lock.release()
+
+
+def compacted(dataset: ds.Dataset) -> Iterator[pa.Table]:
+    """The dataset's rows, streamed, in tables of one row group each: ROW_GROUP_ROWS rows or
+    ROW_GROUP_BYTES, whichever comes first (parts hold one batch each, often a few rows)."""
+    tables, rows, size = [], 0, 0
+    for batch in dataset.to_batches():
+        tables.append(batch)
+        rows, size = rows + batch.num_rows, size + batch.nbytes
+        if rows >= ROW_GROUP_ROWS or size >= ROW_GROUP_BYTES:
+            yield pa.Table.from_batches(tables, dataset.schema)
+            tables, rows, size = [], 0, 0
+    if tables:
+        yield pa.Table.from_batches(tables, dataset.schema)
+
+
+def write_compacted(dataset: ds.Dataset, target: Path, compression: str) -> None:
+    """One Parquet file of the dataset's rows in row groups of a sensible size, written atomically;
+    memory holds one row group, however large the dataset."""
+    def write(tmp: str) -> None:
+        with pq.ParquetWriter(tmp, dataset.schema, compression=compression) as w:
+            for table in compacted(dataset):
+                w.write_table(table, row_group_size=table.num_rows)
+
+    atomic_write(target, write)

@@ -1,4 +1,12 @@
-"""SIGTERM/SIGINT during a run: the first asks for a clean stop, a second exits at once."""
+"""SIGTERM/SIGINT during a run: the first asks for a clean stop; a SIGINT after that exits at once.
+
+Schedulers repeat their SIGTERM (scancel retries it while slurmctld is busy; a preemption or a
+time limit may send it again), so further SIGTERMs belong to the stop already under way. Only a
+SIGINT after a stop began (a person pressing Ctrl-C again) is a clear second request. In a process
+of batch-run's own, the rule holds until it exits: a signal while the engine shuts down after the
+run ends the process at once with the run's own status, never as a death by signal. ``StopAtOnce``
+applies the rule to a command with nothing to save (merge).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,43 @@ from typing import Any
 from .errors import Interrupted
 
 STOP_GRACE_S = 60.0  # after a stop request, the longest we wait for the engine before saving and exiting
+
+
+_owned = False  # this process is batch-run's own (the command line, a node worker), not an embedding program's
+
+
+def own_process() -> None:
+    """Declare the process batch-run's own: a run's stop then covers the rest of its life."""
+    global _owned
+    _owned = True
+
+
+def exit_at_once_on_stop(status: int) -> None:
+    """The run has ended and its results are saved: from now on, SIGTERM/SIGINT end the process at
+    once with ``status`` (the run's own). What is left is the engine's teardown, which may take
+    seconds; a repeated stop must not turn a saved run into a death by signal (exit 143)."""
+    def handle(signum: int, frame) -> None:
+        print(f"batch-run: {signal.Signals(signum).name} received while shutting down; exiting now "
+              f"(status {status})", file=sys.stderr, flush=True)
+        os._exit(status)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+
+
+def restore_handlers(old: dict[int, Any], stopped: bool) -> None:
+    """Put back the signal handlers a run replaced. In a process of batch-run's own whose run was
+    stopped, the stop covers the rest of the process instead: a repeat exits at once with 75."""
+    if _owned and stopped and old:
+        exit_at_once_on_stop(int(Interrupted.exit_status))
+        return
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
+
+
+def is_second_request(signum: int) -> bool:
+    """Whether a signal that comes while a stop is under way asks to exit at once: only SIGINT does."""
+    return signum == signal.SIGINT
 
 
 class StopRequest:
@@ -37,14 +82,17 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:
-            print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
-            os._exit(130)
+            if is_second_request(signum):
+                print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
+                os._exit(130)
+            print("batch-run: SIGTERM again: already stopping (SIGINT to exit at once)", file=sys.stderr, flush=True)
+            return
         self.requested = signal.Signals(signum).name
         if self.starting:  # a start takes minutes on a GPU; no row has run, so stop now
             raise Interrupted(f"{self.requested} received while the engine was starting; nothing ran. "
                               "Rerun (or requeue) to resume")
         print(f"batch-run: {self.requested} received: saving finished rows, then stopping "
-              "(signal again to exit at once)", file=sys.stderr, flush=True)
+              "(SIGINT again to exit at once)", file=sys.stderr, flush=True)
         self._timer = threading.Timer(STOP_GRACE_S, self.on_timeout)
         self._timer.daemon = True
         self._timer.start()
@@ -52,5 +100,37 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         if self._timer is not None:  # the run ended in time; an embedding program goes on
             self._timer.cancel()
+        restore_handlers(self._old, bool(self.requested))
+
+
+class StopAtOnce:
+    """Catches the stop signals during a command with nothing to save (merge): the first raises
+    ``Interrupted(message)`` where the command is, so that its cleanup (``finally``, temporary files)
+    runs on the way out; a SIGINT after it exits at once (130), later SIGTERMs are part of the stop.
+    """
+
+    def __init__(self, message: str):
+        self.message = message
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopAtOnce":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (embedded use): no handlers
+                pass
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            if is_second_request(signum):
+                print("batch-run: second signal, exiting at once", file=sys.stderr, flush=True)
+                os._exit(130)
+            return
+        self.requested = signal.Signals(signum).name
+        raise Interrupted(f"{self.requested} received: {self.message}")
+
+    def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)

@@ -34,6 +34,7 @@ class FakeEngine:
     hold: list[str] = field(default_factory=list)  # key endings (":batch:position") that never finish
     hang_after: int | None = None  # polls after which poll never returns (an engine that stopped answering)
     on_poll: Callable[[int], None] = lambda polls: None  # called with the poll count (e.g. to send a signal)
+    close_s: float = 0.0  # how long close takes (vLLM's teardown takes seconds)
     submitted: list[str] = field(default_factory=list)
     polls: int = 0
     _queue: list[tuple[str, int]] = field(default_factory=list)
@@ -73,6 +74,7 @@ class FakeEngine:
 
     def close(self) -> None:
         self._queue.clear()
+        time.sleep(self.close_s)
 
 
 def batch_of(key: str) -> int:
@@ -81,6 +83,7 @@ def batch_of(key: str) -> int:
 
 
 def main() -> None:
+    import batch_runner.engine
     import batch_runner.runner
     import batch_runner.stop
     from batch_runner.cli import entry
@@ -89,6 +92,7 @@ def main() -> None:
     batch_runner.stop.STOP_GRACE_S = settings.pop("stop_grace_s", batch_runner.stop.STOP_GRACE_S)
     engine = FakeEngine(**settings)
     batch_runner.runner.get_engine = lambda args: engine
+    batch_runner.engine._cache["fake"] = engine  # shut down at exit, as the real engine is
     sys.argv = ["batch-run", *sys.argv[1:]]
     entry()
 

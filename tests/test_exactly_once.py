@@ -38,7 +38,10 @@ def assert_every_id_once(tmp_path, rows=ROWS) -> pd.DataFrame:
 
 def start_fake_run(job, **settings) -> subprocess.Popen:
     """The CLI with the fake engine, in a process of its own (for paths that end the process)."""
-    env = {**os.environ, "FAKE_ENGINE": json.dumps(settings), "PYTHONUNBUFFERED": "1"}
+    # PYTHONPATH: this checkout's package, wherever the .venv was installed from (a script's sys.path
+    # starts at tests/)
+    env = {**os.environ, "FAKE_ENGINE": json.dumps(settings), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_engine.py"), "run", str(job)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -128,19 +131,59 @@ def test_kill_9_between_commits_then_the_rerun_runs_exactly_the_rest(cli, fake, 
     assert_every_id_once(tmp_path)
 
 
-def test_a_second_signal_exits_at_once_and_committed_rows_stay(cli, fake, tmp_path):
+@pytest.mark.parametrize("first", [signal.SIGTERM, signal.SIGINT])
+def test_a_sigint_after_a_stop_exits_at_once_and_committed_rows_stay(cli, fake, tmp_path, first):
     job = job_file(tmp_path)
     proc = start_fake_run(job, per_poll=1, hang_after=6)  # the engine stops answering: a stop cannot finish
     wait_for_parts(tmp_path / "out", 1, proc)
-    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # until the engine has stopped answering: else the stop ends before the second signal
+    proc.send_signal(first)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)  # a person pressing Ctrl-C (again)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr[-2000:]
     assert "second signal, exiting at once" in stderr
     fake()
     assert cli("run", job).exit_code == 0
     assert_every_id_once(tmp_path)
+
+
+def test_repeated_sigterms_are_one_stop(cli, fake, tmp_path):
+    """Schedulers repeat SIGTERM (scancel retries it while slurmctld is busy): one stop, exit 75."""
+    job = job_file(tmp_path)
+    # the engine stops answering, so the stop lasts until its grace period ends; the repeats land in it
+    proc = start_fake_run(job, per_poll=1, hang_after=6, stop_grace_s=4.0)
+    wait_for_parts(tmp_path / "out", 1, proc)
+    time.sleep(0.3)
+    for _ in range(3):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "SIGTERM again: already stopping" in stderr and "second signal" not in stderr
+    assert len(results(tmp_path)) == 6  # every finished row saved
+    fake()
+    assert cli("run", job).exit_code == 0
+    assert_every_id_once(tmp_path)
+
+
+def test_a_sigterm_during_the_engines_teardown_ends_with_the_runs_status(cli, fake, tmp_path):
+    """The run stopped and saved its rows; the scheduler's repeated SIGTERM comes while the engine
+    shuts down (seconds with vLLM): the process still ends 75, at once, not killed by the signal."""
+    job = job_file(tmp_path)
+    proc = start_fake_run(job, per_poll=1, latency_s=0.05, close_s=60.0)
+    wait_for_parts(tmp_path / "out", 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.time() + 60
+    while not (tmp_path / "out" / "summary.json").exists():  # written before the teardown
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)  # not the 60 s of the teardown
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "SIGTERM received while shutting down; exiting now (status 75)" in stderr
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "interrupted"
 
 
 def test_an_engine_that_does_not_stop_is_left_after_the_grace_period(cli, fake, tmp_path):

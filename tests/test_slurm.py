@@ -86,7 +86,9 @@ def slurm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slurm")
     memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.8)
     conf = _conf(folder, os.cpu_count() or 2, memory_mb)
-    env = {**os.environ, "SLURM_CONF": str(conf)}
+    # this checkout's package, wherever the .venv's batch-run was installed from (sbatch passes it on)
+    env = {**os.environ, "SLURM_CONF": str(conf),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     munge = folder / "munge"
     munge.mkdir()
     key = munge / "munge.key"
@@ -160,17 +162,18 @@ def _status(env: dict, out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def _exactly_once(out: Path) -> None:
+def _exactly_once(env: dict, out: Path) -> None:
     merged = subprocess.run([str(ROOT / ".venv" / "bin" / "batch-run"), "merge", str(out)], capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env=env)
     assert merged.returncode == 0, merged.stdout + merged.stderr
     df = pd.read_parquet(out / "merged" / "results.parquet")
     assert sorted(df["id"]) == sorted(r["id"] for r in news_rows(ROWS)) and df["id"].is_unique
 
 
 def test_stopped_task_comes_back_and_a_printed_resubmit_works(slurm, tmp_path):
-    """Three shards; shard 1 is stopped mid-run and requeues itself; shard 2 is never submitted
-    with the others, and status's printed --array runs exactly it."""
+    """Three shards; shard 1 is stopped mid-run, its SIGTERM repeated as a retrying scancel does,
+    and requeues itself; shard 2 is never submitted with the others, and status's printed --array
+    runs exactly it."""
     job, out = _job(tmp_path), tmp_path / "out"
     submit = tmp_path / "submit"  # not the repository: the script must find batch-run by itself
     submit.mkdir()
@@ -180,6 +183,8 @@ def test_stopped_task_comes_back_and_a_printed_resubmit_works(slurm, tmp_path):
     _wait_for(lambda: list((out / "results").glob("part-0001-of-0003-*")) if (out / "results").exists() else False,
               600, lambda: _states(slurm, first))
     subprocess.run(["scancel", "--batch", "--signal=TERM", f"{first}_1"], env=slurm, check=True, timeout=60)
+    time.sleep(3)  # scancel's retry ("Job can not be altered now") comes seconds later; the task may be gone
+    subprocess.run(["scancel", "--batch", "--signal=TERM", f"{first}_1"], env=slurm, timeout=60)
     subprocess.run(["scancel", f"{first}_2"], env=slurm, check=True, timeout=60)  # never ran
     _wait_for(lambda: _finished(slurm, first), 900, lambda: _states(slurm, first))
     log = (submit / f"batch-run-{first}_1.log").read_text()
@@ -194,4 +199,4 @@ def test_stopped_task_comes_back_and_a_printed_resubmit_works(slurm, tmp_path):
     again = _sbatch(slurm, submit, printed.removeprefix("resubmit: --array="), job)
     _wait_for(lambda: _finished(slurm, again), 600, lambda: _states(slurm, again))
     assert _status(slurm, out).returncode == 0
-    _exactly_once(out)
+    _exactly_once(slurm, out)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .config import JobSpec
+from .config import JobSpec, excerpt
 from .digest import InputContent, changed_files
 from .errors import RESUME_ADVICE, ExitStatus, JobError, ResumeConflict, writing
 from .inputs import resolve_files
@@ -58,8 +58,18 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flatten(old), _flatten(new)
     missing = "(absent)"
-    return [f"{k}: {a.get(k, missing)!r} -> {b.get(k, missing)!r}" for k in sorted(set(a) | set(b))
+    return [_change(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
             if a.get(k, missing) != b.get(k, missing)]
+
+
+def _change(key: str, old: Any, new: Any) -> str:
+    """One changed value, in excerpts (a system prompt or template may be megabytes); where the two
+    excerpts read the same, where the texts first differ."""
+    line = f"{key}: {excerpt(old)} -> {excerpt(new)}"
+    if isinstance(old, str) and isinstance(new, str) and excerpt(old) == excerpt(new):
+        at = next((i for i, (x, y) in enumerate(zip(old, new)) if x != y), min(len(old), len(new)))
+        line += f" (they differ from character {at + 1})"
+    return line
 
 
 def read_job_record(out: Path) -> dict[str, Any] | None:

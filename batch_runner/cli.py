@@ -401,12 +401,17 @@ def report_cmd(output_dir: str, target: str | None) -> None:
 def entry() -> None:
     """The console script: run the CLI, shut the engine down, and exit without waiting on
     interpreter teardown (seen on the GPU build: the process hung for minutes after its last write)."""
-    from .stop import exit_at_once_on_stop, own_process
+    from .stop import StoppedBeforeRun, exit_at_once_on_stop, own_process, stop_before_run
 
     own_process()
+    stop_before_run()
     code = 0
     try:
         main()
+    except StoppedBeforeRun as e:
+        click.echo(f"batch-run: {e} received before the run began; nothing to save. "
+                   "Rerun (or requeue) to resume", err=True)
+        code = int(ExitStatus.INTERRUPTED)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:

@@ -30,6 +30,8 @@ from .template_bounds import RenderStopped
 
 log = logging.getLogger("batch_runner")
 
+HARD_STOP_LOCK_S = 20.0  # how long the stop watchdog waits for a commit under way before exiting without it
+
 
 @dataclass
 class OpenBatch:
@@ -190,11 +192,24 @@ class Pipeline:
                         "again on resume", e.path, os_reason(e.error))
 
     def hard_stop(self) -> None:
-        """The engine did not answer after a stop request: save finished rows, exit resumable."""
-        with self.lock:
-            self._end()
-            for batch in list(self.open.values()):
-                self._commit(batch)
-        print("batch-run: the engine did not stop in time; finished rows saved, exiting (rerun to resume)",
+        """The engine did not answer after a stop request: save finished rows, exit resumable.
+
+        The exit comes whatever happens here: the main thread may hold the lock in a commit that
+        hangs (a dead network file system), or the save itself may fail (a full disk); either way
+        the rows not saved run again on resume, and a part is never half-written (atomic_write)."""
+        said = "finished rows saved"
+        try:
+            if not self.lock.acquire(timeout=HARD_STOP_LOCK_S):
+                said = "finished rows of open batches not saved (a commit did not end); they run on resume"
+            else:
+                try:
+                    self._end()
+                    for batch in list(self.open.values()):
+                        self._commit(batch)
+                finally:
+                    self.lock.release()
+        except BaseException as e:  # noqa: BLE001 - nothing may keep this thread from exiting
+            said = f"finished rows of open batches not saved ({type(e).__name__}: {str(e)[:200]}); they run on resume"
+        print(f"batch-run: the engine did not stop in time; {said}; exiting (rerun to resume)",
               file=sys.stderr, flush=True)
         os._exit(int(ExitStatus.INTERRUPTED))

@@ -230,7 +230,8 @@ def preflight(job: JobSpec, shard: Shard) -> Preflight:
     """The model (converted once), its tokenizer and the prompt renderer, the job's own sampling
     values and engine arguments, the rows' assignment to shards, one pass over the whole input, and
     the input's content digest (hashed in a thread meanwhile: hashlib lets go of the GIL)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="batch-run-digest") as pool:
+    pool = ThreadPoolExecutor(1, thread_name_prefix="batch-run-digest")
+    try:
         hashing = pool.submit(files_content, job.input)
         model_path = resolve_model(job.model.name)
         tokenizer = load_tokenizer(model_path, job)
@@ -245,6 +246,10 @@ def preflight(job: JobSpec, shard: Shard) -> Preflight:
         report = check_input(job.input, columns_read(job, renderer), membership.owns)
         report.assignment = assignment.digest if assignment else None
         report.content = hashing.result()  # bounded: one read of files the pass above has just read
+    except BaseException:  # a refusal or a stop must not wait for the hash of a large input to end
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     if job.input.dataset is not None or job.input.format == "hf":
         report.content = dataset_content(job.input)
     return Preflight(model_path, renderer, report, membership, engine_args, dropped)

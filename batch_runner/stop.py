@@ -43,6 +43,22 @@ def exit_at_once_on_stop(status: int) -> None:
         signal.signal(sig, handle)
 
 
+class StoppedBeforeRun(BaseException):
+    """A stop signal before a run caught the signals itself (the pre-flight: seconds per million
+    rows): nothing was written, so nothing to save. A BaseException, as KeyboardInterrupt is, so that
+    no ``except Exception`` on its way (a reader's, a template's) takes it for an error of its own."""
+
+
+def stop_before_run() -> None:
+    """In a process of batch-run's own, a stop signal that comes before a run installs its handlers
+    ends the process as a stop (75, requeued by the sbatch script), not as a death by signal (143)."""
+    def handle(signum: int, frame) -> None:
+        raise StoppedBeforeRun(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+
+
 def restore_handlers(old: dict[int, Any], stopped: bool) -> None:
     """Put back the signal handlers a run replaced. In a process of batch-run's own whose run was
     stopped, the stop covers the rest of the process instead: a repeat exits at once with 75."""

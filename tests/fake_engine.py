@@ -90,8 +90,17 @@ def main() -> None:
 
     settings = json.loads(os.environ.get("FAKE_ENGINE", "{}"))
     batch_runner.stop.STOP_GRACE_S = settings.pop("stop_grace_s", batch_runner.stop.STOP_GRACE_S)
+    settings_slow_preflight = settings.pop("slow_preflight_s", 0)
     engine = FakeEngine(**settings)
     batch_runner.runner.get_engine = lambda args: engine
+    if slow := settings_slow_preflight:  # a pre-flight that takes a while (a large input), and says when it began
+        real = batch_runner.runner.preflight
+
+        def slow_preflight(*a, **kw):
+            print("fake: pre-flight began", file=sys.stderr, flush=True)
+            time.sleep(slow)
+            return real(*a, **kw)
+        batch_runner.runner.preflight = slow_preflight
     batch_runner.engine._cache["fake"] = engine  # shut down at exit, as the real engine is
     sys.argv = ["batch-run", *sys.argv[1:]]
     entry()

@@ -186,6 +186,21 @@ def test_a_sigterm_during_the_engines_teardown_ends_with_the_runs_status(cli, fa
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "interrupted"
 
 
+def test_a_stop_during_the_preflight_is_a_stop_not_a_death_by_signal(tmp_path):
+    """Slurm's time limit may come while a requeued task reads its input (seconds per million rows):
+    the task must still end 75, which the sbatch script requeues, not 143, and create nothing."""
+    job = job_file(tmp_path)
+    proc = start_fake_run(job, slow_preflight_s=60)
+    deadline = time.time() + 60
+    while "fake: pre-flight began" not in proc.stderr.readline():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)  # not the 60 s of the pre-flight
+    assert proc.returncode == 75, stderr[-2000:]
+    assert "SIGTERM received before the run began; nothing to save" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_engine_that_does_not_stop_is_left_after_the_grace_period(cli, fake, tmp_path):
     job = job_file(tmp_path)
     proc = start_fake_run(job, per_poll=1, hang_after=6, stop_grace_s=1.0)
@@ -222,3 +237,32 @@ def test_finished_rows_are_committed_within_flush_s_while_their_batch_runs(cli, 
     assert cli("run", job).exit_code == 0
     assert len(again.submitted) == 1  # only the row that had not finished
     assert_every_id_once(tmp_path, rows=12)
+
+
+@pytest.mark.parametrize("trouble", ["a commit that never ends holds the lock", "the save fails (a full disk)"])
+def test_the_stop_watchdog_exits_75_whatever_the_save_does(monkeypatch, capsys, trouble):
+    """The watchdog is the way out when the engine does not stop: nothing it does may keep it from exiting."""
+    import threading
+    from types import SimpleNamespace
+
+    from batch_runner import pipeline
+
+    class Exited(BaseException):
+        pass
+
+    def exit_(code):
+        raise Exited(code)
+
+    def full_disk(batch):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "HARD_STOP_LOCK_S", 0.2)
+    monkeypatch.setattr(pipeline.os, "_exit", exit_)
+    this = SimpleNamespace(lock=threading.Lock(), open={1: "batch"}, _end=lambda: None, _commit=full_disk)
+    if trouble.startswith("a commit"):
+        this.lock.acquire()  # held by a main thread that is stuck
+    with pytest.raises(Exited) as exited:
+        pipeline.Pipeline.hard_stop(this)
+    assert exited.value.args == (75,)
+    said = capsys.readouterr().err
+    assert "finished rows of open batches not saved" in said and "they run on resume" in said, said

@@ -187,3 +187,11 @@ def test_merge_refusal_never_offers_an_empty_array(tmp_path):
     assert "--array" not in all_running
     mixed = unfinished_message(tmp_path, [state(0, "missing"), state(1, "running"), state(2, "partial")])
     assert "running now: 1 " in mixed and "sbatch --array=0,2 ..." in mixed
+
+
+def test_a_changed_value_is_shown_in_excerpts():
+    prompt = "You summarize news. " * 5000
+    edited = prompt[:50_000] + "French. " + prompt[50_008:]  # a change in the middle: both excerpts alike
+    changes = changed_keys({"prompt": {"system": prompt}}, {"prompt": {"system": edited}})
+    assert len(changes) == 1 and len(changes[0]) < 300, changes
+    assert changes[0].startswith("prompt.system: 'You summarize news.") and "differ from character 50001" in changes[0]

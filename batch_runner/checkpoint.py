@@ -275,7 +275,8 @@ class OutputLock:
             self._fd = None
 
     def __enter__(self) -> "OutputLock":
-        self.acquire()
+        if self._fd is None:  # taken already where the caller had to know first (runner._first_write)
+            self.acquire()
         return self
 
     def __exit__(self, *exc) -> None:

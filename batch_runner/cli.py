@@ -294,7 +294,8 @@ def _hours(text: str) -> float:
     seconds below 60 (hours below 24 after a day count), and more than nothing."""
     from .errors import JobError
 
-    bad = JobError(f"--time {text[:40]!r}: give a Slurm time limit longer than zero, e.g. 04:00:00 or 1-00:00:00")
+    bad = JobError(f"--time {text[:40]!r}: give a Slurm time limit of more than zero and at most a year, as MM, "
+                   "MM:SS, HH:MM:SS or D-HH[:MM[:SS]] with minutes and seconds below 60, e.g. 04:00:00 or 1-00:00:00")
     days, dash, rest = text.strip().rpartition("-")
     if not re.fullmatch(r"\d+(:\d+){0,2}", rest) or (dash and not days.isdigit()):
         raise bad
@@ -307,7 +308,7 @@ def _hours(text: str) -> float:
     if s >= 60 or (minutes_cap and m >= minutes_cap) or (hour_cap and h >= hour_cap):
         raise bad
     hours = int(days or 0) * 24 + h + m / 60 + s / 3600
-    if hours <= 0:
+    if not 0 < hours <= 366 * 24:
         raise bad
     return hours
 

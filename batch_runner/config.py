@@ -27,9 +27,23 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+NAME_MAX, PATH_MAX = 255, 4096  # bytes: Linux's longest file name and path
+
+
+def _fits_a_file_system(value: str | None) -> str | None:
+    """A path (or a name used as one) that no file system call can refuse for its length (ENAMETOOLONG)."""
+    if value is None:
+        return value
+    size = lambda text: len(text.encode("utf-8", "surrogatepass"))  # noqa: E731
+    if size(value) > PATH_MAX or any(size(part) > NAME_MAX for part in value.split("/")):
+        raise ValueError(f"too long for a path: at most {NAME_MAX} bytes a name, {PATH_MAX} in all")
+    return value
+
+
 class ModelSpec(_Section):
     name: str = Field(description="An embedded model alias (smollm2-135m-instruct), a Hugging Face id or a local folder.")
     tokenizer: str | None = Field(None, description="Tokenizer id or folder, if not the model's own.")
+    paths_fit = field_validator("name", "tokenizer")(_fits_a_file_system)
     dtype: str = Field("auto", description="Weights and activations dtype: auto, bfloat16, float16, float32.")
     max_model_len: int | None = Field(None, gt=0, description="Context length; prompt plus output must fit.")
     quantization: str | None = Field(None, description="vLLM quantization method (awq, gptq, fp8, gguf...).")
@@ -73,6 +87,7 @@ class EngineSpec(_Section):
 
 class InputSpec(_Section):
     path: str | None = Field(None, description="A .jsonl/.json/.parquet file, a glob or a directory of them.")
+    paths_fit = field_validator("path")(_fits_a_file_system)
     format: Literal["auto", "jsonl", "parquet", "hf", "openai"] = Field(
         "auto", description="Input format; auto = by suffix; openai = an OpenAI batch input file (JSONL).")
     dataset: dict[str, Any] | None = Field(
@@ -165,6 +180,7 @@ class OutputSpec(_Section):
         None, ge=0, description="Price of one GPU-hour: cost figures in the summary, report and metrics.")
     metrics_dir: str | None = Field(
         None, description="node_exporter textfile directory: Prometheus metrics written there during and after the run.")
+    paths_fit = field_validator("dir", "metrics_dir")(_fits_a_file_system)
 
 
 class ExecutorSpec(_Section):
@@ -214,7 +230,7 @@ class JobSpec(_Section):
     def _safe_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
             raise ValueError("use letters, digits, '.', '_' and '-' only, starting with a letter or digit")
-        return v
+        return _fits_a_file_system(v)
 
     @property
     def output_dir(self) -> Path:

@@ -26,10 +26,28 @@ class ExitStatus(enum.IntEnum):
     INTERRUPTED = 75  # stopped by SIGTERM/SIGINT; rerun to resume (EX_TEMPFAIL)
 
 
+MAX_LINE = 400  # characters of one line of a message: a value quoted in it may be megabytes
+MAX_LINES = 40
+
+
+def bounded(text: str) -> str:
+    """A message cut to MAX_LINES lines of at most MAX_LINE characters, saying what was left out."""
+    lines = text.splitlines() or [""]
+    out = [line if len(line) <= MAX_LINE else f"{line[:MAX_LINE]}... ({len(line) - MAX_LINE:,} more characters)"
+           for line in lines[:MAX_LINES]]
+    if len(lines) > MAX_LINES:
+        out.append(f"... ({len(lines) - MAX_LINES:,} more lines)")
+    return "\n".join(out)
+
+
 class BatchRunnerError(Exception):
-    """Base class of every error batch-runner raises on purpose."""
+    """Base class of every error batch-runner raises on purpose. Its message is ``bounded``: whatever
+    a job file, an input or a path holds, a message stays a few screens at most."""
 
     exit_status = ExitStatus.FAILED
+
+    def __init__(self, *args) -> None:
+        super().__init__(*(bounded(a) if isinstance(a, str) else a for a in args))
 
 
 class JobError(BatchRunnerError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .config import PromptSpec
@@ -81,6 +81,15 @@ def _chat_template(source: str, guard: RenderGuard) -> jinja2.Template:
         raise JobError(f"prompt.chat_template, line {e.lineno}: template syntax error: {e.message}") from e
 
 
+def template_columns(ast: nodes.Template) -> list[str]:
+    """The row columns a template reads: the names it uses but does not define. Jinja's own analysis
+    takes a name set inside an ``{% if %}`` or a macro calling itself for one it reads from outside;
+    any name the template assigns, loops over or defines as a macro is the template's own."""
+    own = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    own |= {m.name for m in ast.find_all(nodes.Macro)}
+    return sorted(meta.find_undeclared_variables(ast) - own)
+
+
 class PromptRenderer:
     """Turns one input row into a ``RenderedPrompt``, or raises ``RowError``.
 
@@ -102,7 +111,7 @@ class PromptRenderer:
             env = BoundedEnvironment(self.guard, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
             try:
                 self._template = env.from_string(spec.template)
-                self.columns = sorted(meta.find_undeclared_variables(env.parse(spec.template)))
+                self.columns = template_columns(env.parse(spec.template))
             except jinja2.TemplateSyntaxError as e:
                 raise JobError(f"prompt.template, line {e.lineno}: template syntax error: {e.message}") from e
         if spec.system_column:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ from . import checkpoint
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
 from .engine import Engine, check_vllm_version, get_engine, is_cpu_platform, max_num_seqs, vllm_version
-from .errors import ExitStatus, writing
+from .errors import ExitStatus, StorageError, writing
 from .metrics import RunMetrics
 from .pipeline import Pipeline
 from .prepare import RequestBuilder
@@ -90,11 +91,26 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
         return RunResult(ExitStatus.OK, job.output_dir,
                          preview=preview(job.input, pre.renderer, pre.report, options.dry_run_rows))
     ctx = _Context(job, shard, pre, started, t0)
-    with writing(job.output_dir, checkpoint.OUTPUT_ADVICE, ExitStatus.USAGE):
-        job.output_dir.mkdir(parents=True, exist_ok=True)
-    with checkpoint.OutputLock(job.output_dir, shard.label), StopRequest() as stop:
+    lock = _first_write(job.output_dir, shard.label)
+    with lock, StopRequest() as stop:
         kept, done = checkpoint.open_shard(job, shard, pre.report, options.fresh, options.retry_errors)
         return _run_rows(ctx, options, stop, kept, done)
+
+
+def _first_write(out: Path, label: str) -> checkpoint.OutputLock:
+    """The output folder and this shard's lock, taken; where that fails (a full disk, a read-only
+    folder: exit 2, "nothing was written"), the folder is left as it was found."""
+    created = not out.exists()
+    try:
+        with writing(out, checkpoint.OUTPUT_ADVICE, ExitStatus.USAGE):
+            out.mkdir(parents=True, exist_ok=True)
+        lock = checkpoint.OutputLock(out, label)
+        lock.acquire()
+        return lock
+    except StorageError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)  # only what this call made: the folder and the lock file
+        raise
 
 
 def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Schema, done: set[str]) -> RunResult:

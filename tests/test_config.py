@@ -201,3 +201,20 @@ def test_a_yaml_error_quotes_only_an_excerpt(tmp_path):
     with pytest.raises(JobError, match="YAML syntax error: found undefined alias") as e:
         load_job(path)
     assert len(str(e.value)) < len(str(path)) + 400
+
+
+@pytest.mark.parametrize("key", ["output.dir", "model.name", "input.path", "output.metrics_dir", "model.tokenizer"])
+def test_a_path_too_long_for_any_file_system_is_a_job_error_naming_its_key(tmp_path, key):
+    """Not an OSError (ENAMETOOLONG) later, with a full disk's advice and exit 1."""
+    section, name = key.split(".")
+    path = write_job(tmp_path, **{section: {name: f"{tmp_path}/{'d' * 300}"}})
+    with pytest.raises(JobError) as refused:
+        load_job(path)
+    assert f"{key}: too long for a path" in str(refused.value) and len(str(refused.value)) < 400
+
+
+def test_every_error_message_is_bounded_whatever_it_quotes():
+    huge = "c" * 100_000
+    message = str(JobError([f"column {huge!r} is in no row"] * 100))
+    assert len(message) < 20_000 and "(99,6" in message and "more lines)" in message
+    assert str(JobError("short")) == "short"

@@ -195,3 +195,17 @@ def test_a_changed_value_is_shown_in_excerpts():
     changes = changed_keys({"prompt": {"system": prompt}}, {"prompt": {"system": edited}})
     assert len(changes) == 1 and len(changes[0]) < 300, changes
     assert changes[0].startswith("prompt.system: 'You summarize news.") and "differ from character 50001" in changes[0]
+
+
+@pytest.mark.parametrize("template, columns", [
+    ("{% if text %}{% set x = 1 %}{{ x }}{% endif %}", ["text"]),  # set in a branch: the template's own
+    ("{% macro f(k) %}{% if k < 3 %}{{ f(k + 1) }}{% endif %}{% endmacro %}{{ f(start) }}", ["start"]),
+    ("{% set y %}{{ title }}{% endset %}{{ y }} {% for w in words %}{{ w }}{% endfor %}", ["title", "words"]),
+    ("{{ a.b }} {{ c[d] }}", ["a", "c", "d"]),
+])
+def test_the_columns_a_template_reads_are_the_names_it_does_not_define(template, columns):
+    import jinja2
+
+    from batch_runner.prompts import template_columns
+
+    assert template_columns(jinja2.Environment().parse(template)) == columns

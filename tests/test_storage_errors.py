@@ -19,7 +19,6 @@ import pytest
 
 import batch_runner
 from batch_runner import output
-from batch_runner.checkpoint import output_locked
 from batch_runner.errors import StorageError
 from conftest import ROOT, SUMMARIZE, news_rows, write_job, write_jsonl
 

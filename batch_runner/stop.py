@@ -74,6 +74,27 @@ def is_second_request(signum: int) -> bool:
     return signum == signal.SIGINT
 
 
+def catch_stop_signals(handler) -> dict[int, Any]:
+    """``handler`` for SIGTERM and SIGINT; returns the handlers it replaced (none outside the main
+    thread, where an embedding program runs us: no handlers there)."""
+    old = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except ValueError:
+            pass
+    return old
+
+
+def stop_again(signum: int, note: str | None = None) -> None:
+    """A signal while a stop is under way: a SIGINT exits at once (130); a SIGTERM is part of the stop."""
+    if is_second_request(signum):
+        print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
+        os._exit(130)
+    if note:
+        print(note, file=sys.stderr, flush=True)
+
+
 class StopRequest:
     """Catches the stop signals for the length of a run.
 
@@ -89,19 +110,12 @@ class StopRequest:
         self._timer: threading.Timer | None = None
 
     def __enter__(self) -> "StopRequest":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (embedded use): no handlers
-                pass
+        self._old = catch_stop_signals(self._handle)
         return self
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:
-            if is_second_request(signum):
-                print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
-                os._exit(130)
-            print("batch-run: SIGTERM again: already stopping (SIGINT to exit at once)", file=sys.stderr, flush=True)
+            stop_again(signum, "batch-run: SIGTERM again: already stopping (SIGINT to exit at once)")
             return
         self.requested = signal.Signals(signum).name
         if self.starting:  # a start takes minutes on a GPU; no row has run, so stop now
@@ -131,18 +145,12 @@ class StopAtOnce:
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopAtOnce":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (embedded use): no handlers
-                pass
+        self._old = catch_stop_signals(self._handle)
         return self
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:
-            if is_second_request(signum):
-                print("batch-run: second signal, exiting at once", file=sys.stderr, flush=True)
-                os._exit(130)
+            stop_again(signum)
             return
         self.requested = signal.Signals(signum).name
         raise Interrupted(f"{self.requested} received: {self.message}")

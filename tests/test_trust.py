@@ -435,3 +435,55 @@ def test_merge_names_repeated_ids_and_the_parts_holding_them(done, monkeypatch):
     assert "some ids appear more than once" in message
     assert f"id {sorted(ids)[0]!r} in " in message and str(part) in message and str(other) in message
     assert f"... and {len(ids) - 5} more ids" in message
+
+
+# an input edited while the run reads it: the end of the run hashes the input again
+@pytest.mark.parametrize("kind", ["a line edited", "a file added to the input folder"])
+def test_an_input_changed_during_the_run_is_named_and_the_shard_not_marked_complete(cli, fake, small_blocks,
+                                                                                   tmp_path, kind):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = write_jsonl(folder / "in.jsonl", news_rows(60))
+    job = write_job(tmp_path, input={"path": str(folder)}, output={"batch_size": 8})
+    out = tmp_path / "out"
+
+    def edit(polls):
+        if polls == 2:  # the pre-flight has hashed the input; generation has begun
+            assert (out / "job.json").exists()
+            if kind == "a line edited":
+                edit_in_place(path, 55, "ZZ")
+            else:
+                write_jsonl(folder / "more.jsonl", [{**news_rows(1)[0], "id": "late-1"}])
+    fake(on_poll=edit)
+    result = cli("run", job)
+    assert result.exit_code == 1, result.output
+    if kind == "a line edited":
+        assert f"input file {path.resolve()} changed during the run (same size): the first change is in lines " \
+            in result.output, result.output
+    else:
+        assert f"input file {(folder / 'more.jsonl').resolve()}: new in the input since the run began" \
+            in result.output, result.output
+    assert "may mix the old and the new content" in result.output and "--fresh" in result.output
+    assert "Traceback" not in result.output
+    assert not (out / "shards" / "0000-of-0001.done").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["exit_status"] == 1 and summary["input_changed"]
+    status = cli("status", out)
+    assert status.exit_code != 0 and "1/1 shards complete" not in status.output, status.output
+    assert cli("run", job).exit_code == 2  # the input is not the one job.json records
+    again = cli("run", job, "--fresh")
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "summary.json").read_text())["input_changed"] is None
+
+
+def test_an_unchanged_input_is_hashed_again_and_the_run_completes(cli, fake, tmp_path, monkeypatch):
+    import batch_runner.summary
+
+    hashed = []
+    real = batch_runner.summary.files_content
+    monkeypatch.setattr("batch_runner.summary.files_content", lambda spec: hashed.append(spec) or real(spec))
+    fake()
+    job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", news_rows(12)))})
+    result = cli("run", job)
+    assert result.exit_code == 0 and len(hashed) == 1, result.output
+    assert (tmp_path / "out" / "shards" / "0000-of-0001.done").exists()

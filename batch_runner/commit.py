@@ -5,6 +5,7 @@ of each commit as a ``ProgressEvent``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow as pa
 
 from .errors import RESUME_ADVICE, writing
 from .gpu import GpuMonitor
+from .ownership import META_KEY
 from .output import (STATS_SCHEMA, TIMELINE_SCHEMA, flush_part_name, part_name, results_schema, storable_rows,
                      timeline_part_name, write_parquet)
 from .records import EngineCounters, ProgressEvent, ResultRow
@@ -35,7 +37,15 @@ class PartWriter:
     def write(self, folder: str, name: str, table: pa.Table) -> None:
         path = self.out / folder / name
         with writing(path, RESUME_ADVICE):  # a StorageError, not an OSError the pipeline would blame on the engine
-            write_parquet(path, table, self.meta, self.compression)
+            write_parquet(path, table, named(self.meta, name), self.compression)
+
+
+def named(meta: dict[str, str], name: str) -> dict[str, str]:
+    """The footer's metadata with the part's final name in batch-run's entry: a copy of the part
+    under another name (or the part renamed) is then told from it (ownership.py)."""
+    if META_KEY.decode() not in meta:
+        return meta
+    return {**meta, META_KEY.decode(): json.dumps({**json.loads(meta[META_KEY.decode()]), "name": name})}
 
 
 class Committer:

@@ -1,7 +1,9 @@
 """Which files in an output folder batch-run wrote for this output: told by content, not by name.
 
 Every part batch-run writes carries, in its Parquet footer, the output's id (made once, when
-job.json is created) and the job's fingerprint hash. Anything else in ``results/``, ``stats/`` or
+job.json is created) and the job's fingerprint hash. The footer also records the part's own file name: a part copied under another name in the same
+output, or renamed, would count its rows twice (or count a batch under another run) and is
+foreign too. Anything else in ``results/``, ``stats/`` or
 ``timeline/`` (a part of another job or output copied or linked in, a link of any kind, a file that
 is not Parquet, a part with another schema) is foreign: status, merge, report and a run refuse the
 output, naming each such file, instead of counting it as done. Only footers are read.
@@ -21,7 +23,8 @@ import pyarrow.parquet as pq
 from .errors import JobError
 from .output import STATS_SCHEMA, TIMELINE_SCHEMA, results_schema
 
-META_KEY = b"batch_runner"  # the footer's key-value entry of every part: JSON with output_id, fingerprint_hash
+META_KEY = b"batch_runner"  # the footer's key-value entry of every part: JSON with output_id, fingerprint_hash,
+# shard and the name the part was written as
 FOLDERS = ("results", "stats", "timeline")
 _PART = re.compile(r"part-(\d{4}-of-\d{4})-.+\.parquet")
 MAX_NAMED = 20
@@ -77,10 +80,10 @@ def _why_foreign(path: Path, folder: str, record: dict[str, Any] | None) -> str 
         return f"not a readable Parquet file ({str(e)[:120]})"
     if record is None:
         return "the output has no job.json to say whose it is"
-    return _check_footer(meta, schema, folder, name.group(1), record)
+    return _check_footer(meta, schema, folder, path.name, name.group(1), record)
 
 
-def _check_footer(meta: pq.FileMetaData, schema: pa.Schema, folder: str, label: str,
+def _check_footer(meta: pq.FileMetaData, schema: pa.Schema, folder: str, file_name: str, label: str,
                   record: dict[str, Any]) -> str | None:
     try:
         info = json.loads((meta.metadata or {}).get(META_KEY, b"null")) or {}
@@ -95,6 +98,9 @@ def _check_footer(meta: pq.FileMetaData, schema: pa.Schema, folder: str, label: 
             return "written for another job"
         if info.get("shard") != label:
             return f"its footer says shard {info.get('shard')}, its name {label}"
+        written_as = info.get("name")  # parts written before names were recorded have none
+        if written_as is not None and written_as != file_name:
+            return f"a copy of {written_as} or that part renamed (its footer records that name)"
     expected = _schema(folder, record)
     if expected is not None and not schema.remove_metadata().equals(expected):
         return "another schema than this output's"

@@ -137,6 +137,7 @@ class Summary:
     run_id: str
     gpu_memory_peak_gb: float | None = None
     cost: dict[str, Any] | None = None  # GPU-hours and money of this run (cost.Cost)
+    input_changed: list[str] | None = None  # input files that changed during the run (then not complete)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -113,6 +113,22 @@ def unfinished_message(out: Path, states: list[ShardState]) -> str:
     return "; ".join(says) + "; then merge"
 
 
+def duplicates_message(out: Path, results: ds.Dataset, first: int = 5) -> str:
+    """Which ids appear more than once, and the parts holding them (a first few of each)."""
+    where: dict[str, list[str]] = {}
+    for fragment in results.get_fragments():
+        for i in set(fragment.to_table(columns=["id"]).column("id").to_pylist()):
+            where.setdefault(i, []).append(fragment.path)
+    repeated = sorted((i, files) for i, files in where.items() if len(files) > 1)
+    lines = [f"id {i!r} in {', '.join(files)}" for i, files in repeated[:first]]
+    if len(repeated) > first:
+        lines.append(f"... and {len(repeated) - first} more ids")
+    if not repeated:  # repeated inside one part
+        lines.append("(each inside a single part)")
+    return (f"{out}: some ids appear more than once; the output is inconsistent:\n  " + "\n  ".join(lines)
+            + "\nMove the part that should not be there out of the folder (or rerun with --fresh), then merge.")
+
+
 def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
     """Write ``merged/results.parquet`` and ``merged/stats.parquet``; refuse unless complete."""
     states = shard_states(out)
@@ -121,7 +137,7 @@ def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
     results = ds.dataset([str(p) for p in committed_parts(out / "results")], format="parquet")
     ids = results.to_table(columns=["id"]).column("id")
     if pc.count_distinct(ids).as_py() != len(ids):
-        raise JobError(f"{out}: some ids appear more than once; the output is inconsistent")
+        raise JobError(duplicates_message(out, results))
     target = out / "merged" / "results.parquet"
     with merge_lock(out):
         write_compacted(results, target, compression)

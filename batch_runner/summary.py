@@ -12,8 +12,9 @@ from typing import Any
 from . import checkpoint
 from .commit import Committer
 from .cost import cost_of, devices_of
+from .digest import changed_files, files_content
 from .engine import vllm_version
-from .errors import RESUME_ADVICE, ExitStatus, writing
+from .errors import RESUME_ADVICE, ExitStatus, JobError, writing
 from .openai_batch import write_openai_files
 from .output import write_json
 from .records import Summary
@@ -34,6 +35,13 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
                   len(missing), ", ".join(sorted(missing)[:5]))
     status = (ExitStatus.INTERRUPTED if missing and stop.requested else ExitStatus.FAILED if missing
               else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
+    changed = input_changed(ctx) if complete else []
+    if changed:  # the rows were read at different times: some answer the old text, some the new
+        complete, status = False, ExitStatus.FAILED
+        for line in changed:
+            log.error("%s", line)
+        log.error("its results may mix the old and the new content of the input, so the shard is not marked "
+                  "complete; rerun with --fresh to run every row on the input as it is now")
     run, duration = committer.totals, time.perf_counter() - ctx.t0
     cost = cost_of(duration, run.generation_s, devices_of(engine_info), run.output_tokens,
                    run.prompt_tokens + run.output_tokens, job.output.gpu_hour_price)
@@ -44,7 +52,7 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
         duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,
         skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.as_dict(),
         engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
-        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost.as_dict())
+        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost.as_dict(), input_changed=changed or None)
     with writing(out, RESUME_ADVICE):
         write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
         if complete:
@@ -53,3 +61,22 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
                 answered, failed = write_openai_files(out, job.model.name)
                 log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)
     return status, summary
+
+
+def input_changed(ctx) -> list[str]:
+    """The input files hashed again at the end of the run against the pre-flight's digest: what
+    changed while the run read them, one line each (``digest.changed_files``). A Hugging Face dataset
+    is not checked again: its content fingerprint is not re-read cheaply (the next run compares it)."""
+    before = ctx.pre.report.content
+    if before.dataset or not before.files:
+        return []
+    try:
+        now = files_content(ctx.job.input)
+    except JobError as e:  # a file gone or unreadable since the pre-flight
+        return [f"the input could not be read again at the end of the run: {e}"]
+    if now.identity() == before.identity():
+        return []
+    return [line.replace(" changed (", " changed during the run (", 1)
+            .replace(": new in the input", ": new in the input since the run began", 1)
+            .replace(": no longer part of the input", ": gone from the input since the run began", 1)
+            for line in changed_files(before.blocks(), before.identity(), now)]

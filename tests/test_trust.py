@@ -332,3 +332,158 @@ def test_shards_creating_job_json_together_keep_the_first_output_id(tmp_path):
     second.join(30)
     assert not second.is_alive()
     assert json.loads((out / "job.json").read_text())["output_id"] == "first"  # not overwritten
+
+
+# a part of this output under another name (copied or renamed) would count its rows twice, or a
+# batch under a run that never wrote it: the footer records the name each part was written as
+def copied_as(out, folder: str, new_name) -> tuple:
+    """A part of ``folder`` copied under a new name: (the new path, the original's name)."""
+    part = sorted((out / folder).glob("part-*.parquet"))[0]
+    target = out / folder / new_name(part.name)
+    shutil.copy2(part, target)
+    return target, part.name
+
+
+def renamed_as(out, folder: str, new_name) -> tuple:
+    part = sorted((out / folder).glob("part-*.parquet"))[0]
+    target = out / folder / new_name(part.name)
+    part.rename(target)
+    return target, part.name
+
+
+SAME_OUTPUT = {
+    "a results part copied as another batch": (copied_as, "results", lambda n: re.sub(r"-b\d+", "-b000077", n)),
+    "a results part copied as another run": (copied_as, "results",
+                                             lambda n: re.sub(r"-\d{8}T\d{6}-", "-20000101T000000-", n)),
+    "a results part renamed to another run": (renamed_as, "results",
+                                              lambda n: re.sub(r"-\d{8}T\d{6}-", "-20000101T000000-", n)),
+    "a stats part copied as another batch": (copied_as, "stats", lambda n: re.sub(r"-b\d+", "-b000077", n)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SAME_OUTPUT))
+def test_a_part_of_this_output_under_another_name_is_named_and_refused(cli, done, case):
+    job, _, out = done
+    how, folder, new_name = SAME_OUTPUT[case]
+    extra, original = how(out, folder, new_name)
+    before = snapshot(out)
+    for command in (["status", out], ["merge", out], ["report", out], ["run", job]):
+        result = cli(*command)
+        assert result.exit_code == 2, (command, result.output)
+        assert "Traceback" not in result.output and "Move them out of the folder" in result.output, result.output
+        assert f"{extra}: a copy of {original} or that part renamed" in result.output, (command, result.output)
+        assert "complete" not in result.output.replace("not complete", ""), result.output
+        assert unlocked(snapshot(out)) == unlocked(before), command
+
+
+def test_the_python_api_refuses_a_part_copied_under_another_name(done):
+    from batch_runner.api import results
+    from batch_runner.config import load_job
+    from batch_runner.ownership import ForeignFiles
+
+    job, _, out = done
+    extra, original = copied_as(out, "results", lambda n: re.sub(r"-b\d+", "-b000077", n))
+    with pytest.raises(ForeignFiles, match=f"a copy of {re.escape(original)}"):
+        results(load_job(job, []))
+
+
+def recorded_names(out) -> list[tuple[str, str]]:
+    """(file name, the name its footer records) of every part in the output."""
+    return [(p.name, json.loads(pq.read_metadata(p).metadata[b"batch_runner"])["name"])
+            for folder in ("results", "stats", "timeline") for p in sorted((out / folder).glob("part-*"))]
+
+
+def test_parts_written_by_a_run_retry_errors_and_fresh_record_their_own_names(cli, fake, tmp_path):
+    from batch_runner.checkpoint import read_job_record
+    from batch_runner.ownership import foreign_files
+
+    fake(reject=lambda request: request.key.endswith(":0"))
+    job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", news_rows(12)))},
+                    output={"batch_size": 4})
+    out = tmp_path / "out"
+    assert cli("run", job).exit_code == 3
+    names = recorded_names(out)
+    assert names and all(name == recorded for name, recorded in names), names
+    fake()
+    assert cli("run", job, "--retry-errors").exit_code == 0  # rewrites parts in place: same names
+    names = recorded_names(out)
+    assert names and all(name == recorded for name, recorded in names), names
+    assert foreign_files(out, read_job_record(out)) == []
+    assert cli("run", job, "--fresh").exit_code == 0
+    assert all(name == recorded for name, recorded in recorded_names(out))
+    moved = next(tmp_path.glob("out.replaced-*"))  # --fresh moved the old parts aside under their names
+    assert all(name == recorded for name, recorded in recorded_names(moved)) and recorded_names(moved)
+    assert foreign_files(out, read_job_record(out)) == []
+    status = cli("status", out)
+    assert status.exit_code == 0 and "1/1 shards complete, 12 rows, 0 errors" in status.output, status.output
+    assert cli("merge", out).exit_code == 0
+
+
+def test_merge_names_repeated_ids_and_the_parts_holding_them(done, monkeypatch):
+    from batch_runner.errors import JobError
+    from batch_runner.shards import merge
+
+    job, _, out = done
+    monkeypatch.setattr("batch_runner.shards.refuse_foreign", lambda *a: None)  # duplicates some other way
+    part = sorted((out / "results").glob("part-*.parquet"))[0]
+    ids = pq.read_table(part).column("id").to_pylist()
+    other = out / "results" / re.sub(r"-b\d+", "-b000077", part.name)
+    shutil.copy2(part, other)
+    with pytest.raises(JobError) as e:
+        merge(out)
+    message = str(e.value)
+    assert "some ids appear more than once" in message
+    assert f"id {sorted(ids)[0]!r} in " in message and str(part) in message and str(other) in message
+    assert f"... and {len(ids) - 5} more ids" in message
+
+
+# an input edited while the run reads it: the end of the run hashes the input again
+@pytest.mark.parametrize("kind", ["a line edited", "a file added to the input folder"])
+def test_an_input_changed_during_the_run_is_named_and_the_shard_not_marked_complete(cli, fake, small_blocks,
+                                                                                   tmp_path, kind):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = write_jsonl(folder / "in.jsonl", news_rows(60))
+    job = write_job(tmp_path, input={"path": str(folder)}, output={"batch_size": 8})
+    out = tmp_path / "out"
+
+    def edit(polls):
+        if polls == 2:  # the pre-flight has hashed the input; generation has begun
+            assert (out / "job.json").exists()
+            if kind == "a line edited":
+                edit_in_place(path, 55, "ZZ")
+            else:
+                write_jsonl(folder / "more.jsonl", [{**news_rows(1)[0], "id": "late-1"}])
+    fake(on_poll=edit)
+    result = cli("run", job)
+    assert result.exit_code == 1, result.output
+    if kind == "a line edited":
+        assert f"input file {path.resolve()} changed during the run (same size): the first change is in lines " \
+            in result.output, result.output
+    else:
+        assert f"input file {(folder / 'more.jsonl').resolve()}: new in the input since the run began" \
+            in result.output, result.output
+    assert "may mix the old and the new content" in result.output and "--fresh" in result.output
+    assert "Traceback" not in result.output
+    assert not (out / "shards" / "0000-of-0001.done").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is False and summary["exit_status"] == 1 and summary["input_changed"]
+    status = cli("status", out)
+    assert status.exit_code != 0 and "1/1 shards complete" not in status.output, status.output
+    assert cli("run", job).exit_code == 2  # the input is not the one job.json records
+    again = cli("run", job, "--fresh")
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "summary.json").read_text())["input_changed"] is None
+
+
+def test_an_unchanged_input_is_hashed_again_and_the_run_completes(cli, fake, tmp_path, monkeypatch):
+    import batch_runner.summary
+
+    hashed = []
+    real = batch_runner.summary.files_content
+    monkeypatch.setattr("batch_runner.summary.files_content", lambda spec: hashed.append(spec) or real(spec))
+    fake()
+    job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", news_rows(12)))})
+    result = cli("run", job)
+    assert result.exit_code == 0 and len(hashed) == 1, result.output
+    assert (tmp_path / "out" / "shards" / "0000-of-0001.done").exists()

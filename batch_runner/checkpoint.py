@@ -193,11 +193,7 @@ def move_aside(out: Path, held: set[str], fingerprint: dict[str, Any]) -> Path |
                 mine.add(label)
             except ResumeConflict:  # a run is writing that shard now
                 others.add(label)
-        recorded = read_job_record(out)
-        if others and recorded is not None and recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
-            raise ResumeConflict(
-                f"{out}: --fresh cannot change the job of this output while shards {', '.join(sorted(others))} "
-                "are running on it; wait for them, or write elsewhere with --output DIR")
+        _refuse_changed_job(out, others, fingerprint)
         files = [f for label in sorted(mine) for f in _shard_files(out, label)]
         if not others:
             files += [out / name for name in _OUTPUT_WIDE if (out / name).exists()]
@@ -205,6 +201,25 @@ def move_aside(out: Path, held: set[str], fingerprint: dict[str, Any]) -> Path |
     finally:
         for lock in locks:
             lock.release()
+
+
+def _refuse_changed_job(out: Path, others: set[str], fingerprint: dict[str, Any]) -> None:
+    recorded = read_job_record(out)
+    if others and recorded is not None and recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
+        raise ResumeConflict(
+            f"{out}: --fresh cannot change the job of this output while shards {', '.join(sorted(others))} "
+            "are running on it; wait for them, or write elsewhere with --output DIR")
+
+
+def check_fresh(job: JobSpec, shard: Shard, report: InputReport) -> None:
+    """--fresh, before the engine starts: every refusal of ``open_shard`` that needs no engine (foreign
+    files; a changed job while other shards run), as a probe that moves and writes nothing. The
+    move itself waits for the engine, so that a start that fails leaves the output as it was;
+    ``move_aside`` checks the other shards again then, under their locks."""
+    out = job.output_dir
+    refuse_foreign(out, read_job_record(out))
+    others = {label for label in shard_labels(out) - {shard.label} if output_locked(out, label)}
+    _refuse_changed_job(out, others, fingerprint(job, shard, report.assignment, report.content))
 
 
 def _move(out: Path, files: list[Path]) -> Path | None:

@@ -231,8 +231,7 @@ class VllmEngine:
         except Interrupted:  # a stop signal during the start: not the engine's failure
             raise
         except Exception as e:  # vLLM raises many types here; all are fatal for the run
-            raise EngineError(f"the engine could not start with model {args.get('model')}: {type(e).__name__}: {e}\n"
-                              + _memory_advice(args)) from e
+            raise start_failure(args, e) from e
         self.engine = self.llm.llm_engine
         self.max_model_len: int = self.engine.model_config.max_model_len
         # Its stats feed batch-run's timeline; vLLM's own log line of them every 10 s is not wanted.
@@ -316,6 +315,22 @@ class VllmEngine:
             core.shutdown()
         del self.llm, self.engine
         gc.collect()
+
+
+def start_failure(args: dict[str, Any], error: BaseException) -> EngineError:
+    """A start that failed, in a few lines: vLLM's own words (an excerpt of its message: a pydantic
+    error's field and reason, never a traceback), the settings to check, and the memory advice."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith("For further information")]
+    text = " ".join(lines) or "(no message)"
+    if len(text) > START_ERROR_CHARS:
+        text = text[:START_ERROR_CHARS - 3].rstrip() + "..."
+    return EngineError(f"the engine could not start: vLLM could not start the engine with these settings "
+                       f"(model {args.get('model')}): {type(error).__name__}: {text}; check engine.* "
+                       "(engine.extra too) and model.*\n" + _memory_advice(args))
+
+
+START_ERROR_CHARS = 300  # of vLLM's message in a start failure's (a config error is a line or three)
 
 
 def _memory_advice(args: dict[str, Any]) -> str:

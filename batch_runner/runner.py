@@ -1,6 +1,7 @@
 """The shard runner (``run_shard``): one shard of a job from checks to summary. Every executor runs it.
 
     checks ─▶ pre-flight (whole input) ─▶ lock, fingerprint, resume state ─▶ engine start
+    (--fresh: lock, the refusals that need no engine, engine start ─▶ move aside, job.json, resume state)
            ─▶ pipeline (prepare ▸ engine ▸ finish ▸ commit) ─▶ completeness, summary, marker
 
 The stages live in their own modules (``prepare``, ``engine``, ``finish``, ``commit``, composed by
@@ -28,7 +29,7 @@ from . import checkpoint
 from .commit import Committer, Listener, PartWriter
 from .config import JobSpec
 from .engine import Engine, check_vllm_version, get_engine, is_cpu_platform, max_num_seqs, vllm_version
-from .errors import ExitStatus, StorageError, writing
+from .errors import EngineError, ExitStatus, StorageError, writing
 from .metrics import RunMetrics
 from .pipeline import Pipeline
 from .prepare import RequestBuilder
@@ -93,8 +94,9 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     ctx = _Context(job, shard, pre, started, t0)
     lock = _first_write(job.output_dir, shard.label)
     with lock, StopRequest() as stop:
+        started = _start_before_fresh(ctx, stop) if options.fresh else None
         kept, done = checkpoint.open_shard(job, shard, pre.report, options.fresh, options.retry_errors)
-        return _run_rows(ctx, options, stop, kept, done)
+        return _run_rows(ctx, options, stop, kept, done, started)
 
 
 def _first_write(out: Path, label: str) -> checkpoint.OutputLock:
@@ -113,11 +115,27 @@ def _first_write(out: Path, label: str) -> checkpoint.OutputLock:
         raise
 
 
-def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Schema, done: set[str]) -> RunResult:
-    """Start an engine if any row is left, run the rows through the pipeline, say how it ended."""
+def _start_before_fresh(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Engine] | None:
+    """--fresh: the refusals that need no engine, then the engine's start, all before anything is
+    moved aside or job.json is written: a start that fails (a value vLLM refuses, no memory) or a
+    stop signal during it leaves the old results where they were, resumable."""
+    checkpoint.check_fresh(ctx.job, ctx.shard, ctx.pre.report)
+    if not ctx.pre.report.shard_ids:  # no row in this shard: no engine to wait for
+        return None
+    try:
+        return _start_engine(ctx, stop)
+    except EngineError as e:
+        raise EngineError(f"{e}\n--fresh: nothing was moved; the old results were left in place in "
+                          f"{ctx.job.output_dir}") from e
+
+
+def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Schema, done: set[str],
+              started: tuple[dict[str, Any], Engine] | None = None) -> RunResult:
+    """Start an engine if any row is left (unless --fresh started it), run the rows through the
+    pipeline, say how it ended."""
     job, out = ctx.job, ctx.job.output_dir
     todo = ctx.pre.report.shard_ids - done
-    args, engine = _start_engine(ctx, stop) if todo else ({}, None)
+    args, engine = started if started is not None else _start_engine(ctx, stop) if todo else ({}, None)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     engine_info = {k: v for k, v in args.items() if k != "model"}
     meta = {"batch_runner": json.dumps({

@@ -78,7 +78,7 @@ def fake(monkeypatch):
 
     def install(**kw) -> "FakeEngine":
         engine = FakeEngine(**kw)
-        monkeypatch.setattr("batch_runner.runner.get_engine", lambda args: engine)
+        monkeypatch.setattr("batch_runner.runner.get_engine", engine.start)
         return engine
     return install
 

@@ -35,9 +35,18 @@ class FakeEngine:
     hang_after: int | None = None  # polls after which poll never returns (an engine that stopped answering)
     on_poll: Callable[[int], None] = lambda polls: None  # called with the poll count (e.g. to send a signal)
     close_s: float = 0.0  # how long close takes (vLLM's teardown takes seconds)
+    fail_start: str | None = None  # the engine does not start: vLLM's error message (a value it refuses)
     submitted: list[str] = field(default_factory=list)
     polls: int = 0
     _queue: list[tuple[str, int]] = field(default_factory=list)
+
+    def start(self, args: dict) -> "FakeEngine":
+        """What stands in for ``get_engine``: this engine, or the start's failure as vLLM's would read."""
+        if self.fail_start is not None:
+            from batch_runner.engine import start_failure
+
+            raise start_failure(args, ValueError(self.fail_start))
+        return self
 
     def submit(self, request: Request) -> None:
         if self.reject(request):
@@ -92,7 +101,7 @@ def main() -> None:
     batch_runner.stop.STOP_GRACE_S = settings.pop("stop_grace_s", batch_runner.stop.STOP_GRACE_S)
     settings_slow_preflight = settings.pop("slow_preflight_s", 0)
     engine = FakeEngine(**settings)
-    batch_runner.runner.get_engine = lambda args: engine
+    batch_runner.runner.get_engine = engine.start
     if slow := settings_slow_preflight:  # a pre-flight that takes a while (a large input), and says when it began
         real = batch_runner.runner.preflight
 

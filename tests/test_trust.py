@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 
 import pyarrow as pa
@@ -64,6 +65,66 @@ def test_fresh_changes_nothing_when_any_check_refuses_the_run(cli, done, tmp_pat
     assert named in result.output and "Traceback" not in result.output
     assert snapshot(tmp_path) == before  # no job.json rewritten, nothing moved aside
     assert not list(tmp_path.glob("out.replaced-*"))
+
+
+def unlocks(files: dict) -> dict:
+    """A snapshot of a folder above the output without its lock files (a run writes its pid there)."""
+    return {k: v for k, v in files.items() if "/.lock-" not in k}
+
+
+# 5. ... and after the engine's start: a value vLLM refuses only when it builds its config or starts
+VLLM_REFUSES = ("1 validation error for SchedulerConfig\nmax_num_seqs\n  Input should be greater than 0 "
+                "[type=greater_than, input_value=-5, input_type=int]\n    For further information visit "
+                "https://errors.pydantic.dev/2.11/v/greater_than")
+
+
+@pytest.mark.parametrize("args", [["--set", "engine.extra.max_num_seqs=-5"],
+                                  ["--set", "engine.extra.max_num_seqs=-5", "--set", "sampling.max_tokens=9"]],
+                         ids=["same job", "changed job"])
+def test_fresh_with_an_engine_that_fails_to_start_changes_nothing(cli, done, fake, tmp_path, args):
+    job, _, out = done
+    before, record = snapshot(tmp_path), (out / "job.json").read_bytes()
+    fake(fail_start=VLLM_REFUSES)
+    result = cli("run", job, "--fresh", *args)
+    assert result.exit_code == 1, result.output
+    assert "vLLM could not start the engine with these settings" in result.output
+    assert "max_num_seqs Input should be greater than 0" in result.output and "check engine.*" in result.output
+    assert "nothing was moved; the old results were left in place" in result.output
+    assert "Traceback" not in result.output and "For further information" not in result.output
+    assert unlocks(snapshot(tmp_path)) == unlocks(before)  # same files, same bytes: nothing moved aside
+    assert (out / "job.json").read_bytes() == record and not list(tmp_path.glob("out.replaced-*"))
+    again = cli("run", job)  # the old job still resumes without --fresh: it is complete, nothing runs again
+    assert again.exit_code == 0, again.output
+    assert {k: v for k, v in snapshot(tmp_path).items() if k.startswith("out/results/")} == \
+        {k: v for k, v in before.items() if k.startswith("out/results/")}
+
+
+def test_fresh_with_an_engine_that_starts_moves_the_old_results_aside(cli, done, fake, tmp_path):
+    job, _, out = done
+    record, parts = (out / "job.json").read_bytes(), sorted(p.name for p in (out / "results").iterdir())
+    fake()
+    result = cli("run", job, "--fresh", "--set", "sampling.max_tokens=9")
+    assert result.exit_code == 0, result.output
+    moved = next(tmp_path.glob("out.replaced-*"))
+    assert (moved / "job.json").read_bytes() == record
+    assert sorted(p.name for p in (moved / "results").iterdir()) == parts
+    assert json.loads((out / "job.json").read_text())["fingerprint"]["sampling"]["max_tokens"] == 9
+
+
+def test_a_stop_while_the_engine_starts_under_fresh_moves_nothing(cli, done, fake, tmp_path, monkeypatch):
+    job, _, out = done
+    before = snapshot(tmp_path)
+    engine = fake()
+
+    def slow_start(args):  # SIGTERM (scancel, a time limit) comes while the engine starts
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+        return engine
+    monkeypatch.setattr("batch_runner.runner.get_engine", slow_start)
+    result = cli("run", job, "--fresh", "--set", "sampling.max_tokens=9")
+    assert result.exit_code == 75, result.output
+    assert "received while the engine was starting" in result.output
+    assert unlocks(snapshot(tmp_path)) == unlocks(before) and not list(tmp_path.glob("out.replaced-*"))
 
 
 # 10. a busy output is refused before the pre-flight, and the refusal creates and changes nothing

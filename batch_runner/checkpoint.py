@@ -68,7 +68,8 @@ def _change(key: str, old: Any, new: Any) -> str:
     line = f"{key}: {excerpt(old)} -> {excerpt(new)}"
     if isinstance(old, str) and isinstance(new, str) and excerpt(old) == excerpt(new):
         at = next((i for i, (x, y) in enumerate(zip(old, new)) if x != y), min(len(old), len(new)))
-        line += f" (they differ from character {at + 1})"
+        around = slice(max(at - 30, 0), at + 30)
+        line += f" (they differ from character {at + 1}: {excerpt(old[around])} -> {excerpt(new[around])})"
     return line
 
 
@@ -263,6 +264,7 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
+        existed = self.path.exists()
         with writing(self.path, OUTPUT_ADVICE, ExitStatus.USAGE):  # the first write of a run: nothing changed yet
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -278,6 +280,8 @@ class OutputLock:
                 os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
             except OSError:  # a full disk: no room for the holder's note
                 self.release()
+                if not existed:  # "nothing was written": not even an empty lock file
+                    self.path.unlink(missing_ok=True)
                 raise
 
     def busy(self, holder: str) -> str:
@@ -356,7 +360,23 @@ def done_ids(results: Path, shard: str) -> set[str]:
     if not parts:
         return set()
     table = ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=["id"])
-    return set(table.column("id").to_pylist())
+    ids = set(table.column("id").to_pylist())
+    if len(ids) != table.num_rows:  # a part rewritten by hand: resuming would count a row twice
+        raise JobError(repeated_ids(parts))
+    return ids
+
+
+def repeated_ids(parts: list[Path], most: int = 5) -> str:
+    """Which ids appear in more than one committed row, and the parts holding them (the first few)."""
+    seen: dict[str, Path] = {}
+    repeats: list[str] = []
+    for part in parts:
+        for id_ in pq.read_table(part, columns=["id"]).column("id").to_pylist():
+            if id_ in seen and len(repeats) < most:
+                repeats.append(f"id {id_!r} in {seen[id_].name} and {part.name}")
+            seen.setdefault(id_, part)
+    return (f"{parts[0].parent}: some ids appear in more than one committed row ({'; '.join(repeats)}); batch-run "
+            "never writes an id twice, so a part was changed by hand: move the output aside (--fresh) and rerun")
 
 
 def drop_error_rows(results: Path, shard: str, compression: str) -> int:

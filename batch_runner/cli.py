@@ -264,7 +264,7 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int | None, tu
 
     setup_logging(False)
     try:  # every argument is checked before the job is, and all of it before any engine starts
-        limit_h = _hours(time_limit) if time_limit else None
+        limit_h = _hours(time_limit) if time_limit is not None else None  # "" (an unset variable) is refused
         tuned_trial = _tuned_trial(Path(tuned)) if tuned else None
         job, renderer, args, gpu = _prepare(job_file, overrides)
     except BatchRunnerError as e:

@@ -40,6 +40,19 @@ def _fits_a_file_system(value: str | None) -> str | None:
     return value
 
 
+REPLACED_SUFFIX = 32  # room for ".replaced-20261130T020641" (and a counter), which --fresh appends to a folder
+
+
+def _fits_with_room_to_move_aside(value: str | None) -> str | None:
+    """An output folder, and the name --fresh gives it when it moves it aside, both within the limits."""
+    value = _fits_a_file_system(value)
+    if value is not None and len(value.rstrip("/").rsplit("/", 1)[-1].encode("utf-8", "surrogatepass")) \
+            > NAME_MAX - REPLACED_SUFFIX:
+        raise ValueError(f"the folder's name is too long: at most {NAME_MAX - REPLACED_SUFFIX} bytes, so that "
+                         "--fresh can move it aside as NAME.replaced-TIME")
+    return value
+
+
 class ModelSpec(_Section):
     name: str = Field(description="An embedded model alias (smollm2-135m-instruct), a Hugging Face id or a local folder.")
     tokenizer: str | None = Field(None, description="Tokenizer id or folder, if not the model's own.")
@@ -180,7 +193,8 @@ class OutputSpec(_Section):
         None, ge=0, description="Price of one GPU-hour: cost figures in the summary, report and metrics.")
     metrics_dir: str | None = Field(
         None, description="node_exporter textfile directory: Prometheus metrics written there during and after the run.")
-    paths_fit = field_validator("dir", "metrics_dir")(_fits_a_file_system)
+    paths_fit = field_validator("metrics_dir")(_fits_a_file_system)
+    dir_fits = field_validator("dir")(_fits_with_room_to_move_aside)
 
 
 class ExecutorSpec(_Section):
@@ -230,7 +244,7 @@ class JobSpec(_Section):
     def _safe_name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
             raise ValueError("use letters, digits, '.', '_' and '-' only, starting with a letter or digit")
-        return _fits_a_file_system(v)
+        return _fits_with_room_to_move_aside(v)  # the default output folder is outputs/<name>
 
     @property
     def output_dir(self) -> Path:

@@ -60,7 +60,9 @@ def shard_states(out: Path) -> list[ShardState]:
         rows, errors = totals["rows"], totals["errors"]
         marker = out / "shards" / f"{shard.label}.done"
         expected = json.loads(marker.read_text())["shard_rows"] if marker.exists() else None
-        state = "complete" if marker.exists() else "running" if output_locked(out, shard.label) \
+        # the marker is trusted only while the parts still hold its rows (a part deleted or cut by hand)
+        complete = marker.exists() and rows == expected
+        state = "complete" if complete else "running" if output_locked(out, shard.label) \
             else "partial" if rows else "missing"
         states.append(ShardState(shard, state, rows, errors, expected))
     return states

@@ -261,7 +261,7 @@ def test_slurm_time_limits_are_read_as_slurm_writes_them():
 
 
 @pytest.mark.parametrize("bad", ["25:99", "00:00:00", "0", "1-24", "1-23:60", "10:61:00", "-5", "UNLIMITED", "4h",
-                                 "99999999999:00", "400-00"])
+                                 "99999999999:00", "400-00", ""])
 def test_a_bad_time_limit_is_refused_before_any_trial(cli, tmp_path, monkeypatch, bad):
     def no_trial(*a, **kw):
         raise AssertionError("a trial started before --time was checked")

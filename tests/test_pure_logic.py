@@ -193,7 +193,7 @@ def test_a_changed_value_is_shown_in_excerpts():
     prompt = "You summarize news. " * 5000
     edited = prompt[:50_000] + "French. " + prompt[50_008:]  # a change in the middle: both excerpts alike
     changes = changed_keys({"prompt": {"system": prompt}}, {"prompt": {"system": edited}})
-    assert len(changes) == 1 and len(changes[0]) < 300, changes
+    assert len(changes) == 1 and len(changes[0]) < 400, changes
     assert changes[0].startswith("prompt.system: 'You summarize news.") and "differ from character 50001" in changes[0]
 
 

@@ -486,9 +486,8 @@ def test_merge_names_repeated_ids_and_the_parts_holding_them(done, monkeypatch):
 
     job, _, out = done
     monkeypatch.setattr("batch_runner.shards.refuse_foreign", lambda *a: None)  # duplicates some other way
-    part = sorted((out / "results").glob("part-*.parquet"))[0]
+    part, other = sorted((out / "results").glob("part-*.parquet"))[:2]  # 8 rows each: the count still matches
     ids = pq.read_table(part).column("id").to_pylist()
-    other = out / "results" / re.sub(r"-b\d+", "-b000077", part.name)
     shutil.copy2(part, other)
     with pytest.raises(JobError) as e:
         merge(out)
@@ -548,3 +547,39 @@ def test_an_unchanged_input_is_hashed_again_and_the_run_completes(cli, fake, tmp
     result = cli("run", job)
     assert result.exit_code == 0 and len(hashed) == 1, result.output
     assert (tmp_path / "out" / "shards" / "0000-of-0001.done").exists()
+
+
+def test_a_part_cut_or_deleted_by_hand_makes_its_shard_partial_not_complete(cli, done):
+    """The completion marker counts only while the parts still hold its rows: merge must never write a
+    merged file that silently lacks rows."""
+    job, _, out = done
+    first, second = sorted((out / "results").glob("part-*.parquet"))[:2]
+    table = pq.read_table(first)  # a round trip through pyarrow keeps the footer's metadata
+    pq.write_table(table.slice(0, 2), first)
+    second.unlink()
+    status = cli("status", out)
+    assert status.exit_code == 1 and "partial" in status.output and "complete" not in status.output.split("\n")[1]
+    merged = cli("merge", out)
+    assert merged.exit_code == 2 and "shards not complete" in merged.output
+    assert cli("run", job).exit_code == 0  # the rerun answers the missing rows again
+    assert cli("status", out).exit_code == 0 and len(pq.read_table(out / "results")) == 30
+
+
+def test_a_part_rewritten_with_another_parts_ids_is_refused_by_a_rerun(cli, done):
+    job, _, out = done
+    first, second = sorted((out / "results").glob("part-*.parquet"))[:2]
+    copy = pq.read_table(first).replace_schema_metadata(pq.read_table(second).schema.metadata)
+    pq.write_table(copy, second)
+    result = cli("run", job)
+    assert result.exit_code == 2 and "appear in more than one committed row" in result.output
+    assert first.name in result.output and second.name in result.output
+    assert len(pq.read_table(out / "results")) == 30  # nothing was added
+
+
+def test_a_long_output_name_leaves_room_for_fresh_to_move_it_aside(tmp_path):
+    from batch_runner.config import load_job
+    from batch_runner.errors import JobError
+
+    with pytest.raises(JobError, match="output.dir: the folder's name is too long"):
+        load_job(write_job(tmp_path, output={"dir": str(tmp_path / ("b" * 250))}))
+    assert load_job(write_job(tmp_path, output={"dir": str(tmp_path / ("b" * 200))}))

@@ -31,7 +31,7 @@ from .digest import InputContent, changed_files
 from .errors import RESUME_ADVICE, ExitStatus, JobError, ResumeConflict, writing
 from .inputs import resolve_files
 from .sharding import Shard
-from .output import committed_parts, sweep_temporaries, write_json
+from .output import schema_from_record, committed_parts, sweep_temporaries, write_json
 from .ownership import MAX_NAMED, ForeignFiles, part_identity, refuse_foreign
 
 if TYPE_CHECKING:
@@ -145,12 +145,6 @@ def fingerprint_conflict(out: Path, recorded: dict[str, Any], fingerprint: dict[
     return [text]  # one problem, however many lines
 
 
-_TYPES = {"string": pa.string(), "bool": pa.bool_(), "int64": pa.int64(), "double": pa.float64(),
-          "binary": pa.binary()}
-
-
-def schema_from_record(fields: list[list[str]]) -> pa.Schema:
-    return pa.schema([pa.field(name, _TYPES.get(type_, pa.string())) for name, type_ in fields])
 
 
 # What batch-runner writes into an output folder: per shard, and for the whole output.

@@ -256,3 +256,12 @@ def sweep_temporaries(out: Path, shard: str) -> int:
             tmp.unlink(missing_ok=True)
             n += 1
     return n
+
+
+# The kept columns' types as job.json records them ([name, type] pairs), back to an Arrow schema.
+_TYPES = {"string": pa.string(), "bool": pa.bool_(), "int64": pa.int64(), "double": pa.float64(),
+          "binary": pa.binary()}
+
+
+def schema_from_record(fields: list[list[str]]) -> pa.Schema:
+    return pa.schema([pa.field(name, _TYPES.get(type_, pa.string())) for name, type_ in fields])

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import JobError
-from .output import STATS_SCHEMA, TIMELINE_SCHEMA, results_schema
+from .output import STATS_SCHEMA, TIMELINE_SCHEMA, results_schema, schema_from_record
 
 META_KEY = b"batch_runner"  # the footer's key-value entry of every part: JSON with output_id, fingerprint_hash,
 # shard and the name the part was written as
@@ -114,8 +114,6 @@ def _schema(folder: str, record: dict[str, Any]) -> pa.Schema | None:
         return TIMELINE_SCHEMA
     if "kept_schema" not in record:
         return None
-    from .checkpoint import schema_from_record
-
     return results_schema(schema_from_record(record["kept_schema"]))
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .errors import BatchRunnerError, ExitStatus, os_reason
+from .logs import setup_logging
 
 # What `tune` varies (tune.knob_of of its trials), named here so that --help needs no engine import.
 TUNE_KNOBS = ("max_num_seqs", "max_num_batched_tokens", "kv_cache_dtype", "speculative_config")
@@ -41,30 +42,6 @@ class _DefaultToRun(click.Group):
             click.echo(f"batch-run: error: {e.filename or 'a file'}: {os_reason(e)} (free space, or make it "
                        "writable, and run the command again)", err=True)
             sys.exit(int(ExitStatus.FAILED))
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to sys.stderr as it is when a message comes (not as it was when the handler was made:
-    an embedding program, or a test runner, may replace it between runs)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
-def setup_logging(verbose: bool, prefix: str = "") -> None:
-    """batch-runner's own messages on stderr, prefixed; vLLM's logging is left as vLLM sets it."""
-    logger = logging.getLogger("batch_runner")
-    if not logger.handlers:
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter(f"batch-run: {prefix}%(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _fail(e: BatchRunnerError) -> None:

@@ -7,8 +7,8 @@
 from .api import RunIncomplete, run
 from .config import JobSpec, load_job
 from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError, StorageError
-from .executors import Execution, run_job
-from .runner import RunOptions, RunResult
+from .executors.base import Execution, run_job
+from .runner.shard import RunOptions, RunResult
 
 __all__ = ["BatchRunnerError", "EngineError", "Execution", "ExitStatus", "JobError", "JobSpec", "RowError",
            "RunIncomplete", "RunOptions", "RunResult", "StorageError", "load_job", "run", "run_job"]

@@ -23,11 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import JobSpec, load_job
+from .engines.mainscript import refuse_in_child_import
 from .errors import BatchRunnerError, ExitStatus, JobError, writing
-from .mainscript import refuse_in_child_import
-from .output import committed_parts, storable
+from .output.parts import committed_parts
+from .output.schemas import storable
 from .records import Summary
-from .runner import RunOptions
+from .runner.shard import RunOptions
 
 log = logging.getLogger("batch_runner")
 STAGE_BATCH_ROWS = 10_000
@@ -51,7 +52,7 @@ def run(job: JobSpec | str | Path, data: Any = None, *, output_dir: str | Path |
     result is an error are included (``error_code`` says which); a run that ends with rows left raises
     ``RunIncomplete``, after saving what finished.
     """
-    from .executors import execute
+    from .executors.base import execute
 
     refuse_in_child_import()
     spec = job.model_copy(deep=True) if isinstance(job, JobSpec) else load_job(job, list(overrides))
@@ -121,7 +122,7 @@ def _text_column(name: str, values) -> pa.Array:
 
 
 def _stage_batches(batches: Iterable[pa.RecordBatch]) -> Path:
-    from .models import cache_advice, cache_base
+    from .engines.models import cache_advice, cache_base
 
     folder = cache_base() / "inputs"
     with writing(folder, cache_advice(), ExitStatus.USAGE):
@@ -158,11 +159,9 @@ def results(job: JobSpec):
     """The output's committed results as a ``datasets.Dataset`` (memory-mapped), in input order."""
     import datasets
 
-    from .inputs import iter_rows
-    from .inputs import row_id
-
-    from .checkpoint import read_job_record
-    from .ownership import refuse_foreign
+    from .inputs.readers import iter_rows, row_id
+    from .output.ownership import refuse_foreign
+    from .output.resume import read_job_record
 
     refuse_foreign(job.output_dir, read_job_record(job.output_dir))  # never another output's rows
     parts = [str(p) for p in committed_parts(job.output_dir / "results")]

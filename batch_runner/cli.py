@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import re
 import sys
@@ -87,9 +86,9 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
     resume), 1 unexpected failure.
     """
     from .config import load_job
-    from .executors import execute
-    from .runner import RunOptions
-    from .sharding import parse_shard
+    from .executors.base import execute
+    from .inputs.assignment import parse_shard
+    from .runner.shard import RunOptions
 
     setup_logging(verbose)
     extra = list(overrides) + ([f"input.limit={limit}"] if limit else []) + \
@@ -158,9 +157,9 @@ def _print_combined(result) -> None:
 def _prepare(job_file: str, overrides: tuple[str, ...]):
     """The job, its renderer and the engine arguments it would run with (no engine started)."""
     from .config import load_job
-    from .engine import engine_arguments, is_cpu_platform
-    from .models import context_length, load_tokenizer, resolve_model
-    from .prompts import PromptRenderer
+    from .engines.models import context_length, load_tokenizer, resolve_model
+    from .engines.vllm_engine import engine_arguments, is_cpu_platform
+    from .inputs.prompts import PromptRenderer
 
     job = load_job(job_file, list(overrides))
     model_path = resolve_model(job.model.name)
@@ -194,7 +193,7 @@ def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int, budget_min: f
     """
     import json as json_mod
 
-    from .tune import recommendation, table, tune
+    from .plan.tune import recommendation, table, tune
 
     setup_logging(False)
     try:
@@ -235,9 +234,9 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int | None, tu
     """
     import tempfile
 
-    from .engine import max_num_seqs
-    from .estimate import count_tokens, estimate, report, wave_note
-    from .trials import run_trial
+    from .engines.vllm_engine import max_num_seqs
+    from .plan.estimate import count_tokens, estimate, report, wave_note
+    from .plan.trials import run_trial
 
     setup_logging(False)
     try:  # every argument is checked before the job is, and all of it before any engine starts
@@ -293,7 +292,7 @@ def _hours(text: str) -> float:
 def _tuned_trial(path: Path):
     """The trial a tune.json recommends (its best, else its profile's); a clear error for any other file."""
     from .errors import JobError
-    from .trials import TrialResult
+    from .plan.trials import TrialResult
 
     try:
         data = json.loads(path.read_text())
@@ -314,7 +313,7 @@ def status_cmd(output_dir: str) -> None:
     """
     from pathlib import Path
 
-    from .shards import array_ranges, array_tasks, shard_states
+    from .output.status import array_ranges, array_tasks, shard_states
 
     try:
         states = shard_states(Path(output_dir))
@@ -342,8 +341,8 @@ def merge_cmd(output_dir: str) -> None:
     """Check every shard of OUTPUT_DIR is complete; write merged/results.parquet and merged/stats.parquet."""
     from pathlib import Path
 
-    from .shards import merge
-    from .stop import StopAtOnce
+    from .output.status import merge
+    from .runner.stop import StopAtOnce
 
     try:  # a stop ends it at once, with its temporary file removed: exit 75, or 130 for a SIGINT after
         with StopAtOnce("merge stopped, its temporary files removed: "
@@ -366,7 +365,7 @@ def report_cmd(output_dir: str, target: str | None) -> None:
     """
     from pathlib import Path
 
-    from .report import write_report
+    from .observe.report import write_report
 
     try:
         summary, page = write_report(Path(output_dir), Path(target) if target else None)
@@ -379,7 +378,7 @@ def report_cmd(output_dir: str, target: str | None) -> None:
 def entry() -> None:
     """The console script: run the CLI, shut the engine down, and exit without waiting on
     interpreter teardown (seen on the GPU build: the process hung for minutes after its last write)."""
-    from .stop import StoppedBeforeRun, exit_at_once_on_stop, own_process, stop_before_run
+    from .runner.stop import StoppedBeforeRun, exit_at_once_on_stop, own_process, stop_before_run
 
     own_process()
     stop_before_run()
@@ -393,7 +392,7 @@ def entry() -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
-        from .engine import shutdown_engines
+        from .engines.vllm_engine import shutdown_engines
 
         exit_at_once_on_stop(code)  # a stop during the engine's teardown ends with this status
         shutdown_engines()

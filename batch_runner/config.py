@@ -112,7 +112,7 @@ class InputSpec(_Section):
     @field_validator("keep_columns")
     @classmethod
     def _no_clash(cls, v: list[str]) -> list[str]:
-        from .output import RESULT_NAMES
+        from .records import RESULT_NAMES
 
         clash = [c for c in v if c in RESULT_NAMES]
         if clash:  # a second column of the same name makes every reader fail on the output

@@ -91,6 +91,9 @@ class ResultRow:
         return {"id": self.id, **self.kept, **row}
 
 
+RESULT_NAMES = frozenset(f.name for f in fields(ResultRow) if f.name != "kept")  # a kept column may not take one
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
     """What a listener hears: the run started (``start``) or a batch was committed (``batch``)."""

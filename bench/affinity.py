@@ -29,19 +29,19 @@ sys.path.insert(0, str(ROOT))
 
 
 def child(args) -> None:
-    from bench import WORKLOADS, build_workload, write_job
     from transformers import AutoTokenizer
 
-    from batch_runner import engine as engine_mod
     from batch_runner.config import load_job
-    from batch_runner.runner import RunOptions, run_shard
-    from batch_runner.sharding import Shard
+    from batch_runner.engines import vllm_engine as engine_mod
+    from batch_runner.inputs.assignment import Shard
+    from batch_runner.runner.shard import RunOptions, run_shard
+    from bench import WORKLOADS, build_workload, write_job
 
     out = Path(args.out)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     if args.smoke:  # the embedded model on the CPU, a small W2
-        from batch_runner.models import resolve_model
+        from batch_runner.engines.models import resolve_model
 
         args.model = resolve_model("smollm2-135m-instruct")
     spec = SMOKE_W2 if args.smoke else WORKLOADS["w2"]

@@ -45,7 +45,7 @@ def _hwm_gb(pid: int) -> float:
 
 
 def _tree_hwm_gb() -> float:
-    from batch_runner.reaper import _descendants, _processes
+    from batch_runner.engines.reaper import _descendants, _processes
 
     me = os.getpid()
     return _hwm_gb(me) + sum(_hwm_gb(p) for p in _descendants({me}, _processes()))
@@ -65,8 +65,9 @@ def build_input(args, unique_documents: bool = False) -> Path:
     cannot foresee)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from bench import SMOKE, WORKLOADS, build_workload, write_job
     from transformers import AutoTokenizer
+
+    from bench import SMOKE, WORKLOADS, build_workload, write_job
 
     work = Path(args.out) / "work"
     work.mkdir(parents=True, exist_ok=True)
@@ -94,7 +95,7 @@ def child_raw(args) -> None:
     from vllm import LLM, SamplingParams
 
     from batch_runner.config import EngineSpec, ModelSpec
-    from batch_runner.engine import engine_arguments
+    from batch_runner.engines.vllm_engine import engine_arguments
 
     out = Path(args.out)
     rows = pq.read_table(out / "work" / "big.parquet").to_pylist()
@@ -131,9 +132,9 @@ def child_raw(args) -> None:
 
 
 def child_batch_run(args) -> None:
-    from batch_runner import engine as engine_mod
     from batch_runner.config import load_job
-    from batch_runner.runner import RunOptions, run_shard
+    from batch_runner.engines import vllm_engine as engine_mod
+    from batch_runner.runner.shard import RunOptions, run_shard
 
     out = Path(args.out)
     job = load_job(out / "work" / "big.yaml", [f"output.dir={out}/work/out-batch-run"])
@@ -198,7 +199,7 @@ def main() -> int:
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.smoke:
-        from batch_runner.models import resolve_model
+        from batch_runner.engines.models import resolve_model
 
         args.model = resolve_model("smollm2-135m-instruct")
     if args.child:

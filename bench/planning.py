@@ -87,7 +87,7 @@ def main() -> int:
     steps = set(args.steps.split(","))
     if args.smoke:  # the embedded model on the CPU
         sys.path.insert(0, str(ROOT))
-        from batch_runner.models import resolve_model
+        from batch_runner.engines.models import resolve_model
 
         args.model = resolve_model("smollm2-135m-instruct")
     out = Path(args.out)

@@ -1,13 +1,13 @@
 """How much do runs of one setting vary, within one engine and between two settings?
 
     python bench/repeat_runs.py --model MODEL_DIR --out DIR [--rows 2000] [--repeats 4]
-                                [--settings "profile;engine.max_num_seqs=2048,..."] [--limit-s 185]
+                                [--settings "profile;vllm_engine.max_num_seqs=2048,..."] [--limit-s 185]
 
 For each ';'-separated group of --set settings (``profile``: the job as it is), one process builds
 W1's job on its first --rows rows as ``tune``'s trial does (``trials.trial_job``), warms its engine
 up as the trial does, then runs the same rows --repeats times on that one engine, emptying its prefix
 cache before each. Each run's output tok/s lands in DIR/repeat_runs.jsonl as it finishes. A process
-past --limit-s is killed with its engine. ``tune`` compares settings across processes; this says how
+past --limit-s is killed with its vllm_engine. ``tune`` compares settings across processes; this says how
 much of a trial's spread is there within one engine already.
 """
 
@@ -34,8 +34,9 @@ def parse_settings(group: str) -> dict:
 
 
 def child(args) -> None:
-    from batch_runner import engine, trials
     from batch_runner.cli import _prepare
+    from batch_runner.engines import vllm_engine
+    from batch_runner.plan import trials
 
     settings = parse_settings(args.child)
     job, *_ = _prepare(str(Path(args.out) / "work" / "w1.yaml"), ())
@@ -54,7 +55,7 @@ def child(args) -> None:
         with open(Path(args.out) / "repeat_runs.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)
-    engine.shutdown_engines()
+    vllm_engine.shutdown_engines()
 
 
 def main() -> int:
@@ -69,7 +70,7 @@ def main() -> int:
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.smoke:  # the embedded model on the CPU
-        from batch_runner.models import resolve_model
+        from batch_runner.engines.models import resolve_model
 
         args.model = resolve_model("smollm2-135m-instruct")
     if args.child is not None:

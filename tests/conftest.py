@@ -33,7 +33,7 @@ def _the_shared_engine_ends_with_the_session():
     """Shut the in-process engine down while pytest's streams are open: left to the interpreter's
     exit, vLLM's shutdown logged into closed streams ("--- Logging error ---") after the summary."""
     yield
-    from batch_runner.engine import shutdown_engines
+    from batch_runner.engines.vllm_engine import shutdown_engines
 
     shutdown_engines()
 
@@ -78,7 +78,7 @@ def fake(monkeypatch):
 
     def install(**kw) -> "FakeEngine":
         engine = FakeEngine(**kw)
-        monkeypatch.setattr("batch_runner.runner.get_engine", engine.start)
+        monkeypatch.setattr("batch_runner.runner.shard.get_engine", engine.start)
         return engine
     return install
 

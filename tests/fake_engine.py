@@ -1,6 +1,6 @@
 """A fake engine for tests of the runner's own logic: exactly-once paths, commits, the output contract.
 
-It implements the engine protocol (``batch_runner.engine.Engine``: submit, unfinished, poll, abort,
+It implements the engine protocol (``batch_runner.engines.vllm_engine.Engine``: submit, unfinished, poll, abort,
 close, max_model_len) and answers deterministically: each request's text names its prompt length, so
 a test can check every row got its own answer. Latency, rejections, stalls, a hang and a death are
 configurable. It never stands in for the path a user runs: the end-to-end tests drive vLLM.
@@ -43,7 +43,7 @@ class FakeEngine:
     def start(self, args: dict) -> "FakeEngine":
         """What stands in for ``get_engine``: this engine, or the start's failure as vLLM's would read."""
         if self.fail_start is not None:
-            from batch_runner.engine import start_failure
+            from batch_runner.engines.vllm_engine import start_failure
 
             raise start_failure(args, ValueError(self.fail_start))
         return self
@@ -92,25 +92,25 @@ def batch_of(key: str) -> int:
 
 
 def main() -> None:
-    import batch_runner.engine
-    import batch_runner.runner
-    import batch_runner.stop
+    import batch_runner.engines.vllm_engine
+    import batch_runner.runner.shard
+    import batch_runner.runner.stop
     from batch_runner.cli import entry
 
     settings = json.loads(os.environ.get("FAKE_ENGINE", "{}"))
-    batch_runner.stop.STOP_GRACE_S = settings.pop("stop_grace_s", batch_runner.stop.STOP_GRACE_S)
+    batch_runner.runner.stop.STOP_GRACE_S = settings.pop("stop_grace_s", batch_runner.runner.stop.STOP_GRACE_S)
     settings_slow_preflight = settings.pop("slow_preflight_s", 0)
     engine = FakeEngine(**settings)
-    batch_runner.runner.get_engine = engine.start
+    batch_runner.runner.shard.get_engine = engine.start
     if slow := settings_slow_preflight:  # a pre-flight that takes a while (a large input), and says when it began
-        real = batch_runner.runner.preflight
+        real = batch_runner.runner.shard.preflight
 
         def slow_preflight(*a, **kw):
             print("fake: pre-flight began", file=sys.stderr, flush=True)
             time.sleep(slow)
             return real(*a, **kw)
-        batch_runner.runner.preflight = slow_preflight
-    batch_runner.engine._cache["fake"] = engine  # shut down at exit, as the real engine is
+        batch_runner.runner.shard.preflight = slow_preflight
+    batch_runner.engines.vllm_engine._cache["fake"] = engine  # shut down at exit, as the real engine is
     sys.argv = ["batch-run", *sys.argv[1:]]
     entry()
 

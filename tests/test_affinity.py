@@ -7,9 +7,9 @@ import random
 
 import pandas as pd
 import pytest
-
-from batch_runner.affinity import plan
 from conftest import news_rows, write_job, write_jsonl
+
+from batch_runner.inputs.affinity import plan
 
 PREFIXES, PER_PREFIX, SHARDS = 6, 10, 3
 

@@ -6,11 +6,11 @@ import datasets
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import SUMMARIZE, news_rows
+from fake_engine import batch_of
 
 import batch_runner
 from batch_runner.errors import BatchRunnerError
-from conftest import SUMMARIZE, news_rows
-from fake_engine import batch_of
 
 
 def frame(n: int) -> pd.DataFrame:

@@ -7,7 +7,6 @@ import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from conftest import news_rows, write_job, write_jsonl
 
 

@@ -2,10 +2,10 @@
 
 import pytest
 import yaml
+from conftest import base_job, write_job
 
 from batch_runner.config import load_job
 from batch_runner.errors import JobError
-from conftest import base_job, write_job
 
 
 def test_summarize_job_loads():

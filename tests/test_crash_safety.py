@@ -12,9 +12,9 @@ import time
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
-from batch_runner.reaper import _descendants, _processes
 from conftest import news_rows, start_batch_run, write_job, write_jsonl
+
+from batch_runner.engines.reaper import _descendants, _processes
 
 pytestmark = pytest.mark.engine
 

@@ -12,7 +12,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from conftest import news_rows, start_batch_run, write_job, write_jsonl
 
 pytestmark = pytest.mark.engine
@@ -70,7 +69,7 @@ def test_dead_worker_is_reported_and_its_shard_resumes(cli, tmp_path):
 
 def test_killed_parent_leaves_no_worker(tmp_path):
     """kill -9 of the parent (the OOM killer's way): its workers, in sessions of their own, must go too."""
-    from batch_runner.reaper import _processes
+    from batch_runner.engines.reaper import _processes
 
     rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))
     job = write_job(tmp_path, sampling={"max_tokens": 8}, input={"path": str(rows)}, engine={"data_parallel": 2})

@@ -4,10 +4,10 @@ import re
 
 import pytest
 from click.testing import CliRunner
+from conftest import ROOT
 
 from batch_runner.cli import main
 from batch_runner.config import JobSpec
-from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 

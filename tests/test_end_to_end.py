@@ -8,7 +8,6 @@ import json
 import pandas as pd
 import pyarrow.dataset as ds
 import pytest
-
 from conftest import ROOT, news_rows, write_job, write_jsonl
 
 pytestmark = pytest.mark.engine
@@ -30,8 +29,7 @@ def jsonl_run(tmp_path_factory):
     from click.testing import CliRunner
 
     from batch_runner.cli import main
-
-    from batch_runner import runner
+    from batch_runner.runner import runner
 
     tmp = tmp_path_factory.mktemp("jsonl")
     job = write_job(tmp, sampling=FAST, output={"batch_size": 8})

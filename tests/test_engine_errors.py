@@ -1,7 +1,6 @@
 """An engine that cannot start ends with advice naming the settings to change, not a bare traceback."""
 
 import pytest
-
 from conftest import write_job
 
 pytestmark = [pytest.mark.engine, pytest.mark.own_engine]  # a start that fails: no shared engine

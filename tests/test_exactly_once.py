@@ -13,7 +13,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, news_rows, write_job, write_jsonl
 
 ROWS = 40
@@ -94,7 +93,7 @@ class Crash(BaseException):
 
 
 def test_a_crash_between_a_part_and_its_stats_loses_no_row(cli, fake, tmp_path, monkeypatch):
-    import batch_runner.commit as commit
+    import batch_runner.runner.commit as commit
 
     job = job_file(tmp_path)
     calls, real = [], commit.batch_stats
@@ -245,7 +244,7 @@ def test_the_stop_watchdog_exits_75_whatever_the_save_does(monkeypatch, capsys, 
     import threading
     from types import SimpleNamespace
 
-    from batch_runner import pipeline
+    from batch_runner.runner import pipeline
 
     class Exited(BaseException):
         pass

@@ -4,9 +4,9 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import ROOT
 
 from batch_runner.config import load_job
-from conftest import ROOT
 
 JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
 

@@ -12,7 +12,6 @@ import textwrap
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, news_rows, write_job, write_jsonl
 
 

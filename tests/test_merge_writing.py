@@ -11,7 +11,6 @@ import time
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, write_job, write_jsonl
 
 ROWS = 2_000
@@ -23,18 +22,18 @@ def one_row_parts(tmp_path_factory):
     from click.testing import CliRunner
     from fake_engine import FakeEngine
 
-    import batch_runner.runner
+    import batch_runner.runner.shard
     from batch_runner.cli import main
 
     folder = tmp_path_factory.mktemp("one_row_parts")
     rows = write_jsonl(folder / "in.jsonl", [{"id": f"r{i:04d}", "title": f"t{i}", "topic": "x", "text": "short"}
                                               for i in range(ROWS)])
     job = write_job(folder, input={"path": str(rows)}, output={"batch_size": 1})
-    real, batch_runner.runner.get_engine = batch_runner.runner.get_engine, lambda args: FakeEngine(per_poll=50)
+    real, batch_runner.runner.shard.get_engine = batch_runner.runner.shard.get_engine, lambda args: FakeEngine(per_poll=50)
     try:
         result = CliRunner().invoke(main, ["run", str(job)], catch_exceptions=False)
     finally:
-        batch_runner.runner.get_engine = real
+        batch_runner.runner.shard.get_engine = real
     assert result.exit_code == 0, result.output
     assert len(list((folder / "out" / "results").glob("part-*.parquet"))) == ROWS
     return folder / "out"
@@ -58,7 +57,7 @@ def test_merge_compacts_one_row_parts_into_few_row_groups(cli, out):
 
 def test_row_groups_are_bounded_in_rows_and_bytes(out, monkeypatch):
     """Memory holds one row group: the bounds cut the stream, whichever comes first."""
-    import batch_runner.shards as shards
+    import batch_runner.output.status as shards
 
     monkeypatch.setattr(shards, "ROW_GROUP_ROWS", 300)
     shards.merge(out)
@@ -83,7 +82,7 @@ def test_a_stale_temporary_file_of_an_earlier_merge_is_removed(cli, out):
 
 
 def test_a_second_merge_while_one_runs_is_refused_and_removes_nothing(cli, out):
-    from batch_runner.shards import merge_lock
+    from batch_runner.output.status import merge_lock
 
     theirs = out / "merged" / ".results.parquet.abcdef.tmp"
     with merge_lock(out):  # a merge running: it holds the lock and writes its temporary file

@@ -16,12 +16,12 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 import yaml
-
-from batch_runner.checkpoint import OutputLock
-from batch_runner.config import load_job
-from batch_runner.errors import JobError
 from conftest import news_rows, write_job, write_jsonl
 from fake_engine import batch_of
+
+from batch_runner.config import load_job
+from batch_runner.errors import JobError
+from batch_runner.output.resume import OutputLock
 
 
 def read_everywhere(out) -> pd.DataFrame:
@@ -315,7 +315,7 @@ def test_a_locked_output_is_refused_before_the_preflight(cli, tmp_path):
 
 
 def test_concurrent_first_runs_convert_the_embedded_model_once(tmp_path, monkeypatch):
-    from batch_runner import models
+    from batch_runner.engines import models
 
     monkeypatch.setenv("BATCH_RUNNER_CACHE", str(tmp_path / "cache"))
     calls = []

@@ -8,14 +8,14 @@ an engine per trial, runs for real in the `long` tier: test_planning_engine.py).
 import json
 
 import pytest
-
-from batch_runner import tune as tune_mod
-from batch_runner.cli import _hours
-from batch_runner.cost import cost_of
-from batch_runner.errors import JobError
-from batch_runner.estimate import InputTokens, estimate, report, wave_note
-from batch_runner.trials import TrialResult, folder_name
 from conftest import write_job
+
+from batch_runner.cli import _hours
+from batch_runner.errors import JobError
+from batch_runner.observe.cost import cost_of
+from batch_runner.plan import tune as tune_mod
+from batch_runner.plan.estimate import InputTokens, estimate, report, wave_note
+from batch_runner.plan.trials import TrialResult, folder_name
 
 
 def fake_trials(monkeypatch, speeds: dict[str, list[float]], errors=()):
@@ -219,7 +219,7 @@ def test_more_sequences_than_vllm_graphs_by_default_are_tried_with_graphs_that_c
 
 def test_a_trial_sets_a_nested_engine_argument(tmp_path):
     from batch_runner.config import JobSpec
-    from batch_runner.trials import trial_job
+    from batch_runner.plan.trials import trial_job
 
     job = JobSpec.model_validate({"name": "t", "model": {"name": "m"}, "input": {"path": "in.jsonl"}, "prompt": {"template": "{{ t }}"},
                                   "engine": {"extra": {"compilation_config": {"mode": 3}}}})
@@ -265,7 +265,7 @@ def test_slurm_time_limits_are_read_as_slurm_writes_them():
 def test_a_bad_time_limit_is_refused_before_any_trial(cli, tmp_path, monkeypatch, bad):
     def no_trial(*a, **kw):
         raise AssertionError("a trial started before --time was checked")
-    monkeypatch.setattr("batch_runner.trials.run_trial", no_trial)
+    monkeypatch.setattr("batch_runner.plan.trials.run_trial", no_trial)
     result = cli("estimate", write_job(tmp_path), "--time", bad)
     assert result.exit_code == 2 and f"--time {bad!r}" in result.output, result.output
     with pytest.raises(JobError):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, write_job
 
 pytestmark = [pytest.mark.long, pytest.mark.engine]

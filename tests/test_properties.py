@@ -13,13 +13,13 @@ import duckdb
 import pandas as pd
 import pyarrow.dataset as ds
 from click.testing import CliRunner
+from conftest import write_job
+from fake_engine import FakeEngine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batch_runner.cli import main
-from batch_runner.output import RESULT_NAMES
-from conftest import write_job
-from fake_engine import FakeEngine
+from batch_runner.output.schemas import RESULT_NAMES
 
 NAMES = ["self", "class", "None", "True", "loop", "range", "items", "__class__", "lambda", "x y", "naïve", "日本",
          "n", "v"]
@@ -40,7 +40,7 @@ def run(*args):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(extras=rows_strategy, texts=st.lists(texts, min_size=10, max_size=10), limit=st.integers(1, 10))
 def test_any_rows_give_a_readable_output_with_every_id_once(monkeypatch, extras, texts, limit):
-    monkeypatch.setattr("batch_runner.runner.get_engine", lambda args: FakeEngine(per_poll=4))
+    monkeypatch.setattr("batch_runner.runner.shard.get_engine", lambda args: FakeEngine(per_poll=4))
     rows = [{"id": f"r{i}", "text": texts[i], **extra} for i, extra in enumerate(extras)]
     kept = sorted({k for r in rows for k in r} - RESULT_NAMES - {"text"})
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,11 +4,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch_runner.checkpoint import changed_keys, fingerprint_hash
+from batch_runner.atomic import atomic_write
 from batch_runner.errors import JobError
-from batch_runner.output import atomic_write, committed_parts, sweep_temporaries
-from batch_runner.scheduler import chunked, grouped
-from batch_runner.sharding import Shard, parse_shard, shard_from_slurm, shard_of
+from batch_runner.inputs.assignment import Shard, parse_shard, shard_from_slurm, shard_of
+from batch_runner.output.parts import committed_parts, sweep_temporaries
+from batch_runner.output.resume import changed_keys, fingerprint_hash
+from batch_runner.runner.ordering import chunked, grouped
 
 
 def test_shards_partition_ids_stably():
@@ -48,8 +49,8 @@ def test_bad_shards():
 def test_status_offers_no_running_shard_to_resubmit(tmp_path):
     import json
 
-    from batch_runner.checkpoint import OutputLock
-    from batch_runner.shards import array_size, array_tasks, shard_states
+    from batch_runner.output.resume import OutputLock
+    from batch_runner.output.status import array_size, array_tasks, shard_states
 
     (tmp_path / "job.json").write_text(json.dumps({"fingerprint": {"shards": 3}, "job": {"engine": {}}}))
     assert array_size(tmp_path) == 3
@@ -114,7 +115,7 @@ def test_temporaries_are_never_parts(tmp_path):
 ])
 def test_data_parallel_plan(dp, tp, devices, shard, expected, expected_tp):
     from batch_runner.config import EngineSpec
-    from batch_runner.parallel import plan
+    from batch_runner.executors.node import plan
 
     workers, got_tp = plan(EngineSpec(data_parallel=dp, tensor_parallel_size=tp), shard, devices)
     assert [(workers[0].shard.label, workers[0].devices), (workers[-1].shard.label, workers[-1].devices)] == expected
@@ -123,7 +124,7 @@ def test_data_parallel_plan(dp, tp, devices, shard, expected, expected_tp):
 
 def test_data_parallel_needs_enough_gpus():
     from batch_runner.config import EngineSpec
-    from batch_runner.parallel import plan
+    from batch_runner.executors.node import plan
 
     with pytest.raises(JobError, match="need 4 GPUs, but 2 are visible"):
         plan(EngineSpec(data_parallel=2, tensor_parallel_size=2), Shard(0, 1), ["0", "1"])
@@ -131,7 +132,7 @@ def test_data_parallel_needs_enough_gpus():
 
 def test_combined_exit_status_is_the_worst():
     from batch_runner.errors import ExitStatus
-    from batch_runner.parallel import combined_status, describe_exit
+    from batch_runner.executors.node import combined_status, describe_exit
 
     assert combined_status([0, 0]) == ExitStatus.OK
     assert combined_status([0, 3]) == ExitStatus.ROW_ERRORS
@@ -143,7 +144,7 @@ def test_combined_exit_status_is_the_worst():
 def test_resubmit_indices_with_data_parallel(tmp_path):
     import json
 
-    from batch_runner.shards import array_tasks, shard_states
+    from batch_runner.output.status import array_tasks, shard_states
 
     (tmp_path / "job.json").write_text(json.dumps(
         {"fingerprint": {"shards": 6}, "job": {"engine": {"data_parallel": 2}}}))
@@ -158,7 +159,7 @@ def test_resubmit_indices_with_data_parallel(tmp_path):
 def test_metrics_while_running_parse_and_escape_labels(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    from batch_runner.metrics import MetricsFile, Snapshot
+    from batch_runner.observe.metrics import MetricsFile, Snapshot
 
     m = MetricsFile(tmp_path, 'odd"name', "0001-of-0004", interval=3600)
     snap = Snapshot(rows=10, rows_done=4, errors_by_code={"prompt_too_long": 1}, prompt_tokens=100,
@@ -178,7 +179,7 @@ def test_metrics_while_running_parse_and_escape_labels(tmp_path):
 
 
 def test_merge_refusal_never_offers_an_empty_array(tmp_path):
-    from batch_runner.shards import ShardState, unfinished_message
+    from batch_runner.output.status import ShardState, unfinished_message
 
     (tmp_path / "job.json").write_text('{"fingerprint": {"shards": 3}, "job": {}}')
     state = lambda i, s: ShardState(Shard(i, 3), s, 0, 0, None)  # noqa: E731
@@ -206,6 +207,6 @@ def test_a_changed_value_is_shown_in_excerpts():
 def test_the_columns_a_template_reads_are_the_names_it_does_not_define(template, columns):
     import jinja2
 
-    from batch_runner.prompts import template_columns
+    from batch_runner.inputs.prompts import template_columns
 
     assert template_columns(jinja2.Environment().parse(template)) == columns

@@ -19,7 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import ROOT, news_rows, start_batch_run, write_job, write_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]

@@ -6,9 +6,8 @@ import shutil
 import subprocess
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import news_rows, write_job, write_jsonl
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.engine
 

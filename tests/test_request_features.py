@@ -7,7 +7,6 @@ import jsonschema
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import ROOT, news_rows, write_jsonl
 
 pytestmark = pytest.mark.engine
@@ -149,7 +148,7 @@ def make_adapter(folder, seed):
     from safetensors.torch import save_file
     from transformers import AutoConfig
 
-    from batch_runner.models import resolve_model
+    from batch_runner.engines.models import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model("smollm2-135m-instruct"))
     hidden, rank = config.hidden_size, 4

@@ -4,7 +4,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import news_rows, write_job, write_jsonl
 
 pytestmark = pytest.mark.engine

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, news_rows, write_job, write_jsonl
 
 pytestmark = [pytest.mark.slurm, pytest.mark.engine]

@@ -3,7 +3,7 @@ naming the path, the cause and what to do, with the README's exit status; never 
 that fills mid-run loses no committed row and leaves no partial file, and the rerun resumes.
 
 The tests run as root, whom permissions do not stop: a full disk is simulated where the output's
-files are written (``output.atomic_write``: the write fails half-way, as pyarrow's does on ENOSPC),
+files are written (``atomic.atomic_write``: the write fails half-way, as pyarrow's does on ENOSPC),
 and an unwritable cache is a folder under a regular file (ENOTDIR), which stops root too.
 """
 
@@ -16,11 +16,11 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import ROOT, SUMMARIZE, news_rows, write_job, write_jsonl
 
 import batch_runner
-from batch_runner import output
+from batch_runner import atomic
 from batch_runner.errors import StorageError
-from conftest import ROOT, SUMMARIZE, news_rows, write_job, write_jsonl
 
 ROWS = 24
 
@@ -35,7 +35,7 @@ def disk_full_when(monkeypatch, fills) -> list[str]:
     """Make output writes fail with ENOSPC from the first file for which ``fills(path)`` is true on
     (the disk stays full). Each failing write leaves half a temporary file first, as a real one does.
     Returns the paths whose write failed."""
-    real, failed = output.atomic_write, []
+    real, failed = atomic.atomic_write, []
 
     def atomic_write(path, write):
         if failed or fills(path):
@@ -47,7 +47,7 @@ def disk_full_when(monkeypatch, fills) -> list[str]:
                 raise OSError(errno.ENOSPC, "Error writing bytes to file. Detail: [errno 28] No space left on device")
             return real(path, half)
         return real(path, write)
-    monkeypatch.setattr(output, "atomic_write", atomic_write)
+    monkeypatch.setattr(atomic, "atomic_write", atomic_write)
     return failed
 
 
@@ -220,9 +220,9 @@ def test_a_real_full_disk_mid_run_keeps_every_committed_row_and_the_rerun_resume
 def test_the_data_parallel_parent_writing_job_json_on_a_full_disk_raises_a_storage_error(tmp_path, job,
                                                                                         monkeypatch):
     from batch_runner.config import load_job
-    from batch_runner.executors import prepare_shards
-    from batch_runner.runner import RunOptions
-    from batch_runner.sharding import Shard
+    from batch_runner.executors.base import prepare_shards
+    from batch_runner.inputs.assignment import Shard
+    from batch_runner.runner.shard import RunOptions
 
     disk_full_when(monkeypatch, lambda path: path.name == "job.json")
     with pytest.raises(StorageError) as caught:

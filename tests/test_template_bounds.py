@@ -15,7 +15,6 @@ import time
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, news_rows, write_job, write_jsonl
 
 CAP = 6 << 30  # address space of a run: a runaway render fails it, not the machine (pyarrow needs room for threads)
@@ -116,7 +115,7 @@ def test_everyday_templates_render_as_before_under_the_bounds():
     """The bounds refuse only what would pass them: widths, formats, joins and loops of normal size render."""
     from batch_runner.config import PromptSpec
     from batch_runner.errors import RowError
-    from batch_runner.prompts import PromptRenderer
+    from batch_runner.inputs.prompts import PromptRenderer
 
     template = ("{{ '%5.2f' % price }}|{{ '{:>6}'.format(name) }}|{{ name|center(9) }}|{{ tags|join(', ') }}|"
                 "{{ text|replace('a', 'b') }}|{{ tags|tojson }}|{% for i in range(3) %}{{ i }}{% endfor %}|"
@@ -139,7 +138,7 @@ def test_everyday_templates_render_as_before_under_the_bounds():
 def test_a_template_that_fails_on_a_row_is_that_rows_error_not_the_runs(template, message):
     from batch_runner.config import PromptSpec
     from batch_runner.errors import RowError
-    from batch_runner.prompts import PromptRenderer
+    from batch_runner.inputs.prompts import PromptRenderer
 
     renderer = PromptRenderer(PromptSpec(template=template), None, 2048, 64)
     with pytest.raises(RowError, match=message) as e:

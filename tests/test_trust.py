@@ -17,9 +17,9 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from batch_runner.checkpoint import OutputLock, fingerprint_hash
 from conftest import news_rows, write_job, write_jsonl
+
+from batch_runner.output.resume import OutputLock, fingerprint_hash
 
 
 def snapshot(folder) -> dict:
@@ -120,7 +120,7 @@ def test_a_stop_while_the_engine_starts_under_fresh_moves_nothing(cli, done, fak
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
         return engine
-    monkeypatch.setattr("batch_runner.runner.get_engine", slow_start)
+    monkeypatch.setattr("batch_runner.runner.shard.get_engine", slow_start)
     result = cli("run", job, "--fresh", "--set", "sampling.max_tokens=9")
     assert result.exit_code == 75, result.output
     assert "received while the engine was starting" in result.output
@@ -148,7 +148,7 @@ def test_a_busy_output_is_refused_before_the_preflight(cli, fake, tmp_path, monk
 
     def too_late(*a, **kw):
         raise AssertionError("the pre-flight ran on a busy output")
-    monkeypatch.setattr("batch_runner.runner.preflight", too_late)
+    monkeypatch.setattr("batch_runner.runner.shard.preflight", too_late)
     locks = [OutputLock(tmp_path / "out", label) for label in held]
     for lock in locks:
         lock.acquire()
@@ -160,7 +160,7 @@ def test_a_busy_output_is_refused_before_the_preflight(cli, fake, tmp_path, monk
         for lock in locks:
             lock.release()
     assert result.exit_code == 2, result.output
-    assert "another run is writing to this output" in result.output and f"pid " in result.output
+    assert "another run is writing to this output" in result.output and "pid " in result.output
     assert after == before
 
 
@@ -169,7 +169,7 @@ def test_a_run_over_another_split_of_a_busy_output_is_refused_before_the_preflig
     fake()
     job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", news_rows(6)))})
     assert cli("run", job, "--shard", "0/2").exit_code == 0
-    monkeypatch.setattr("batch_runner.runner.preflight", lambda *a: pytest.fail("the pre-flight ran"))
+    monkeypatch.setattr("batch_runner.runner.shard.preflight", lambda *a: pytest.fail("the pre-flight ran"))
     with OutputLock(tmp_path / "out", "0001-of-0002"):  # an array task runs shard 1 of 2 now
         before = snapshot(tmp_path)
         result = cli("run", job, "--fresh")  # one shard of all the rows: a different job
@@ -188,7 +188,7 @@ def edit_in_place(path, line: int, new: str) -> None:
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr("batch_runner.digest.BLOCK_BYTES", 2048)  # a few lines per block, as MiBs are in big files
+    monkeypatch.setattr("batch_runner.inputs.digest.BLOCK_BYTES", 2048)  # a few lines per block, as MiBs are in big files
 
 
 def test_an_edit_that_keeps_the_size_is_refused_naming_the_file_and_its_lines(cli, small_blocks, done):
@@ -364,7 +364,7 @@ def test_parts_rewritten_by_retry_errors_stay_this_outputs_own(cli, fake, tmp_pa
 def test_the_python_api_refuses_an_output_with_foreign_files(cli, done, tmp_path):
     from batch_runner.api import results
     from batch_runner.config import load_job
-    from batch_runner.ownership import ForeignFiles
+    from batch_runner.output.ownership import ForeignFiles
 
     job, _, out = done
     foreign_cases(cli, tmp_path, job, out)["a part of another job, copied"]()
@@ -376,8 +376,8 @@ def test_shards_creating_job_json_together_keep_the_first_output_id(tmp_path):
     import fcntl
     import threading
 
-    from batch_runner.checkpoint import check_fingerprint
-    from batch_runner.digest import InputContent
+    from batch_runner.inputs.digest import InputContent
+    from batch_runner.output.resume import check_fingerprint
 
     out = tmp_path / "out"
     out.mkdir()
@@ -440,7 +440,7 @@ def test_a_part_of_this_output_under_another_name_is_named_and_refused(cli, done
 def test_the_python_api_refuses_a_part_copied_under_another_name(done):
     from batch_runner.api import results
     from batch_runner.config import load_job
-    from batch_runner.ownership import ForeignFiles
+    from batch_runner.output.ownership import ForeignFiles
 
     job, _, out = done
     extra, original = copied_as(out, "results", lambda n: re.sub(r"-b\d+", "-b000077", n))
@@ -455,8 +455,8 @@ def recorded_names(out) -> list[tuple[str, str]]:
 
 
 def test_parts_written_by_a_run_retry_errors_and_fresh_record_their_own_names(cli, fake, tmp_path):
-    from batch_runner.checkpoint import read_job_record
-    from batch_runner.ownership import foreign_files
+    from batch_runner.output.ownership import foreign_files
+    from batch_runner.output.resume import read_job_record
 
     fake(reject=lambda request: request.key.endswith(":0"))
     job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", news_rows(12)))},
@@ -482,10 +482,10 @@ def test_parts_written_by_a_run_retry_errors_and_fresh_record_their_own_names(cl
 
 def test_merge_names_repeated_ids_and_the_parts_holding_them(done, monkeypatch):
     from batch_runner.errors import JobError
-    from batch_runner.shards import merge
+    from batch_runner.output.status import merge
 
     job, _, out = done
-    monkeypatch.setattr("batch_runner.shards.refuse_foreign", lambda *a: None)  # duplicates some other way
+    monkeypatch.setattr("batch_runner.output.status.refuse_foreign", lambda *a: None)  # duplicates some other way
     part, other = sorted((out / "results").glob("part-*.parquet"))[:2]  # 8 rows each: the count still matches
     ids = pq.read_table(part).column("id").to_pylist()
     shutil.copy2(part, other)
@@ -537,11 +537,11 @@ def test_an_input_changed_during_the_run_is_named_and_the_shard_not_marked_compl
 
 
 def test_an_unchanged_input_is_hashed_again_and_the_run_completes(cli, fake, tmp_path, monkeypatch):
-    import batch_runner.summary
+    import batch_runner.runner.finish
 
     hashed = []
-    real = batch_runner.summary.files_content
-    monkeypatch.setattr("batch_runner.summary.files_content", lambda spec: hashed.append(spec) or real(spec))
+    real = batch_runner.runner.finish.files_content
+    monkeypatch.setattr("batch_runner.runner.finish.files_content", lambda spec: hashed.append(spec) or real(spec))
     fake()
     job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", news_rows(12)))})
     result = cli("run", job)

@@ -1,0 +1,364 @@
+"""The engine stage behind a small protocol over plain values: submit, poll, abort, close.
+
+``VllmEngine`` drives vLLM's offline engine (``vllm.LLM``) request by request, the way
+``LLM.generate`` does inside, but lets the runner keep the queue topped up while it writes
+finished batches, so the engine never drains between batches. vLLM's types (``SamplingParams``,
+``LoRARequest``, ``RequestOutput``) stay in this module; the other stages see ``records``. vLLM is
+imported lazily: the CLI's help, validation and the pure-logic tests start without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import EngineSpec, ModelSpec
+from ..errors import EngineError, Interrupted, JobError, RowError
+from ..records import Completion, EngineCounters, LoraAdapter, Request, Sample
+from . import reaper
+from .mainscript import children_skip_main
+from .structured import check_schema
+
+log = logging.getLogger("batch_runner")
+
+# After the throughput-tuning table of vLLM's performance guide, in the options vLLM V1 has (the
+# guide's scheduler_delay_factor and use_v2_block_manager are V0's: gone, and not passed).
+# disable_log_stats=False keeps the engine's counters, which batch-run's timeline reads.
+PROFILES: dict[str, dict[str, Any]] = {
+    "throughput": dict(max_num_seqs=512, max_num_batched_tokens=32768, gpu_memory_utilization=0.95),
+    "balanced": dict(max_num_seqs=256, max_num_batched_tokens=16384, gpu_memory_utilization=0.90),
+    "latency": dict(max_num_seqs=32, max_num_batched_tokens=8192, gpu_memory_utilization=0.85),
+}
+STATS = dict(disable_log_stats=False)
+VLLM_DEFAULT_MAX_NUM_SEQS = 256  # what vLLM schedules at once when the engine arguments do not say
+
+
+def max_num_seqs(args: dict[str, Any]) -> int:
+    """The sequences the engine schedules at once, for these engine arguments."""
+    return int(args.get("max_num_seqs") or VLLM_DEFAULT_MAX_NUM_SEQS)
+
+
+# On the CPU backend: gpu_memory_utilization is a share of RAM reserved for the KV cache, and
+# torch.compile's warm-up takes minutes on a small machine for no gain (seen on 2 AVX2 cores:
+# 257 s start and 16.8 output tok/s compiled, 29 s and 18.8 tok/s eager).
+CPU_OVERRIDES: dict[str, Any] = dict(gpu_memory_utilization=0.25, enforce_eager=True, max_num_batched_tokens=4096)
+# At most this many sequences at once on the CPU: with 512 the Quick start's 240 rows ran as one
+# wave and every batch committed in the last second (47 s after the engine was ready); with 64 the
+# first batch committed after 25 s, at 0.87-0.92x the throughput (bench/cpu_wave.py, 2 cores).
+CPU_MAX_NUM_SEQS = 64
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bf16 natively; without it bf16 is slower than float32 (seen: under
+    half the speed on AVX2)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def vllm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        import vllm
+        return getattr(vllm, "__version__", None) or version("vllm")
+    except Exception:  # version lookup is informational only
+        return "unknown"
+
+
+TESTED_VLLM = ((0, 26), (0, 32))  # oldest and newest minor versions batch-run is tested with
+ANY_VLLM_ENV = "BATCH_RUNNER_ANY_VLLM"
+
+
+def check_vllm_version() -> None:
+    """Refuse a vLLM outside the tested range (its engine API moves between minor versions)."""
+    version = vllm_version()
+    try:
+        minor = tuple(int(x) for x in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return  # a development build: let it try
+    if not TESTED_VLLM[0] <= minor <= TESTED_VLLM[1] and os.environ.get(ANY_VLLM_ENV) != "1":
+        lo, hi = (".".join(map(str, v)) for v in TESTED_VLLM)
+        raise JobError(f"vLLM {version} is installed; batch-run is tested with vLLM {lo} to {hi}. Install one "
+                       f"(./setup.sh does), or set {ANY_VLLM_ENV}=1 to try this one anyway.")
+
+
+def is_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> tuple[dict[str, Any], list[str]]:
+    """The keyword arguments for ``vllm.LLM``: profile, then the job's keys, then ``extra``.
+
+    Returns the arguments and a list of those dropped because the installed vLLM lacks them.
+    """
+    from vllm.engine.arg_utils import EngineArgs
+
+    cpu = is_cpu_platform()
+    args: dict[str, Any] = dict(PROFILES[engine.profile]) | STATS
+    if cpu:
+        args.update(CPU_OVERRIDES)
+        args["max_num_seqs"] = min(args["max_num_seqs"], CPU_MAX_NUM_SEQS)
+    explicit = engine.model_dump(exclude={"profile", "extra", "data_parallel"}, exclude_none=True)
+    if explicit.get("tensor_parallel_size") == "auto":
+        explicit["tensor_parallel_size"] = max(1, visible_gpus())
+    args.update(explicit)
+    args.update(model.model_dump(exclude={"name", "lora_adapters", "lora", "lora_column"}, exclude_none=True))
+    if cpu and model.dtype == "auto" and not cpu_has_bf16():
+        args["dtype"] = "float32"
+    args.update(lora_arguments(model))
+    args.update(engine.extra)
+    args["model"] = model_path
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    dropped = sorted(k for k in args if k not in known)
+    for key in dropped:
+        if key in engine.extra:
+            raise JobError(f"engine.extra.{key}: not an engine argument of the installed vLLM {vllm_version()}")
+        args.pop(key)
+    return args, dropped
+
+
+def _lora_rank(path: Path) -> int:
+    try:
+        return int(json.loads((path / "adapter_config.json").read_text()).get("r", 16))
+    except (OSError, ValueError) as e:
+        raise JobError(f"model.lora_adapters: {path} is not a PEFT LoRA adapter folder "
+                       f"(adapter_config.json: {e})") from e
+
+
+# The ranks vLLM accepts as max_lora_rank (0.26 and 0.32 alike); an adapter's rank rounds up.
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_arguments(model: ModelSpec) -> dict[str, Any]:
+    """Engine arguments for the job's LoRA adapters: room for all of them, at their largest rank."""
+    if not model.lora_adapters:
+        return {}
+    rank = max(_lora_rank(Path(p)) for p in model.lora_adapters.values())
+    allowed = [r for r in _LORA_RANKS if r >= rank]
+    if not allowed:
+        raise JobError(f"model.lora_adapters: rank {rank} is above vLLM's largest max_lora_rank {_LORA_RANKS[-1]}")
+    return {"enable_lora": True, "max_loras": len(model.lora_adapters), "max_lora_rank": allowed[0]}
+
+
+def rejections() -> tuple[type[Exception], ...]:
+    """The exception types vLLM raises for invalid parameters (newer versions add their own)."""
+    try:
+        from vllm.exceptions import VLLMValidationError
+    except ImportError:  # older vLLM: ValueError only
+        return (ValueError, TypeError)
+    return (ValueError, TypeError, VLLMValidationError)
+
+
+def sampling_params(values: dict[str, Any]):
+    """A ``vllm.SamplingParams`` from plain values; raises what vLLM (or the JSON schema check) raises."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    values = dict(values)
+    schema = values.pop("json_schema", None)
+    if schema is not None:
+        check_schema(schema)
+        values["structured_outputs"] = StructuredOutputsParams(json=schema)
+    if isinstance(values.get("stop"), str):
+        values["stop"] = [values["stop"]]
+    params = SamplingParams(**values)
+    params.output_kind = RequestOutputKind.FINAL_ONLY  # one output per request, no streaming
+    return params
+
+
+
+class Engine(Protocol):
+    """What the runner needs of an engine (``VllmEngine``; tests add a fake one)."""
+
+    max_model_len: int
+
+    def submit(self, request: Request) -> None:
+        """Queue one request; ``RowError`` if the engine rejects it (the row gets an error result)."""
+
+    def unfinished(self) -> int:
+        """Requests submitted and not yet returned by ``poll`` (nor aborted)."""
+
+    def poll(self) -> list[Completion]:
+        """Advance the engine one step; the requests that finished in it."""
+
+    def abort(self, keys: list[str]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_COUNTERS = {"vllm:generation_tokens": "generation_tokens", "vllm:prompt_tokens": "prompt_tokens",
+             "vllm:prefix_cache_queries": "prefix_cache_queries", "vllm:prefix_cache_hits": "prefix_cache_hits",
+             "vllm:num_requests_running": "requests_running", "vllm:num_requests_waiting": "requests_waiting",
+             "vllm:kv_cache_usage_perc": "kv_cache_usage", "vllm:gpu_cache_usage_perc": "kv_cache_usage"}
+
+
+class VllmEngine:
+    """One ``vllm.LLM``; requests go in one at a time, finished ones come out of ``poll``."""
+
+    def __init__(self, args: dict[str, Any]):
+        from vllm import LLM
+
+        self.args = args
+        try:
+            with children_skip_main():  # the engine's processes must not run the user's script again
+                self.llm = LLM(**args)
+        except Interrupted:  # a stop signal during the start: not the engine's failure
+            raise
+        except Exception as e:  # vLLM raises many types here; all are fatal for the run
+            raise start_failure(args, e) from e
+        self.engine = self.llm.llm_engine
+        self.max_model_len: int = self.engine.model_config.max_model_len
+        # Its stats feed batch-run's timeline; vLLM's own log line of them every 10 s is not wanted.
+        # (Set after LLM(): its logging setup resets the levels of vLLM's loggers.)
+        logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
+        self._params_cache: dict[str, Any] = {}
+        self._loras: dict[LoraAdapter, Any] = {}
+
+    def submit(self, request: Request) -> None:
+        try:
+            params = self._params(request.sampling)
+            self.engine.add_request(request.key, {"prompt_token_ids": request.token_ids}, params,
+                                    lora_request=self._lora(request.lora))
+        except rejections() as e:  # vLLM rejects one request, not the run
+            raise RowError("engine_rejected", str(e)) from e
+
+    def _params(self, values: dict[str, Any]):
+        """vLLM's parameters for these values, built once per distinct set of values."""
+        key = json.dumps(values, sort_keys=True, default=str)
+        if key not in self._params_cache:
+            try:
+                self._params_cache[key] = sampling_params(values)
+            except rejections() as e:
+                raise RowError("invalid_sampling", str(e)) from e
+        return self._params_cache[key]
+
+    def _lora(self, adapter: LoraAdapter | None):
+        """vLLM's request for an adapter (ids from 1, in order of first use: vLLM reserves 0 for none)."""
+        if adapter is None:
+            return None
+        if adapter not in self._loras:  # by name and path: vLLM caches an adapter's weights by its id
+            from vllm.lora.request import LoRARequest
+
+            self._loras[adapter] = LoRARequest(adapter.name, len(self._loras) + 1, adapter.path)
+        return self._loras[adapter]
+
+    def unfinished(self) -> int:
+        return self.engine.get_num_unfinished_requests()
+
+    def poll(self) -> list[Completion]:
+        """Run one engine step; the requests that finished in it."""
+        done = []
+        outputs = self.engine.step()
+        now = time.perf_counter()
+        to_perf = now - time.monotonic()  # the engine core stamps with the monotonic clock
+        for out in outputs:
+            if not out.finished:
+                continue
+            scheduled = getattr(getattr(out, "metrics", None), "scheduled_ts", 0.0) or 0.0  # with stats on
+            done.append(Completion(
+                key=out.request_id,
+                samples=[Sample(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs],
+                prompt_tokens=len(out.prompt_token_ids or ()), cached_prompt_tokens=out.num_cached_tokens or 0,
+                started_s=scheduled + to_perf if scheduled else None, finished_s=now))
+        return done
+
+    def counters(self) -> EngineCounters | None:
+        """The engine's counters, where this vLLM keeps them (``LLM.get_metrics``), else None."""
+        try:
+            metrics = self.llm.get_metrics()
+        except Exception:  # older vLLM, or stats disabled in engine.extra
+            return None
+        found: dict[str, float] = {}
+        for m in metrics:
+            name = _COUNTERS.get(m.name)
+            if name is not None and isinstance(getattr(m, "value", None), (int, float)):
+                found[name] = found.get(name, 0.0) + float(m.value)  # summed over engines (data parallel)
+        if "generation_tokens" not in found:
+            return None
+        fields = {f.name: found.get(f.name, 0.0) for f in dataclasses.fields(EngineCounters)}
+        fields["kv_cache_usage"] = found.get("kv_cache_usage")
+        return EngineCounters(**fields)
+
+    def abort(self, keys: list[str]) -> None:
+        if keys:
+            self.engine.abort_request(keys)
+
+    def close(self) -> None:
+        core = getattr(self.engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del self.llm, self.engine
+        gc.collect()
+
+
+def start_failure(args: dict[str, Any], error: BaseException) -> EngineError:
+    """A start that failed, in a few lines: vLLM's own words (an excerpt of its message: a pydantic
+    error's field and reason, never a traceback), the settings to check, and the memory advice."""
+    lines = [line.strip() for line in str(error).splitlines()
+             if line.strip() and not line.strip().startswith("For further information")]
+    text = " ".join(lines) or "(no message)"
+    if len(text) > START_ERROR_CHARS:
+        text = text[:START_ERROR_CHARS - 3].rstrip() + "..."
+    return EngineError(f"the engine could not start: vLLM could not start the engine with these settings "
+                       f"(model {args.get('model')}): {type(error).__name__}: {text}; check engine.* "
+                       "(engine.extra too) and model.*\n" + _memory_advice(args))
+
+
+START_ERROR_CHARS = 300  # of vLLM's message in a start failure's (a config error is a line or three)
+
+
+def _memory_advice(args: dict[str, Any]) -> str:
+    from .gpu import gpu_holders
+
+    holders = gpu_holders()
+    held = ("Processes holding GPU memory now:\n" + "\n".join(f"  {h}" for h in holders) + "\n"
+            "If one is an engine left by an earlier run (a batch-run killed before this version guarded "
+            "against that), end it (kill PID) and rerun; the rerun resumes.\n") if holders else ""
+    return (held + "If it ran out of memory (no room for the KV cache, CUDA out of memory): lower "
+            "model.max_model_len, engine.max_num_seqs or engine.max_num_batched_tokens, or let vLLM take more "
+            f"of the device with engine.gpu_memory_utilization (now {args.get('gpu_memory_utilization')}).")
+
+
+_cache: dict[str, VllmEngine] = {}
+
+
+def get_engine(args: dict[str, Any]) -> VllmEngine:
+    """An engine for these arguments, reused within one process (tests, the bench harness).
+
+    Only one engine is kept: a request for different arguments shuts the old one down first.
+    """
+    key = repr(sorted(args.items()))
+    if key not in _cache:
+        for old in _cache.values():
+            old.close()
+        _cache.clear()
+        reaper.guard()  # engine processes must not outlive this one, however it ends
+        _cache[key] = VllmEngine(args)
+    return _cache[key]
+
+
+def shutdown_engines() -> None:
+    """Shut down the process's engine, if one was started."""
+    for engine in _cache.values():
+        try:
+            engine.close()
+        except Exception:  # best effort at exit; the engine's processes end with ours anyway
+            log.debug("engine shutdown failed", exc_info=True)
+    _cache.clear()

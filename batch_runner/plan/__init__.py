@@ -1,1 +1,3 @@
-"""TODO"""
+"""Planning: short trial runs of the real job, the tuning grid over engine settings, and the estimate of
+a whole job's time and cost.
+"""

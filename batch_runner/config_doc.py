@@ -48,6 +48,14 @@ is with the embedded model.
 NOTES = """\
 ## Notes on some keys
 
+- A default of "none" means the key is unset: the model's own value (`model.tokenizer`,
+  `model.max_model_len`, `prompt.chat_template`), the profile's (`engine.gpu_memory_utilization`,
+  `engine.max_num_seqs`, `engine.max_num_batched_tokens`, `engine.enforce_eager`), the row index
+  (`input.id_column`), or nothing.
+- The prompt comes from one of `prompt.template`, `prompt.messages_column` (a whole chat,
+  `[{role, content}, ...]`, rendered with the chat template as is) or `prompt.prompt_column` (raw
+  text, no chat template: completions); an OpenAI batch input (`input.format: openai`) brings its
+  own. Rows are grouped by `prompt.system_column` as by a shared `prompt.system`.
 - `engine.profile`: `throughput` / `balanced` / `latency` set `max_num_seqs` 512/256/32,
   `max_num_batched_tokens` 32768/16384/8192 and `gpu_memory_utilization` 0.95/0.90/0.85; the keys
   `engine.max_num_seqs`, `engine.max_num_batched_tokens`, `engine.gpu_memory_utilization` and
@@ -57,18 +65,20 @@ NOTES = """\
   on this node, one GPU (or `tensor_parallel_size` GPUs) and one shard each; `auto` is one engine
   per visible GPU. See [executors.md](executors.md#several-gpus-on-one-node).
 - `engine.extra`: e.g. `distributed_executor_backend: ray`.
-- `input.path`: JSONL may be compressed (gzip, zstd, bzip2, xz). `input.id_column`: ids are stored
-  as text. `input.keep_columns`: not a result column name (`id`, `output`, `error`...).
+- `input.path`: JSONL may be compressed (gzip, zstd, bzip2, xz). `input.dataset`: `{path: folder}`
+  is a dataset saved with `save_to_disk`. `input.id_column`: ids are stored as text.
+  `input.keep_columns`: not a result column name (`id`, `output`, `error`...).
 - `prompt.template`: values are inserted as data, never evaluated. `prompt.render_timeout_s`
   covers the user template and `chat_template` where the job gives it. `prompt.max_render_chars`
   also bounds the largest value a template builds (`'x' * 10**10`, `center(10**10)`); a render may
   add at most 16 bytes a character (256 MiB at least) to the process's memory. Past either, the row
   is a `template_error` row. `prompt.on_too_long`: see [operations.md](operations.md#per-row-errors).
-- `sampling.temperature` 0 is greedy; `sampling.columns` and `sampling.json_schema`: see
-  [requests.md](requests.md).
+- `sampling.json_schema`: the parsed value goes to the `json` column; with `sampling.n` above 1 every
+  sample is in the `samples` column. `sampling.columns` and both: see [requests.md](requests.md).
 - `output.log_format` applies when stderr is not a terminal; `output.gpu_hour_price`: see
   [planning.md](planning.md); `output.metrics_dir` is also `--metrics-dir`.
-- `executor.kind` is also `--executor`; the Ray keys are described in [executors.md](executors.md#ray).
+- `executor.kind` is also `--executor`. `executor.max_retries` counts a task killed by Ray's memory
+  monitor too. The Ray keys are described in [executors.md](executors.md#ray).
 """
 
 

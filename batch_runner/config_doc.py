@@ -108,12 +108,12 @@ def default_text(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
-def _section(name: str, model: type[BaseModel]) -> list[str]:
-    lines = [f"## {name}", "", "| key | type | default | description |", "|---|---|---|---|"]
-    for key, field in model.model_fields.items():
-        description = (field.description or "").replace("|", "\\|")
-        lines.append(f"| `{name}.{key}` | {type_name(field.annotation)} | {default_text(field)} | {description} |")
-    return [*lines, ""]
+HEADER = ["| key | type | default | description |", "|---|---|---|---|"]
+
+
+def _row(key: str, field: FieldInfo) -> str:
+    description = (field.description or "").replace("|", "\\|")
+    return f"| `{key}` | {type_name(field.annotation)} | {default_text(field)} | {description} |"
 
 
 def _is_section(field: FieldInfo) -> bool:
@@ -122,14 +122,13 @@ def _is_section(field: FieldInfo) -> bool:
 
 def render() -> str:
     """The whole page, deterministic: the same spec always gives the same text."""
-    top = [(k, f) for k, f in JobSpec.model_fields.items() if not _is_section(f)]
-    lines = [INTRO, "## Top level", "", "| key | type | default | description |", "|---|---|---|---|"]
-    lines += [f"| `{k}` | {type_name(f.annotation)} | {default_text(f)} | {f.description or ''} |" for k, f in top]
-    lines.append("")
-    for key, field in JobSpec.model_fields.items():
-        if _is_section(field):
-            lines += _section(key, field.annotation)
-    return "\n".join(lines) + "\n" + NOTES
+    lines = [INTRO, "## Top level", "", *HEADER]
+    lines += [_row(k, f) for k, f in JobSpec.model_fields.items() if not _is_section(f)]
+    for name, section in JobSpec.model_fields.items():
+        if _is_section(section):
+            lines += ["", f"## {name}", "", *HEADER]
+            lines += [_row(f"{name}.{k}", f) for k, f in section.annotation.model_fields.items()]
+    return "\n".join(lines) + "\n\n" + NOTES
 
 
 if __name__ == "__main__":

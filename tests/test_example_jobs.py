@@ -1,4 +1,4 @@
-"""The job files under jobs/ that the README shows: each loads, and each that needs no adapter runs."""
+"""The job files under jobs/ that the docs show: each loads, and each that needs no adapter runs."""
 
 import json
 

@@ -59,6 +59,7 @@ def main() -> None:
     batch-run merge OUTPUT_DIR        compact a finished output into one dataset
     batch-run report OUTPUT_DIR       summary, HTML page and charts of an output
     """
+    setup_logging(False)  # every command's messages look alike (run's --verbose adds its notes)
 
 
 @main.command("run")
@@ -195,7 +196,6 @@ def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int, budget_min: f
 
     from .plan.tune import recommendation, table, tune
 
-    setup_logging(False)
     try:
         job, _, args, gpu = _prepare(job_file, overrides)
     except BatchRunnerError as e:
@@ -238,7 +238,6 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int | None, tu
     from .plan.estimate import count_tokens, estimate, report, wave_note
     from .plan.trials import run_trial
 
-    setup_logging(False)
     try:  # every argument is checked before the job is, and all of it before any engine starts
         limit_h = _hours(time_limit) if time_limit is not None else None  # "" (an unset variable) is refused
         tuned_trial = _tuned_trial(Path(tuned)) if tuned else None
@@ -344,7 +343,7 @@ def merge_cmd(output_dir: str) -> None:
     from .output.status import merge
     from .runner.stop import StopAtOnce
 
-    try:  # a stop ends it at once, with its temporary file removed: exit 75, or 130 for a SIGINT after
+    try:  # a stop ends it at once, with its temporary file removed: exit 75, or 130 (ABORTED) for a SIGINT after
         with StopAtOnce("merge stopped, its temporary files removed: "
                         "run merge again"):
             target, rows = merge(Path(output_dir))

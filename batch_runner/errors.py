@@ -24,6 +24,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2  # usage or input error: nothing was started, nothing was written
     ROW_ERRORS = 3  # finished, but some rows carry an error
     INTERRUPTED = 75  # stopped by SIGTERM/SIGINT; rerun to resume (EX_TEMPFAIL)
+    ABORTED = 130  # a SIGINT after a stop began (Ctrl-C again): exited at once; rerun to resume (128 + SIGINT)
 
 
 MAX_LINE = 400  # characters of one line of a message: a value quoted in it may be megabytes

@@ -244,7 +244,10 @@ def test_the_stop_watchdog_exits_75_whatever_the_save_does(monkeypatch, capsys, 
     import threading
     from types import SimpleNamespace
 
+    from batch_runner.logs import setup_logging
     from batch_runner.runner import pipeline
+
+    setup_logging(False)  # as the CLI and each node worker do: the message goes to stderr
 
     class Exited(BaseException):
         pass

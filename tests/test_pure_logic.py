@@ -178,6 +178,24 @@ def test_metrics_while_running_parse_and_escape_labels(tmp_path):
     assert "batch_run_last_success_timestamp_seconds" not in samples  # interrupted is no success
 
 
+def test_metrics_carry_the_last_success_over_to_the_next_run(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from batch_runner.observe.metrics import MetricsFile, Snapshot
+
+    snap = Snapshot(rows=2, rows_done=2, errors_by_code={}, prompt_tokens=1, cached_prompt_tokens=0,
+                    output_tokens=1, output_tok_s=1.0, exit_status=0)
+    MetricsFile(tmp_path, "job", "0000-of-0001").update(snap, force=True)
+    then = MetricsFile(tmp_path, "job", "0000-of-0001").last_success
+    assert then is not None
+    rerun = MetricsFile(tmp_path, "job", "0000-of-0001")
+    rerun.update(Snapshot(**{**snap.__dict__, "exit_status": 1}), force=True)  # a failed run keeps it
+    samples = {s.name: s.value for f in text_string_to_metric_families(rerun.path.read_text()) for s in f.samples}
+    assert samples["batch_run_last_success_timestamp_seconds"] == then
+    assert samples["batch_run_exit_status"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["batch_run-job-0000-of-0001.prom"]  # no temporary left
+
+
 def test_merge_refusal_never_offers_an_empty_array(tmp_path):
     from batch_runner.output.status import ShardState, unfinished_message
 

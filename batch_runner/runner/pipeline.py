@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -210,6 +209,5 @@ class Pipeline:
                     self.lock.release()
         except BaseException as e:  # noqa: BLE001 - nothing may keep this thread from exiting
             said = f"finished rows of open batches not saved ({type(e).__name__}: {str(e)[:200]}); they run on resume"
-        print(f"batch-run: the engine did not stop in time; {said}; exiting (rerun to resume)",
-              file=sys.stderr, flush=True)
+        log.warning("the engine did not stop in time; %s; exiting (rerun to resume)", said)
         os._exit(int(ExitStatus.INTERRUPTED))

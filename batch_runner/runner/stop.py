@@ -10,13 +10,15 @@ applies the rule to a command with nothing to save (merge).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
-from ..errors import Interrupted
+from ..errors import ExitStatus, Interrupted
+
+log = logging.getLogger("batch_runner")
 
 STOP_GRACE_S = 60.0  # after a stop request, the longest we wait for the engine before saving and exiting
 
@@ -35,8 +37,7 @@ def exit_at_once_on_stop(status: int) -> None:
     once with ``status`` (the run's own). What is left is the engine's teardown, which may take
     seconds; a repeated stop must not turn a saved run into a death by signal (exit 143)."""
     def handle(signum: int, frame) -> None:
-        print(f"batch-run: {signal.Signals(signum).name} received while shutting down; exiting now "
-              f"(status {status})", file=sys.stderr, flush=True)
+        log.warning("%s received while shutting down; exiting now (status %s)", signal.Signals(signum).name, status)
         os._exit(status)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -87,12 +88,13 @@ def catch_stop_signals(handler) -> dict[int, Any]:
 
 
 def stop_again(signum: int, note: str | None = None) -> None:
-    """A signal while a stop is under way: a SIGINT exits at once (130); a SIGTERM is part of the stop."""
+    """A signal while a stop is under way: a SIGINT exits at once (ABORTED, 130); a SIGTERM is part of
+    the stop."""
     if is_second_request(signum):
-        print("batch-run: second signal, exiting at once (rerun to resume)", file=sys.stderr, flush=True)
-        os._exit(130)
+        log.warning("second signal, exiting at once (rerun to resume)")
+        os._exit(int(ExitStatus.ABORTED))
     if note:
-        print(note, file=sys.stderr, flush=True)
+        log.warning(note)
 
 
 class StopRequest:
@@ -115,14 +117,14 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:
-            stop_again(signum, "batch-run: SIGTERM again: already stopping (SIGINT to exit at once)")
+            stop_again(signum, "SIGTERM again: already stopping (SIGINT to exit at once)")
             return
         self.requested = signal.Signals(signum).name
         if self.starting:  # a start takes minutes on a GPU; no row has run, so stop now
             raise Interrupted(f"{self.requested} received while the engine was starting; nothing ran. "
                               "Rerun (or requeue) to resume")
-        print(f"batch-run: {self.requested} received: saving finished rows, then stopping "
-              "(SIGINT again to exit at once)", file=sys.stderr, flush=True)
+        log.warning("%s received: saving finished rows, then stopping (SIGINT again to exit at once)",
+                    self.requested)
         self._timer = threading.Timer(STOP_GRACE_S, self.on_timeout)
         self._timer.daemon = True
         self._timer.start()

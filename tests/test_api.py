@@ -1,6 +1,7 @@
 """The Python API: a job on a path, a pandas frame or a datasets.Dataset, results as a datasets.Dataset."""
 
 import json
+import logging
 
 import datasets
 import pandas as pd
@@ -65,7 +66,11 @@ def test_the_real_engine_through_the_api(tmp_path):
 
 @pytest.mark.parametrize("values", [[3, "c1"], ["c0", 3], [2**64, 5], [1.5, "x"], [True, {"k": [1]}]],
                          ids=["int-then-str", "str-then-int", "past-64-bits", "float-and-str", "bool-and-dict"])
-def test_a_frame_column_of_mixed_kinds_is_stored_as_text_as_the_cli_does(fake, tmp_path, caplog, values):
+def test_a_frame_column_of_mixed_kinds_is_stored_as_text_as_the_cli_does(fake, tmp_path, caplog, monkeypatch,
+                                                                         values):
+    # the CLI, run earlier in this process by other tests, stops batch_runner's messages propagating to
+    # the root logger, where caplog listens
+    monkeypatch.setattr(logging.getLogger("batch_runner"), "propagate", True)
     data = frame(6)
     data["code"] = pd.Series([values[i % 2] for i in range(6)], dtype=object)
     fake()

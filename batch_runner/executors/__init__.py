@@ -48,8 +48,9 @@ def execute(job: JobSpec, options: RunOptions, kind: str | None = None, shard: S
     return executor.run(job, options)
 
 
-def run_job(job: JobSpec, options: RunOptions = RunOptions(), executor: str | None = None) -> Execution:
+def run_job(job: JobSpec, options: RunOptions | None = None, executor: str | None = None) -> Execution:
     """Run (or resume) a job as the CLI does: on its executor (or ``executor``), with data_parallel
     honoured; ``options.shard`` if one is given, else the executor's."""
     refuse_in_child_import()
+    options = options or RunOptions()
     return execute(job, options, executor, options.shard if options.shard != ALL else None)

@@ -130,3 +130,21 @@ def test_data_parallel_reads_the_input_once_before_its_shards_run(fake, tmp_path
     recorded = json.loads((job.output_dir / "job.json").read_text())
     assert recorded["job"]["executor"]["data_parallel"] == 2 and recorded["fingerprint"]["shards"] == 2
     assert resume.read_job_record(job.output_dir)["fingerprint_hash"] == recorded["fingerprint_hash"]
+
+
+@pytest.mark.parametrize("affinity", [False, True], ids=["hash", "affinity"])
+def test_each_shards_share_of_the_one_preflight_is_its_own_preflight(tmp_path, affinity):
+    from batch_runner.inputs.assignment import Shard
+
+    rows = write_jsonl(tmp_path / "in.jsonl", news_rows(20))
+    job = load_job(write_job(tmp_path, input={"path": str(rows), "limit": 15},
+                             prompt={"prefix_affinity": affinity}))
+    shards = [Shard(2, 4), Shard(3, 4)]  # array task 1 of 2, with two engines
+    pre, shares = preflight_module.preflight_shards(job, shards)
+    for shard, share in zip(shards, shares):
+        own = preflight_module.preflight(job, shard).report
+        assert (share.report.shard_ids, share.report.ids_beyond_limit) == (own.shard_ids, own.ids_beyond_limit)
+        assert (share.report.shard_rows, share.report.rows_beyond_limit) == (own.shard_rows, own.rows_beyond_limit)
+        assert share.report.content == own.content and share.report.assignment == own.assignment
+        assert (own.assignment is not None) == affinity
+    assert pre.report.shard_ids == shares[0].report.shard_ids | shares[1].report.shard_ids

@@ -3,10 +3,10 @@ group) each, each running the shard runner on its own shard.
 
 The library starts the workers itself (``multiprocessing`` with spawn, so each worker imports CUDA
 fresh with its own ``CUDA_VISIBLE_DEVICES``); each worker is an ordinary shard run that commits and
-resumes on its own. The parent checks the job and reads the input once (``prepare_shards``), sends the workers the
-job, their shard and its input report, hears
-their progress events and summaries on a queue, forwards stop signals, and names the shard of a
-worker that dies.
+resumes on its own. The parent checks the job and reads the input once (``prepare_shards``), sends
+the workers the job, their shard and its input report (so that they do not read the input again
+before they run it), hears their progress events and summaries on a queue, forwards stop signals,
+and names the shard of a worker that dies.
 
 Under a Slurm array of N tasks, task I with D engines runs shards I*D .. I*D+D-1 of N*D.
 """

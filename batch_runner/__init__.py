@@ -7,7 +7,7 @@
 from .api import RunIncomplete, run
 from .config import JobSpec, load_job
 from .errors import BatchRunnerError, EngineError, ExitStatus, JobError, RowError, StorageError
-from .executors.base import Execution, run_job
+from .executors import Execution, run_job
 from .runner.shard import RunOptions, RunResult
 
 __all__ = ["BatchRunnerError", "EngineError", "Execution", "ExitStatus", "JobError", "JobSpec", "RowError",

@@ -52,7 +52,7 @@ def run(job: JobSpec | str | Path, data: Any = None, *, output_dir: str | Path |
     result is an error are included (``error_code`` says which); a run that ends with rows left raises
     ``RunIncomplete``, after saving what finished.
     """
-    from .executors.base import execute
+    from .executors import execute
 
     refuse_in_child_import()
     spec = job.model_copy(deep=True) if isinstance(job, JobSpec) else load_job(job, list(overrides))

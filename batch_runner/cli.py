@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from .errors import BatchRunnerError, ExitStatus, os_reason
+from .executors import KINDS as EXECUTOR_KINDS
 from .logs import setup_logging
 
 # What `tune` varies (tune.knob_of of its trials), named here so that --help needs no engine import.
@@ -72,8 +73,9 @@ def main() -> None:
 @click.option("--fresh", is_flag=True, help="Move existing results aside (to DIR.replaced-TIME) and start over.")
 @click.option("--retry-errors", is_flag=True, help="Run again the rows whose earlier result is an error.")
 @click.option("--shard", "shard_text", metavar="I/N", help="Run only shard I of N (0-based). Default: from Slurm's array variables.")
-@click.option("--executor", type=click.Choice(["auto", "local", "slurm", "ray"]),
-              help="Where the shards run (overrides executor.kind): local, slurm, ray; auto: slurm in an array task.")
+@click.option("--executor", type=click.Choice(EXECUTOR_KINDS),
+              help="Where the shards run (overrides executor.kind): local, node, slurm, ray; auto: slurm in an "
+                   "array task.")
 @click.option("--metrics-dir", type=click.Path(file_okay=False),
               help="node_exporter textfile directory for Prometheus metrics (overrides output.metrics_dir).")
 @click.option("-v", "--verbose", is_flag=True, help="Log batch-runner's decisions (info level).")
@@ -87,7 +89,7 @@ def run_cmd(job_file: str, overrides: tuple[str, ...], limit: int | None, output
     resume), 1 unexpected failure.
     """
     from .config import load_job
-    from .executors.base import execute
+    from .executors import execute
     from .inputs.assignment import parse_shard
     from .runner.shard import RunOptions
 
@@ -307,7 +309,7 @@ def status_cmd(output_dir: str) -> None:
     """Show which shards of OUTPUT_DIR are complete, partial or missing.
 
     Prints the Slurm array indices to resubmit, assuming the array was --array=0-(N-1) (with
-    engine.data_parallel D, array task I ran shards I*D to I*D+D-1).
+    executor.data_parallel D, array task I ran shards I*D to I*D+D-1).
     Exit status 0 when every shard is complete, 1 otherwise.
     """
     from pathlib import Path

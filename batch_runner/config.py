@@ -9,6 +9,7 @@ left to vLLM to judge.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import reprlib
@@ -53,6 +54,12 @@ def _fits_with_room_to_move_aside(value: str | None) -> str | None:
     return value
 
 
+def _positive_or_auto(v: int | str) -> int | str:
+    if isinstance(v, int) and v < 1:
+        raise ValueError("must be a positive integer or 'auto'")
+    return v
+
+
 class ModelSpec(_Section):
     name: str = Field(description="An embedded model alias (smollm2-135m-instruct), a Hugging Face id or a local folder.")
     tokenizer: str | None = Field(None, description="Tokenizer id or folder, if not the model's own.")
@@ -86,16 +93,13 @@ class EngineSpec(_Section):
     max_num_batched_tokens: int | None = Field(None, gt=0, description="Token budget of one scheduler step.")
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes.")
     tensor_parallel_size: int | Auto = Field(1, description="GPUs one model is split over; auto = all visible.")
-    data_parallel: int | Auto = Field(1, description="Engine processes, one GPU each, each on its own shard.")
     enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (faster start, slower decode).")
     extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM engine argument.")
 
-    @field_validator("tensor_parallel_size", "data_parallel")
+    @field_validator("tensor_parallel_size")
     @classmethod
     def _positive(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be a positive integer or 'auto'")
-        return v
+        return _positive_or_auto(v)
 
 
 class InputSpec(_Section):
@@ -197,11 +201,18 @@ class OutputSpec(_Section):
     dir_fits = field_validator("dir")(_fits_with_room_to_move_aside)
 
 
+# "auto" and the executors' names (executors.EXECUTORS; a test checks that the two agree: config
+# must not import the executors, which sit above it).
+ExecutorKind = Literal["auto", "local", "node", "slurm", "ray"]
+
+
 class ExecutorSpec(_Section):
-    kind: Literal["auto", "local", "slurm", "ray"] = Field(
-        "auto", description="Where the shards run: local (this process; with engine.data_parallel, one process per "
-                            "engine), slurm (the array task's shard), ray (Ray tasks); auto: slurm inside a Slurm "
-                            "array task, else local.")
+    kind: ExecutorKind = Field(
+        "auto", description="Where the shards run: local (this process; with executor.data_parallel, one process per "
+                            "engine), node (several engines on this node), slurm (the array task's shard), ray (Ray "
+                            "tasks); auto: slurm inside a Slurm array task, else local.")
+    data_parallel: int | Auto = Field(1, description="Engine processes on this node, one GPU each, each on its own "
+                                                     "shard (formerly engine.data_parallel).")
     ray_address: str = Field("auto", description="Ray: the cluster to join, as ray.init(address=...) takes it.")
     shards: int | Auto = Field("auto", description="Ray: how many shards (one task each); auto: one per engine that "
                                                    "the cluster's GPUs hold.")
@@ -214,6 +225,8 @@ class ExecutorSpec(_Section):
             raise ValueError("must be 'auto' or at least 1")
         return v
 
+    data_parallel_positive = field_validator("data_parallel")(_positive_or_auto)
+
 
 class JobSpec(_Section):
     name: str = Field(description="Job name; default output directory is outputs/<name>.")
@@ -225,6 +238,23 @@ class JobSpec(_Section):
     sampling: SamplingSpec = Field(default_factory=SamplingSpec)
     output: OutputSpec = Field(default_factory=OutputSpec)
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """engine.data_parallel (before executor.data_parallel existed) reads as executor.data_parallel;
+        the caller's mappings are copied, not changed."""
+        engine = data.get("engine") if isinstance(data, dict) else None
+        if not isinstance(engine, dict) or "data_parallel" not in engine:
+            return data
+        executor = data.get("executor") or {}
+        if not isinstance(executor, dict):
+            return data  # pydantic names the wrong type
+        if "data_parallel" in executor:
+            raise ValueError("give executor.data_parallel only (engine.data_parallel is its former name)")
+        logging.getLogger("batch_runner").warning("engine.data_parallel is now executor.data_parallel; read as such")
+        engine = dict(engine)
+        return {**data, "engine": engine, "executor": {**executor, "data_parallel": engine.pop("data_parallel")}}
 
     @model_validator(mode="after")
     def _one_prompt_source(self) -> "JobSpec":

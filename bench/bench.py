@@ -12,7 +12,7 @@ Workloads (token counts measured with the model's tokenizer):
     w1  2000 rows, one 1000-token system prompt, 300-token documents, 128 output tokens
     w2  400 distinct 2000-token prefixes x 10 rows, 100-token documents, 64 output tokens, shuffled
     w3  2000 unique 500-1500-token prompts, 256 output tokens
-    w4  w1 with 6000 rows, for engine.data_parallel 1 against 2 (--workloads w4, two GPUs)
+    w4  w1 with 6000 rows, for executor.data_parallel 1 against 2 (--workloads w4, two GPUs)
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ MATRIX = {
     "batch-run-nocache": ["w1"],
     "batch-run-nogroup": ["w2"],
     "traditional": ["w1"],
-    "batch-run-dp1": ["w4", "w2"],  # engine.data_parallel 1 against 2 (a two-GPU machine)
+    "batch-run-dp1": ["w4", "w2"],  # executor.data_parallel 1 against 2 (a two-GPU machine)
     "batch-run-dp2": ["w4", "w2"],
 }
 WORDS = ("the of and to in is was for on that with as by at from his her it an are were be this which or has had "
@@ -156,8 +156,8 @@ def child_batch_run(args) -> None:
     job = folder / f"{workload}.yaml"
     extra = {"batch-run-nocache": ["--set", "engine.enable_prefix_caching=false"],
              "batch-run-nogroup": ["--set", "prompt.group_by_prefix=false"],
-             "batch-run-dp1": ["--set", "engine.data_parallel=1"],
-             "batch-run-dp2": ["--set", "engine.data_parallel=2"]}.get(args.variant, [])
+             "batch-run-dp1": ["--set", "executor.data_parallel=1"],
+             "batch-run-dp2": ["--set", "executor.data_parallel=2"]}.get(args.variant, [])
     out = folder / f"out-{workload}-{args.variant}"
     cmd = [sys.executable, "-m", "batch_runner.cli", "run", str(job), "--output", str(out), "--fresh", *extra]
     t0 = time.perf_counter()

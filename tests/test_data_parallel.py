@@ -1,4 +1,4 @@
-"""engine.data_parallel: several engine processes on one node, each its own shard (here on the CPU).
+"""executor.data_parallel: several engine processes on one node, each its own shard (here on the CPU).
 
 One parent run with two workers, one of which is killed with SIGKILL as soon as it starts: the
 parent names its shard and fails; the rerun resumes that shard alone, and every id is there once.
@@ -36,7 +36,7 @@ def worker_pids(proc, n, timeout=300):
 def test_dead_worker_is_reported_and_its_shard_resumes(cli, tmp_path):
     rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))  # the whole input: shards can complete
     job = write_job(tmp_path, sampling={"max_tokens": 8}, output={"batch_size": 4}, input={"path": str(rows)},
-                    engine={"data_parallel": 2, "max_num_seqs": 4})
+                    engine={"max_num_seqs": 4}, executor={"data_parallel": 2})
     out = tmp_path / "out"
     proc = start_batch_run("run", job)
     pids = worker_pids(proc, 2)
@@ -72,7 +72,7 @@ def test_killed_parent_leaves_no_worker(tmp_path):
     from batch_runner.engines.reaper import _processes
 
     rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))
-    job = write_job(tmp_path, sampling={"max_tokens": 8}, input={"path": str(rows)}, engine={"data_parallel": 2})
+    job = write_job(tmp_path, sampling={"max_tokens": 8}, input={"path": str(rows)}, executor={"data_parallel": 2})
     proc = start_batch_run("run", job)
     pids = worker_pids(proc, 2)
     time.sleep(1.5)  # the parent's watcher has seen them (it looks every 0.5 s)

@@ -6,7 +6,8 @@ import pytest
 
 from batch_runner.atomic import atomic_write
 from batch_runner.errors import JobError
-from batch_runner.inputs.assignment import Shard, parse_shard, shard_from_slurm, shard_of
+from batch_runner.executors.slurm import shard_from_slurm
+from batch_runner.inputs.assignment import Shard, parse_shard, shard_of
 from batch_runner.output.parts import committed_parts, sweep_temporaries
 from batch_runner.output.resume import changed_keys, fingerprint_hash
 from batch_runner.runner.ordering import chunked, grouped
@@ -114,25 +115,24 @@ def test_temporaries_are_never_parts(tmp_path):
     (2, 1, [], Shard(0, 1), [("0000-of-0002", None), ("0001-of-0002", None)], 1),  # no GPU: both on the CPU
 ])
 def test_data_parallel_plan(dp, tp, devices, shard, expected, expected_tp):
-    from batch_runner.config import EngineSpec
     from batch_runner.executors.node import plan
 
-    workers, got_tp = plan(EngineSpec(data_parallel=dp, tensor_parallel_size=tp), shard, devices)
+    workers, got_tp = plan(dp, tp, shard, devices)
     assert [(workers[0].shard.label, workers[0].devices), (workers[-1].shard.label, workers[-1].devices)] == expected
     assert got_tp == expected_tp
 
 
 def test_data_parallel_needs_enough_gpus():
-    from batch_runner.config import EngineSpec
     from batch_runner.executors.node import plan
 
-    with pytest.raises(JobError, match="need 4 GPUs, but 2 are visible"):
-        plan(EngineSpec(data_parallel=2, tensor_parallel_size=2), Shard(0, 1), ["0", "1"])
+    with pytest.raises(JobError, match="executor.data_parallel: 2 engines .* need 4 GPUs, but 2 are visible"):
+        plan(2, 2, Shard(0, 1), ["0", "1"])
 
 
 def test_combined_exit_status_is_the_worst():
     from batch_runner.errors import ExitStatus
-    from batch_runner.executors.node import combined_status, describe_exit
+    from batch_runner.executors.base import combined_status
+    from batch_runner.executors.node import describe_exit
 
     assert combined_status([0, 0]) == ExitStatus.OK
     assert combined_status([0, 3]) == ExitStatus.ROW_ERRORS

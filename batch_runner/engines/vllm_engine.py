@@ -115,7 +115,7 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
     if cpu:
         args.update(CPU_OVERRIDES)
         args["max_num_seqs"] = min(args["max_num_seqs"], CPU_MAX_NUM_SEQS)
-    explicit = engine.model_dump(exclude={"profile", "extra", "data_parallel"}, exclude_none=True)
+    explicit = engine.model_dump(exclude={"profile", "extra"}, exclude_none=True)
     if explicit.get("tensor_parallel_size") == "auto":
         explicit["tensor_parallel_size"] = max(1, visible_gpus())
     args.update(explicit)

@@ -1,18 +1,18 @@
-"""The one-node executor (``engine.data_parallel``): several engines, one GPU (or tensor-parallel
+"""The one-node executor (``executor.data_parallel``): several engines, one GPU (or tensor-parallel
 group) each, each running the shard runner on its own shard.
 
 The library starts the workers itself (``multiprocessing`` with spawn, so each worker imports CUDA
 fresh with its own ``CUDA_VISIBLE_DEVICES``); each worker is an ordinary shard run that commits and
-resumes on its own. The parent checks the job once, sends the workers the job and their shard, hears
-their progress events and summaries on a queue, forwards stop signals, and names the shard of a
-worker that dies.
+resumes on its own. The parent checks the job and reads the input once (``prepare_shards``), sends
+the workers the job, their shard and its input report (so that they do not read the input again
+before they run it), hears their progress events and summaries on a queue, forwards stop signals,
+and names the shard of a worker that dies.
 
 Under a Slurm array of N tasks, task I with D engines runs shards I*D .. I*D+D-1 of N*D.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
@@ -23,13 +23,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import EngineSpec, JobSpec
+from ..config import JobSpec
 from ..engines import reaper
+from ..engines.gpu import visible_devices
 from ..engines.mainscript import children_skip_main
 from ..errors import BatchRunnerError, ExitStatus, JobError
 from ..inputs.assignment import Shard
+from ..inputs.preflight import ShardInput
+from ..observe.progress import Progress, say
 from ..records import ProgressEvent, Summary
+from ..runner.shard import RunOptions
 from ..runner.stop import exit_at_once_on_stop, is_second_request, own_process
+from .base import Execution, Executor, combined_status, prepare_shards, run_here, with_shard
 
 log = logging.getLogger("batch_runner")
 
@@ -49,19 +54,19 @@ class Worker:
         return f"GPU {','.join(self.devices)}" if self.devices else "CPU"
 
 
-def plan(engine: EngineSpec, shard: Shard, devices: list[str]) -> tuple[list[Worker], int]:
+def plan(data_parallel: int | str, tensor_parallel_size: int | str, shard: Shard,
+         devices: list[str]) -> tuple[list[Worker], int]:
     """The workers for this task, and each one's tensor_parallel_size.
 
     ``auto`` data_parallel fills the visible GPUs; ``auto`` tensor_parallel_size splits them evenly.
     """
-    tp = engine.tensor_parallel_size
-    dp = engine.data_parallel
+    tp, dp = tensor_parallel_size, data_parallel
     if dp == "auto":
         dp = max(1, len(devices) // (tp if isinstance(tp, int) else 1))
     if tp == "auto":
         tp = max(1, len(devices) // dp)
     if devices and dp * tp > len(devices):
-        raise JobError(f"engine.data_parallel: {dp} engines x tensor_parallel_size {tp} need {dp * tp} GPUs, "
+        raise JobError(f"executor.data_parallel: {dp} engines x tensor_parallel_size {tp} need {dp * tp} GPUs, "
                        f"but {len(devices)} are visible ({','.join(devices)})")
     count = shard.count * dp
     workers = [Worker(Shard(shard.index * dp + j, count), devices[j * tp:(j + 1) * tp] if devices else None)
@@ -69,13 +74,27 @@ def plan(engine: EngineSpec, shard: Shard, devices: list[str]) -> tuple[list[Wor
     return workers, tp
 
 
-# Worst first: the parent's exit status is that of its worst worker.
-_SEVERITY = [ExitStatus.FAILED, ExitStatus.USAGE, ExitStatus.INTERRUPTED, ExitStatus.ROW_ERRORS, ExitStatus.OK]
+class NodeExecutor(Executor):
+    """``executor.data_parallel`` engines on this node, each on its own shard of this task's."""
 
+    name = "node"
 
-def combined_status(codes: list[int]) -> ExitStatus:
-    statuses = [ExitStatus(c) if c in ExitStatus._value2member_map_ else ExitStatus.FAILED for c in codes]
-    return min(statuses, key=_SEVERITY.index)
+    def run(self, job: JobSpec, options: RunOptions) -> Execution:
+        options = with_shard(options, self.shard)
+        if options.dry_run:
+            return run_here(job, options)
+        workers, tp = plan(job.executor.data_parallel, job.engine.tensor_parallel_size, options.shard,
+                           visible_devices(self.env))
+        if len(workers) == 1:
+            return run_here(job, options)
+        job = job.model_copy(update={
+            "engine": job.engine.model_copy(update={"tensor_parallel_size": tp}),
+            "executor": job.executor.model_copy(update={"data_parallel": len(workers)})})
+        inputs = prepare_shards(job, options, [w.shard for w in workers])
+        node = Workers(workers, Progress(job.output.log_format, job.name))
+        node.start(job, options.retry_errors, self.verbose, inputs)
+        codes = node.wait()
+        return Execution(combined_status(codes), [w.summary for w in workers if w.summary], len(workers))
 
 
 def describe_exit(code: int) -> str:
@@ -84,19 +103,15 @@ def describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-def _say(text: str) -> None:
-    print(f"batch-run: {text}", file=sys.stderr, flush=True)
-
-
 def worker_main(job_json: str, shard: Shard, devices: list[str] | None, retry_errors: bool, verbose: bool,
-                events) -> None:
+                events, given: ShardInput | None = None) -> None:
     """A worker process: its GPUs, its shard, the shard runner; progress and summary to the parent."""
     os.setsid()  # a Ctrl-C on the terminal reaches the parent only, which forwards it once
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # before anything imports CUDA
     from ..engines.vllm_engine import shutdown_engines
     from ..logs import setup_logging
-    from ..runner.shard import RunOptions, run_shard
+    from ..runner.shard import run_shard
 
     own_process()
     setup_logging(verbose, prefix=f"[{shard.label}] ")
@@ -104,11 +119,11 @@ def worker_main(job_json: str, shard: Shard, devices: list[str] | None, retry_er
     try:
         job = JobSpec.model_validate_json(job_json)
         result = run_shard(job, RunOptions(retry_errors=retry_errors, shard=shard, progress=False,
-                                         listeners=[events.put]))
+                                           listeners=[events.put], given=given))
         events.put(result.summary)
         code = int(result.status)
     except BatchRunnerError as e:
-        print(f"batch-run: [{shard.label}] error: {e}", file=sys.stderr, flush=True)
+        say(f"[{shard.label}] error: {e}")
         code = int(e.exit_status)
     finally:
         events.close()
@@ -119,31 +134,31 @@ def worker_main(job_json: str, shard: Shard, devices: list[str] | None, retry_er
         os._exit(code)
 
 
-class NodeExecutor:
-    """Runs ``workers`` side by side on this node; combined progress on stderr."""
+class Workers:
+    """Runs ``workers`` side by side on this node, in processes of their own; combined progress."""
 
-    def __init__(self, workers: list[Worker], log_format: str):
-        self.workers, self.log_format = workers, log_format
+    def __init__(self, workers: list[Worker], progress: Progress):
+        self.workers, self.progress = workers, progress
         self.signals = 0
         self.mp = multiprocessing.get_context("spawn")
         self.events = self.mp.Queue()
 
-    def start(self, job: JobSpec, retry_errors: bool, verbose: bool) -> None:
+    def start(self, job: JobSpec, retry_errors: bool, verbose: bool, inputs: list[ShardInput]) -> None:
         reaper.guard()  # workers (and their engines) must not outlive this parent, however it ends
         job_json = job.model_dump_json()
-        for w in self.workers:
+        for w, given in zip(self.workers, inputs):
             w.proc = self.mp.Process(target=worker_main, name=f"batch-run {w.shard.label}",
-                                     args=(job_json, w.shard, w.devices, retry_errors, verbose, self.events))
+                                     args=(job_json, w.shard, w.devices, retry_errors, verbose, self.events, given))
             with children_skip_main():  # a worker must not run the user's script (run() in it) again
                 w.proc.start()
-            _say(f"shard {w.shard.label} on {w.where}: worker pid {w.proc.pid}")
+            say(f"shard {w.shard.label} on {w.where}: worker pid {w.proc.pid}")
 
     def _forward(self, signum: int, frame) -> None:
         """The first signal reaches the workers as SIGTERM, later ones as they came: the workers apply
         the stop rule (stop.py), so repeated SIGTERMs stay one stop and a SIGINT after it exits at once."""
         self.signals += 1
         at_once = self.signals > 1 and is_second_request(signum)
-        _say(f"{signal.Signals(signum).name} received: passing it to the workers"
+        say(f"{signal.Signals(signum).name} received: passing it to the workers"
              + (" (again: they exit at once)" if at_once else ""))
         for w in self.workers:
             if w.proc.is_alive():
@@ -163,7 +178,7 @@ class NodeExecutor:
         codes = [w.proc.exitcode for w in self.workers]
         for w, code in zip(self.workers, codes):
             if code not in (ExitStatus.OK, ExitStatus.ROW_ERRORS):
-                _say(f"worker of shard {w.shard.label} on {w.where} {describe_exit(code)}; its finished "
+                say(f"worker of shard {w.shard.label} on {w.where} {describe_exit(code)}; its finished "
                      "rows are saved: rerun the job to resume it")
         return codes
 
@@ -195,10 +210,4 @@ class NodeExecutor:
         done = sum(x.rows_done for x in self.workers)
         total = sum(x.rows_total for x in self.workers)
         tok_s = sum(x.output_tok_s for x in self.workers)  # the engines run side by side: their paces add up
-        fields = {"event": "data_parallel", "shard": w.shard.label, "batch": event.batch, "rows_done": done,
-                  "rows_total": total, "workers": len(self.workers), "output_tok_s": round(tok_s, 1)}
-        if self.log_format == "json":
-            print(json.dumps(fields), file=sys.stderr, flush=True)
-        else:
-            _say(f"{done}/{total} rows over {len(self.workers)} engines (shard {w.shard.label} batch "
-                 f"{event.batch}), {tok_s:,.0f} output tok/s")
+        self.progress.engines(w.shard.label, event.batch, done, total, len(self.workers), tok_s)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,11 +20,13 @@ from typing import Any
 from ..config import JobSpec
 from ..errors import ExitStatus, JobError, ResumeConflict
 from ..inputs.assignment import ALL, Shard
+from ..inputs.preflight import ShardInput
+from ..observe.progress import Progress, say
 from ..output.parts import committed_parts
 from ..records import Summary
 from ..runner.shard import RunOptions
 from ..runner.stop import STOP_GRACE_S, StopRequest
-from .node import combined_status
+from .base import Execution, Executor, combined_status, prepare_shards, run_here, with_shard
 
 log = logging.getLogger("batch_runner")
 
@@ -59,7 +60,7 @@ class AttemptCounter:
 
 
 def shard_task(job_json: str, shard: Shard, retry_errors: bool, attempts: Any = None,
-               max_retries: int = 0) -> tuple[int, dict[str, Any] | None, str]:
+               max_retries: int = 0, given: ShardInput | None = None) -> tuple[int, dict[str, Any] | None, str]:
     """A Ray task: the shard runner on one shard. Returns (exit status, summary, error message)."""
     from ..engines.vllm_engine import shutdown_engines
     from ..errors import BatchRunnerError
@@ -79,7 +80,8 @@ def shard_task(job_json: str, shard: Shard, retry_errors: bool, attempts: Any = 
     try:
         while True:
             try:
-                result = run_shard(job, RunOptions(shard=shard, retry_errors=retry_errors, progress=False))
+                result = run_shard(job, RunOptions(shard=shard, retry_errors=retry_errors, progress=False,
+                                                   given=given))
                 return int(result.status), result.summary.as_dict() if result.summary else None, ""
             except ResumeConflict:
                 if time.monotonic() > deadline:
@@ -98,9 +100,18 @@ def shard_count(ray, job: JobSpec) -> int:
     return max(1, int(ray.cluster_resources().get("GPU", 0)) // tp)
 
 
-def run_on_ray(job: JobSpec, options: RunOptions, verbose: bool):
-    from .base import Execution, prepare_shards
+class RayExecutor(Executor):
+    """Shards as Ray tasks; a dry run previews this task's shard in this process."""
 
+    name = "ray"
+
+    def run(self, job: JobSpec, options: RunOptions) -> Execution:
+        if options.dry_run:
+            return run_here(job, with_shard(options, self.shard))
+        return run_on_ray(job, options, self.verbose)
+
+
+def run_on_ray(job: JobSpec, options: RunOptions, verbose: bool) -> Execution:
     ray = _import_ray()
     job = _absolute_paths(job)
     _check_reachable(job.executor.ray_address)
@@ -112,7 +123,7 @@ def run_on_ray(job: JobSpec, options: RunOptions, verbose: bool):
     try:
         count = shard_count(ray, job)
         shards = [Shard(i, count) for i in range(count)]
-        prepare_shards(job, replace(options, shard=ALL), shards)
+        inputs = prepare_shards(job, replace(options, shard=ALL), shards)
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         tp = job.engine.tensor_parallel_size if isinstance(job.engine.tensor_parallel_size, int) else 1
         # Ray retries without bound (max_retries -1); AttemptCounter bounds every kind of retry alike
@@ -121,10 +132,10 @@ def run_on_ray(job: JobSpec, options: RunOptions, verbose: bool):
         attempts = ray.remote(num_cpus=0)(AttemptCounter).remote()
         job_json = job.model_dump_json()
         before = {s.label: _summary_run(job.output_dir, s) for s in shards}
-        refs = {task.remote(job_json, s, options.retry_errors, attempts, job.executor.max_retries): s
-                for s in shards}
-        print(f"batch-run: {count} shards as Ray tasks on {job.executor.ray_address}", file=sys.stderr, flush=True)
-        codes, summaries = _wait(ray, refs, job.output_dir, before)
+        refs = {task.remote(job_json, s, options.retry_errors, attempts, job.executor.max_retries, given): s
+                for s, given in zip(shards, inputs)}
+        say(f"{count} shards as Ray tasks on {job.executor.ray_address}")
+        codes, summaries = _wait(ray, refs, job.output_dir, before, Progress(job.output.log_format, job.name))
         return Execution(combined_status(codes), summaries, len(shards))
     finally:
         ray.shutdown()
@@ -160,7 +171,8 @@ def _check_reachable(address: str) -> None:
                        "(ray start --head) or give the address of a running one") from None
 
 
-def _wait(ray, refs: dict, out: Path, before: dict[str, str | None]) -> tuple[list[int], list[Summary]]:
+def _wait(ray, refs: dict, out: Path, before: dict[str, str | None],
+          progress: Progress) -> tuple[list[int], list[Summary]]:
     """Each task's outcome; combined progress meanwhile. A stop signal (repeated SIGTERMs are one)
     asks every task to stop: Ray interrupts it with SIGINT, and the shard runner saves its finished
     rows and ends 75. They get STOP_WAIT_S; a stopped shard's outcome is then its own summary."""
@@ -181,15 +193,13 @@ def _wait(ray, refs: dict, out: Path, before: dict[str, str | None]) -> tuple[li
                     ray.cancel(ref)
                 deadline = time.monotonic() + STOP_WAIT_S
             elif deadline is not None and time.monotonic() > deadline and pending:
-                print(f"batch-run: {len(pending)} shard(s) did not stop within {STOP_WAIT_S:.0f} s; ending them",
-                      file=sys.stderr, flush=True)
+                say(f"{len(pending)} shard(s) did not stop within {STOP_WAIT_S:.0f} s; ending them")
                 for ref in pending:
                     ray.cancel(ref, force=True)
                 deadline = float("inf")  # their outcomes come as cancelled
             if time.monotonic() - last > PROGRESS_EVERY_S:
                 last = time.monotonic()
-                print(f"batch-run: {_committed_rows(out, seen)} rows committed, {len(pending)} of {len(refs)} "
-                      "shards still running", file=sys.stderr, flush=True)
+                progress.committed(_committed_rows(out, seen), len(pending), len(refs))
     return codes, summaries
 
 
@@ -200,11 +210,11 @@ def _outcome(ray, ref, shard: Shard, out: Path, before: dict[str, str | None],
     except Exception as e:
         if stopping:  # cancelled (or ended by force after STOP_WAIT_S): its own summary says how it ended
             return _stopped(shard, out, before)  # a task that failed for good: the shard's finished rows are saved
-        print(f"batch-run: shard {shard.label} failed on Ray ({type(e).__name__}); its finished rows are saved: "
-              "rerun the job to resume it", file=sys.stderr, flush=True)
+        say(f"shard {shard.label} failed on Ray ({type(e).__name__}); its finished rows are saved: "
+            "rerun the job to resume it")
         return int(ExitStatus.FAILED), None
     if error:
-        print(f"batch-run: [{shard.label}] error: {error}", file=sys.stderr, flush=True)
+        say(f"[{shard.label}] error: {error}")
     return code, summary
 
 

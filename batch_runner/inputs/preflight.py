@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -19,7 +19,7 @@ from ..config import InputSpec, JobSpec
 from ..engines.models import context_length, load_tokenizer, resolve_model
 from ..engines.vllm_engine import engine_arguments
 from ..errors import JobError, RowError
-from .affinity import Membership, assign
+from .affinity import Assignment, Membership, assign
 from .assignment import Shard
 from .digest import InputContent, dataset_content, files_content
 from .prompts import PromptRenderer
@@ -227,24 +227,77 @@ class Preflight:
     dropped: list[str] = field(default_factory=list)  # engine options the installed vLLM lacks (not passed)
 
 
-def preflight(job: JobSpec, shard: Shard) -> Preflight:
+@dataclass
+class ShardInput:
+    """One shard's share of a pre-flight that its parent ran once for all its shards (executors):
+    the shard's input report and the rows' assignment to shards. Picklable, for worker processes."""
+
+    report: InputReport
+    assignment: Assignment | None = None
+
+
+def _setup(job: JobSpec) -> tuple[str, PromptRenderer, dict[str, Any], list[str]]:
+    """The model (converted once), its tokenizer and renderer, the job's sampling values and engine arguments."""
+    model_path = resolve_model(job.model.name)
+    tokenizer = load_tokenizer(model_path, job)
+    renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
+    check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
+    # engine.extra keys vLLM does not know fail here too: a refusal must come before --fresh moves anything
+    engine_args, dropped = engine_arguments(model_path, job.model, job.engine)
+    return model_path, renderer, engine_args, dropped
+
+
+def preflight(job: JobSpec, shard: Shard, given: ShardInput | None = None) -> Preflight:
     """The model (converted once), its tokenizer and the prompt renderer, the job's own sampling
     values and engine arguments, the rows' assignment to shards, one pass over the whole input, and
-    the input's content digest (hashed in a thread meanwhile: hashlib lets go of the GIL)."""
+    the input's content digest (hashed in a thread meanwhile: hashlib lets go of the GIL).
+
+    ``given``: the shard's input report and assignment from its parent's pre-flight (``preflight_shards``);
+    then the input is not read here at all."""
+    if given is not None:
+        model_path, renderer, engine_args, dropped = _setup(job)
+        return Preflight(model_path, renderer, given.report, Membership(shard, given.assignment, renderer.prefix_key),
+                         engine_args, dropped)
+    return _preflight(job, shard)[0]
+
+
+def preflight_shards(job: JobSpec, shards: list[Shard]) -> tuple[Preflight, list[ShardInput]]:
+    """One pre-flight for shards that run side by side (of one count): one pass over the input that
+    notes each row's shard, then each shard's share of the report. The Preflight's own report
+    covers the rows of all of them."""
+    owner: dict[str, int] = {}
+
+    def recorder(membership: Membership) -> Callable[[str, dict], bool]:
+        each = [Membership(s, membership.assignment, membership.prefix_key) for s in shards]
+
+        def owns(rid: str, data: dict) -> bool:
+            owner[rid] = next((m.shard.index for m in each if m.owns(rid, data)), -1)
+            return owner[rid] >= 0
+        return owns
+
+    pre, assignment = _preflight(job, shards[0], recorder)
+    return pre, [ShardInput(_share(pre.report, owner, s.index), assignment) for s in shards]
+
+
+def _share(report: InputReport, owner: dict[str, int], index: int) -> InputReport:
+    ids = {i for i in report.shard_ids if owner[i] == index}
+    beyond = {i for i in report.ids_beyond_limit if owner[i] == index}
+    return replace(report, shard_ids=ids, shard_rows=len(ids), ids_beyond_limit=beyond,
+                   rows_beyond_limit=len(beyond), notes=list(report.notes))
+
+
+def _preflight(job: JobSpec, shard: Shard, recorder: Callable[[Membership], Callable[[str, dict], bool]] | None = None
+               ) -> tuple[Preflight, Assignment | None]:
     pool = ThreadPoolExecutor(1, thread_name_prefix="batch-run-digest")
     try:
         hashing = pool.submit(files_content, job.input)
-        model_path = resolve_model(job.model.name)
-        tokenizer = load_tokenizer(model_path, job)
-        renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
-        check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
-        # engine.extra keys vLLM does not know fail here too: a refusal must come before --fresh moves anything
-        engine_args, dropped = engine_arguments(model_path, job.model, job.engine)
+        model_path, renderer, engine_args, dropped = _setup(job)
         p = job.prompt
         assignment = assign(job, renderer.prefix_key, shard.count) \
             if p.group_by_prefix and p.prefix_affinity and shard.count > 1 else None
         membership = Membership(shard, assignment, renderer.prefix_key)
-        report = check_input(job.input, columns_read(job, renderer), membership.owns)
+        owns = recorder(membership) if recorder else membership.owns
+        report = check_input(job.input, columns_read(job, renderer), owns)
         report.assignment = assignment.digest if assignment else None
         report.content = hashing.result()  # bounded: one read of files the pass above has just read
     except BaseException:  # a refusal or a stop must not wait for the hash of a large input to end
@@ -253,4 +306,4 @@ def preflight(job: JobSpec, shard: Shard) -> Preflight:
     pool.shutdown()
     if job.input.dataset is not None or job.input.format == "hf":
         report.content = dataset_content(job.input)
-    return Preflight(model_path, renderer, report, membership, engine_args, dropped)
+    return Preflight(model_path, renderer, report, membership, engine_args, dropped), assignment

@@ -70,7 +70,10 @@ def shard_states(out: Path) -> list[ShardState]:
 
 
 def _data_parallel(job_record: dict) -> int:
-    dp = job_record.get("job", {}).get("engine", {}).get("data_parallel", 1)
+    """The engines per array task that wrote the output: executor.data_parallel, or engine.data_parallel
+    in the job.json of a batch-run from before the key moved."""
+    job = job_record.get("job", {})
+    dp = job.get("executor", {}).get("data_parallel", job.get("engine", {}).get("data_parallel", 1))
     return dp if isinstance(dp, int) and dp > 0 else 1
 
 

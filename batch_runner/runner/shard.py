@@ -36,7 +36,7 @@ from ..engines.vllm_engine import (
 )
 from ..errors import EngineError, ExitStatus, StorageError, writing
 from ..inputs.assignment import ALL, Shard
-from ..inputs.preflight import Preflight, preflight, preview
+from ..inputs.preflight import Preflight, ShardInput, preflight, preview
 from ..observe.metrics import RunMetrics
 from ..observe.progress import Progress
 from ..output import resume
@@ -64,6 +64,7 @@ class RunOptions:
     job_file: Path | None = None  # for the output-folder check: an output must not hold its own job file
     listeners: list[Listener] = field(default_factory=list)  # more listeners of progress events
     progress: bool = True  # print progress (an embedding program may want only its listeners)
+    given: ShardInput | None = None  # this shard's input report from its executor's one pre-flight
 
 
 @dataclass
@@ -92,7 +93,7 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     if not options.dry_run:
         resume.check_output_folder(job, shard, options.job_file)
         check_vllm_version()
-    pre = preflight(job, shard)
+    pre = preflight(job, shard, options.given)
     for note in pre.report.notes:
         log.warning(note)
     if options.dry_run:

@@ -29,7 +29,7 @@ def run_script(tmp_path, body: str, timeout: float) -> tuple[subprocess.Complete
 def test_processes_spawned_by_batch_run_do_not_import_the_main_script(tmp_path):
     done, lines = run_script(tmp_path, """
         import multiprocessing, os
-        from batch_runner.mainscript import children_skip_main
+        from batch_runner.engines.mainscript import children_skip_main
 
         with open(os.environ["LOG"], "a") as f:
             f.write(__name__ + "\\n")

@@ -1,11 +1,14 @@
 """The typed records that travel between the stages of a run, one definition each.
 
-    rows ──prepare──▶ Request ──engine──▶ Completion ──finish──▶ ResultRow ──commit──▶ parts, BatchStats
+    rows ──prepare──▶ Request ──engine──▶ Completion ──finish──▶ ResultRow ──commit──▶ parts, StatsRow
                                                                               └──▶ ProgressEvent (listeners)
-    a shard's run ──▶ Summary (summary-<shard>.json, the shard marker, the CLI's closing table)
+    the engine's pace ──▶ TimelineRow        a shard's run ──▶ Summary (summary-<shard>.json, the shard
+                                             marker, the CLI's closing table)
 
-Plain values only: vLLM's own types stay inside ``engine.py``, so a stage (and a test's fake engine)
-never imports vLLM.
+A record written as a Parquet row (ResultRow, StatsRow, TimelineRow) names each column's Arrow type
+on its field (``column``): ``output.schemas`` derives the file's schema from it, so a field and its
+column cannot drift apart. Plain values only: vLLM's own types stay inside ``engines/``, so a stage
+(and a test's fake engine) never imports vLLM.
 """
 
 from __future__ import annotations

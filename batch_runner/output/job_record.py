@@ -108,8 +108,8 @@ def job_spec(job: dict[str, Any], path: Path | None) -> JobSpec:
 def _openai_defaults_cleared(job: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI-input job records the prompt columns its validation filled in ('messages', 'prompt'),
     which its validation refuses when given: they are cleared so the record validates again."""
-    prompt = job.get("prompt")
-    if ((job.get("input") or {}).get("format") == "openai" and isinstance(prompt, dict)
+    prompt, input_ = job.get("prompt"), job.get("input")
+    if (isinstance(input_, dict) and input_.get("format") == "openai" and isinstance(prompt, dict)
             and prompt.get("messages_column") == "messages" and prompt.get("prompt_column") == "prompt"):
         prompt["messages_column"] = prompt["prompt_column"] = None
     return job

@@ -29,15 +29,15 @@ def jsonl_run(tmp_path_factory):
     from click.testing import CliRunner
 
     from batch_runner.cli import main
-    from batch_runner.runner import runner
+    from batch_runner.runner import shard
 
     tmp = tmp_path_factory.mktemp("jsonl")
     job = write_job(tmp, sampling=FAST, output={"batch_size": 8})
-    interval, runner.TIMELINE_INTERVAL_S = runner.TIMELINE_INTERVAL_S, 0.5  # a fine timeline for the checks
+    interval, shard.TIMELINE_INTERVAL_S = shard.TIMELINE_INTERVAL_S, 0.5  # a fine timeline for the checks
     try:
         result = CliRunner().invoke(main, ["run", str(job), "--limit", "32"], catch_exceptions=False)
     finally:
-        runner.TIMELINE_INTERVAL_S = interval
+        shard.TIMELINE_INTERVAL_S = interval
     return tmp, job, result
 
 

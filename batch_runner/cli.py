@@ -126,18 +126,18 @@ def _print_summary(s) -> None:
     run, out = s.this_run, s.output
     rows = [
         ("job", f"{s.job} (shard {s.shard})"), ("status", s.status),
-        ("rows", f"{out['rows']}/{s.shard_rows} written, {s.skipped_done} were done before"),
-        ("errors", f"{out['errors']} {out['errors_by_code'] or ''}".strip()),
-        ("this run", f"{run['requests']} requests in {run['generation_s']} s"),
-        ("throughput", f"{run['output_tok_s']} output tok/s, {run['total_tok_s']} total tok/s, {run['requests_s']} req/s"),
-        ("prefix cache", f"{run['cache_hit_rate']:.1%} of prompt tokens"),
+        ("rows", f"{out.rows}/{s.shard_rows} written, {s.skipped_done} were done before"),
+        ("errors", f"{out.errors} {out.errors_by_code or ''}".strip()),
+        ("this run", f"{run.requests} requests in {run.generation_s} s"),
+        ("throughput", f"{run.output_tok_s} output tok/s, {run.total_tok_s} total tok/s, {run.requests_s} req/s"),
+        ("prefix cache", f"{run.cache_hit_rate:.1%} of prompt tokens"),
     ]
-    if s.cost and s.cost["price"] is not None:  # the table shows GPU-hours and cost with a price only
+    if s.cost and s.cost.price is not None:  # the table shows GPU-hours and cost with a price only
         c = s.cost
-        rows.append(("GPU-hours", f"{c['gpu_hours']:.4f} ({c['gpu_hours_generating']:.4f} generating, "
-                                  f"{c['devices']} device{'s' if c['devices'] > 1 else ''})"))
-        rows.append(("cost", f"{c['cost']:.4f} at {c['price']:g} per GPU-hour; per million tokens: "
-                             f"{c['cost_per_m_output_tokens'] or 0:.4f} output, {c['cost_per_m_total_tokens'] or 0:.4f} total"))
+        rows.append(("GPU-hours", f"{c.gpu_hours:.4f} ({c.gpu_hours_generating:.4f} generating, "
+                                  f"{c.devices} device{'s' if c.devices > 1 else ''})"))
+        rows.append(("cost", f"{c.cost:.4f} at {c.price:g} per GPU-hour; per million tokens: "
+                             f"{c.cost_per_m_output_tokens or 0:.4f} output, {c.cost_per_m_total_tokens or 0:.4f} total"))
     click.echo("")
     for k, v in rows:
         click.echo(f"{k:>13}  {v}")
@@ -146,13 +146,13 @@ def _print_summary(s) -> None:
 def _print_combined(result) -> None:
     """The closing table of a run of several shards (data_parallel, Ray): totals over their summaries."""
     found = result.summaries
-    rows = sum(s.output["rows"] for s in found)
+    rows = sum(s.output.rows for s in found)
     click.echo("")
     for k, v in [("status", result.status.name.lower()), ("engines", result.engines),
                  ("shards", ", ".join(f"{s.shard} {s.status}" for s in found) or "none finished"),
                  ("rows", f"{rows}/{sum(s.shard_rows for s in found)} written"),
-                 ("errors", sum(s.output["errors"] for s in found)),
-                 ("throughput", f"{sum(s.this_run['output_tok_s'] for s in found):,.1f} output tok/s "
+                 ("errors", sum(s.output.errors for s in found)),
+                 ("throughput", f"{sum(s.this_run.output_tok_s for s in found):,.1f} output tok/s "
                                 "(sum over the engines: they ran side by side)")]:
         click.echo(f"{k:>13}  {v}")
 

@@ -1,16 +1,22 @@
 """The typed records that travel between the stages of a run, one definition each.
 
-    rows ──prepare──▶ Request ──engine──▶ Completion ──finish──▶ ResultRow ──commit──▶ parts, BatchStats
+    rows ──prepare──▶ Request ──engine──▶ Completion ──finish──▶ ResultRow ──commit──▶ parts, StatsRow
                                                                               └──▶ ProgressEvent (listeners)
-    a shard's run ──▶ Summary (summary-<shard>.json, the shard marker, the CLI's closing table)
+    the engine's pace ──▶ TimelineRow        a shard's run ──▶ Summary (summary-<shard>.json, the shard
+                                             marker, the CLI's closing table)
 
-Plain values only: vLLM's own types stay inside ``engine.py``, so a stage (and a test's fake engine)
-never imports vLLM.
+A record written as a Parquet row (ResultRow, StatsRow, TimelineRow) names each column's Arrow type
+on its field (``column``): ``output.schemas`` derives the file's schema from it, so a field and its
+column cannot drift apart. Plain values only: vLLM's own types stay inside ``engines/``, so a stage
+(and a test's fake engine) never imports vLLM.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -68,30 +74,103 @@ class Completion:
         return sum(s.output_tokens for s in self.samples)
 
 
-@dataclass
-class ResultRow:
-    """One row of results/part-*.parquet; its fields are output.RESULT_FIELDS, plus the kept columns."""
+def column(arrow: str, **kwargs: Any) -> Any:  # (RUF009 below: this is dataclasses.field)
+    """A dataclass field that is a Parquet column of Arrow type ``arrow`` (a name in
+    ``output.schemas.ARROW_TYPES``): the record is the one definition its file's schema is derived from."""
+    return field(metadata={"arrow": arrow}, **kwargs)
 
-    id: str
-    batch: int
+
+def columns(record: type) -> list[tuple[str, str]]:
+    """A row record's columns in file order: (name, Arrow type name) of each field that is one."""
+    return [(f.name, f.metadata["arrow"]) for f in fields(record) if "arrow" in f.metadata]
+
+
+@dataclass(kw_only=True)
+class ResultRow:
+    """One row of results/part-*.parquet: its fields in column order (the kept input columns after ``id``)."""
+
+    id: str = column("string")
     kept: dict[str, Any] = field(default_factory=dict)
-    output: str | None = None
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    cached_prompt_tokens: int | None = None
-    output_tokens: int = 0
-    error_code: str | None = None
-    error: str | None = None
-    adjustment: str | None = None
-    json: str | None = None
-    samples: list[dict[str, Any]] | None = None
+    output: str | None = column("string", default=None)
+    finish_reason: str | None = column("string", default=None)
+    prompt_tokens: int | None = column("int32", default=None)
+    cached_prompt_tokens: int | None = column("int32", default=None)
+    output_tokens: int = column("int32", default=0)
+    error_code: str | None = column("string", default=None)
+    error: str | None = column("string", default=None)
+    adjustment: str | None = column("string", default=None)
+    json: str | None = column("string", default=None)  # sampling.json_schema: the parsed output, canonical JSON
+    samples: list[dict[str, Any]] | None = column("samples", default=None)  # n > 1: every sample; null for n = 1  # noqa: RUF009
+    batch: int = column("int32")
 
     def as_row(self) -> dict[str, Any]:
-        row = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "kept"}
+        row = {name: getattr(self, name) for name, _ in columns(ResultRow)}
         return {"id": self.id, **self.kept, **row}
 
 
-RESULT_NAMES = frozenset(f.name for f in fields(ResultRow) if f.name != "kept")  # a kept column may not take one
+RESULT_NAMES = frozenset(name for name, _ in columns(ResultRow))  # a kept column may not take one
+
+
+@dataclass
+class StatsRow:
+    """One row of stats/part-*.parquet: one committed batch. Spans overlap (batches share the engine):
+    span_* rates are one batch's own pace; the run's throughput is in the summary and the timeline."""
+
+    shard: str = column("string")
+    run_id: str = column("string")
+    batch: int = column("int32")
+    submitted_at: datetime = column("timestamp")  # its first request went into the engine's queue  # noqa: RUF009
+    started_at: datetime = column("timestamp")  # the engine first scheduled one of its requests  # noqa: RUF009
+    finished_at: datetime = column("timestamp")  # its last request finished  # noqa: RUF009
+    span_s: float = column("float64")  # finished_at - started_at; overlaps other batches' spans
+    requests: int = column("int32")
+    errors: int = column("int32")
+    prompt_tokens: int = column("int64")
+    cached_prompt_tokens: int = column("int64")
+    output_tokens: int = column("int64")
+    span_output_tok_s: float = column("float64")
+    span_total_tok_s: float = column("float64")
+    span_requests_s: float = column("float64")
+    cache_hit_rate: float = column("float64")
+    finish_stop: int = column("int32")
+    finish_length: int = column("int32")
+    finish_abort: int = column("int32")
+    finish_error: int = column("int32")
+    gpu_memory_used_gb: float | None = column("float64", default=None)
+    gpu_memory_peak_gb: float | None = column("float64", default=None)
+    gpu_utilization: float | None = column("float64", default=None)
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TimelineRow:
+    """One row of timeline/part-*.parquet: one interval of a run's generation time (observe.timeline);
+    intervals tile it, so they add up."""
+
+    shard: str = column("string")
+    run_id: str = column("string")
+    started_at: datetime = column("timestamp")  # noqa: RUF009
+    finished_at: datetime = column("timestamp")  # noqa: RUF009
+    interval_s: float = column("float64")
+    output_tokens: int = column("int64")
+    prompt_tokens: int = column("int64")
+    cached_prompt_tokens: int = column("int64")
+    output_tok_s: float = column("float64")
+    total_tok_s: float = column("float64")
+    requests_finished: int = column("int32")
+    rows_committed: int = column("int32")
+    requests_in_engine: int = column("int32")
+    requests_running: int | None = column("int32")  # None: the engine keeps no counters (source batch-run)
+    requests_waiting: int | None = column("int32")
+    kv_cache_usage: float | None = column("float64")
+    gpu_memory_used_gb: float | None = column("float64")
+    gpu_utilization: float | None = column("float64")
+    source: str = column("string")  # vllm: the engine's own counters; batch-run: counted from finished requests
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -115,8 +194,51 @@ class ProgressEvent:
 
 
 @dataclass
+class ShardTotals:
+    """A shard's committed rows and errors (by code), over all its runs (resume.shard_totals)."""
+
+    rows: int = 0
+    errors: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class RunFigures:
+    """One run's totals and throughput, rounded as the summary shows them (stats.RunTotals.figures)."""
+
+    requests: int
+    errors: int
+    errors_by_code: dict[str, int]
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    output_tokens: int
+    generation_s: float  # first request submitted to last finished
+    output_tok_s: float
+    total_tok_s: float
+    requests_s: float
+    cache_hit_rate: float
+
+
+@dataclass(frozen=True)
+class Cost:
+    """GPU-hours and money of one run (observe.cost.cost_of)."""
+
+    devices: int
+    gpu_hours: float  # the whole run, engine start included
+    gpu_hours_generating: float
+    price: float | None  # per GPU-hour
+    cost: float | None
+    cost_per_m_output_tokens: float | None
+    cost_per_m_total_tokens: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class Summary:
-    """A shard's run: ``summary-<shard>.json`` (``summary.json`` unsharded) and its completion marker."""
+    """A shard's run: ``summary-<shard>.json`` (``summary.json`` unsharded) and its completion marker,
+    written by ``as_dict`` and read back by ``from_dict``/``load`` (the same definition both ways)."""
 
     job: str
     model: str
@@ -132,23 +254,33 @@ class Summary:
     input_rows: int
     shard_rows: int
     skipped_done: int
-    output: dict[str, Any]  # the shard's committed totals (checkpoint.shard_totals)
-    this_run: dict[str, Any]  # this run's totals and throughput (stats.RunTotals.as_dict)
-    engine: dict[str, Any]
+    output: ShardTotals  # the shard's committed totals
+    this_run: RunFigures
+    engine: dict[str, Any]  # the vllm.LLM arguments it ran with (less the model): vLLM's, passed through
     vllm: str
     host: str
     run_id: str
     gpu_memory_peak_gb: float | None = None
-    cost: dict[str, Any] | None = None  # GPU-hours and money of this run (cost.Cost)
+    cost: Cost | None = None
     input_changed: list[str] | None = None  # input files that changed during the run (then not complete)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Summary":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_dict(cls, d: dict[str, Any]) -> Summary:
+        """A summary as ``as_dict`` wrote it; raises ValueError (pydantic's) naming a wrong value."""
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(cls).validate_python(d)
+
+    @classmethod
+    def load(cls, path: Path) -> Summary | None:
+        """The summary file at ``path``; None where there is none or it cannot be read as one."""
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ so the figures read as engine-hours there.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..records import Cost
 from .stats import rate
 
 
@@ -23,20 +23,6 @@ def devices_of(engine_args: dict[str, Any]) -> int:
     tp = engine_args.get("tensor_parallel_size") or 1
     pp = engine_args.get("pipeline_parallel_size") or 1
     return int(tp if isinstance(tp, int) else 1) * int(pp if isinstance(pp, int) else 1)
-
-
-@dataclass(frozen=True)
-class Cost:
-    devices: int
-    gpu_hours: float  # the whole run, engine start included
-    gpu_hours_generating: float
-    price: float | None  # per GPU-hour
-    cost: float | None
-    cost_per_m_output_tokens: float | None
-    cost_per_m_total_tokens: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def cost_of(duration_s: float, generation_s: float, devices: int, output_tokens: int, total_tokens: int,

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..config import JobSpec
 from ..errors import ExitStatus, os_reason
 from ..output.resume import shard_totals
+from ..records import ShardTotals
 from .cost import devices_of
 
 log = logging.getLogger("batch_runner")
@@ -158,7 +159,7 @@ class RunMetrics:
     """The metrics file of one shard's run: a listener of its commits, refreshed every interval while
     no batch commits (a long first wave must not look hung), and written once more at the end."""
 
-    def __init__(self, file: MetricsFile, shard_rows: int, before: dict, committer, lock: threading.Lock,
+    def __init__(self, file: MetricsFile, shard_rows: int, before: ShardTotals, committer, lock: threading.Lock,
                  devices: int = 1, price: float | None = None):
         self.file, self.shard_rows, self.before = file, shard_rows, before  # before: earlier runs' totals
         self.committer, self.lock, self.devices, self.price = committer, lock, devices, price
@@ -179,11 +180,11 @@ class RunMetrics:
 
     def write(self, exit_status: int | None = None) -> None:
         t = self.committer.totals
-        errors = dict(self.before["errors_by_code"])
+        errors = dict(self.before.errors_by_code)
         for code, n in t.error_codes.items():
             errors[code] = errors.get(code, 0) + n
         self.file.update(Snapshot(
-            rows=self.shard_rows, rows_done=self.before["rows"] + t.requests, errors_by_code=errors,
+            rows=self.shard_rows, rows_done=self.before.rows + t.requests, errors_by_code=errors,
             prompt_tokens=t.prompt_tokens, cached_prompt_tokens=t.cached_prompt_tokens,
             output_tokens=t.output_tokens, output_tok_s=self.committer.pace(), exit_status=exit_status,
             devices=self.devices, price=self.price),

@@ -19,9 +19,11 @@ from typing import Any
 import pyarrow.dataset as ds
 
 from ..atomic import atomic_write
+from ..config import JobSpec
+from ..output.job_record import JobRecord
 from ..output.parts import committed_parts
 from ..output.resume import output_locked
-from ..output.status import ShardState, recorded, shard_states
+from ..output.status import ShardState, shard_states
 from .stats import rate
 
 CHARTS = ("throughput", "cache_hit", "output_tokens", "outcomes")
@@ -30,7 +32,7 @@ CHARTS = ("throughput", "cache_hit", "output_tokens", "outcomes")
 @dataclass
 class Report:
     out: Path
-    job: dict[str, Any]
+    job: JobSpec | None  # the output's recorded job (job.json)
     shards: list[ShardState]
     running: list[str]
     stats: Any  # pandas DataFrame, one row per committed batch
@@ -70,7 +72,7 @@ def _table(folder: Path, columns: list[str] | None = None):
 def load(out: Path) -> Report:
     import pandas as pd
 
-    job = recorded(out).get("job", {})
+    job = JobRecord.require(out).spec
     shards = shard_states(out)
     running = [s.shard.label for s in shards if output_locked(out, s.shard.label)]
     stats = _table(out / "stats")
@@ -135,10 +137,10 @@ def _duration(seconds: float) -> str:
 
 
 def summary_lines(r: Report, f: dict[str, Any]) -> list[tuple[str, str]]:
-    model = r.job.get("model", {}).get("name", "?")
+    name, model = (r.job.name, r.job.model.name) if r.job is not None else ("?", "?")
     rows = f"{f['rows']:,}" + (f"/{f['rows_expected']:,}" if f["rows_expected"] is not None else "") + " written"
     errors = ", ".join(f"{code} {n:,}" for code, n in sorted(f["errors_by_code"].items())) or "none"
-    lines = [("output", str(r.out)), ("job", f"{r.job.get('name', '?')} (model {model})"),
+    lines = [("output", str(r.out)), ("job", f"{name} (model {model})"),
              ("state", f"{f['state']}: {f['shards_complete']}/{f['shards']} shards complete"
               + (f", running now: {', '.join(r.running)}" if r.running else "")),
              ("rows", rows), ("errors", f"{f['errors']:,} row{'s' if f['errors'] != 1 else ''}: {errors}" if f["errors"] else "none")]
@@ -268,8 +270,9 @@ def page(r: Report, f: dict[str, Any], pngs: dict[str, Path]) -> str:
     imgs = "".join(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
                    for name, p in pngs.items())
     made = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>batch-run report: {esc(r.job.get('name', ''))}"
-            f"</title><style>{_CSS}</style></head><body><h1>batch-run report: {esc(r.job.get('name', ''))}</h1>"
+    name = r.job.name if r.job is not None else ""
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>batch-run report: {esc(name)}"
+            f"</title><style>{_CSS}</style></head><body><h1>batch-run report: {esc(name)}</h1>"
             f"<table>{rows}</table><h2>Shards</h2><table><tr><th>shard</th><th>state</th><th>rows</th><th>errors</th>"
             f"<th>output tok/s</th></tr>{shard_rows}</table><div class=grid>{imgs}</div>"
             f"<p style='color:#777;font-size:12px'>Made {esc(made)} from {esc(str(r.out))}.</p></body></html>")

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from ..records import RunFigures, StatsRow
 
 
 def rate(amount: float, seconds: float) -> float:
@@ -33,34 +35,7 @@ class Clock:
         return datetime.fromtimestamp(self.wall0 + (perf - self.perf0), timezone.utc)
 
 
-@dataclass
-class BatchStats:
-    shard: str
-    run_id: str
-    batch: int
-    submitted_at: datetime  # its first request went into the engine's queue
-    started_at: datetime  # the engine first scheduled one of its requests
-    finished_at: datetime  # its last request finished
-    span_s: float  # finished_at - started_at; overlaps other batches' spans
-    requests: int
-    errors: int
-    prompt_tokens: int
-    cached_prompt_tokens: int
-    output_tokens: int
-    finish_stop: int
-    finish_length: int
-    finish_abort: int
-    finish_error: int
-    gpu_memory_used_gb: float | None = None
-    gpu_memory_peak_gb: float | None = None
-    gpu_utilization: float | None = None
-
-    def row(self) -> dict[str, Any]:
-        return {**asdict(self),
-                "span_output_tok_s": rate(self.output_tokens, self.span_s),
-                "span_total_tok_s": rate(self.prompt_tokens + self.output_tokens, self.span_s),
-                "span_requests_s": rate(self.requests, self.span_s),
-                "cache_hit_rate": rate(self.cached_prompt_tokens, self.prompt_tokens)}
+BatchStats = StatsRow  # one committed batch's stats: the row of stats/part-*.parquet
 
 
 @dataclass
@@ -84,13 +59,18 @@ def batch_stats(shard: str, run_id: str, batch: int, times: BatchTimes, clock: C
     started = times.started if times.started is not None else times.submitted
     finished = times.finished if times.finished is not None else started
     reasons = Counter(r["finish_reason"] for r in results)
-    return BatchStats(
+    span = max(0.0, finished - started)
+    requests = len(results)
+    prompt = sum(r["prompt_tokens"] or 0 for r in results)
+    cached = sum(r["cached_prompt_tokens"] or 0 for r in results)
+    output = sum(r["output_tokens"] or 0 for r in results)
+    return StatsRow(
         shard=shard, run_id=run_id, batch=batch, submitted_at=clock.stamp(times.submitted),
-        started_at=clock.stamp(started), finished_at=clock.stamp(finished), span_s=max(0.0, finished - started),
-        requests=len(results), errors=sum(r["error_code"] is not None for r in results),
-        prompt_tokens=sum(r["prompt_tokens"] or 0 for r in results),
-        cached_prompt_tokens=sum(r["cached_prompt_tokens"] or 0 for r in results),
-        output_tokens=sum(r["output_tokens"] or 0 for r in results),
+        started_at=clock.stamp(started), finished_at=clock.stamp(finished), span_s=span,
+        requests=requests, errors=sum(r["error_code"] is not None for r in results),
+        prompt_tokens=prompt, cached_prompt_tokens=cached, output_tokens=output,
+        span_output_tok_s=rate(output, span), span_total_tok_s=rate(prompt + output, span),
+        span_requests_s=rate(requests, span), cache_hit_rate=rate(cached, prompt),
         finish_stop=reasons["stop"], finish_length=reasons["length"], finish_abort=reasons["abort"],
         finish_error=reasons["error"], **gpu)
 
@@ -119,14 +99,13 @@ class RunTotals:
     def output_tok_s(self) -> float:
         return rate(self.output_tokens, self.generation_s)
 
-    def as_dict(self) -> dict[str, Any]:
+    def figures(self) -> RunFigures:
+        """The summary's ``this_run``: the totals, and the rates over the generation time, rounded."""
         g = self.generation_s
-        return {
-            "requests": self.requests, "errors": self.errors, "errors_by_code": dict(self.error_codes),
-            "prompt_tokens": self.prompt_tokens, "cached_prompt_tokens": self.cached_prompt_tokens,
-            "output_tokens": self.output_tokens, "generation_s": round(g, 3),
-            "output_tok_s": round(self.output_tok_s, 1),
-            "total_tok_s": round(rate(self.prompt_tokens + self.output_tokens, g), 1),
-            "requests_s": round(rate(self.requests, g), 2),
-            "cache_hit_rate": round(rate(self.cached_prompt_tokens, self.prompt_tokens), 4),
-        }
+        return RunFigures(
+            requests=self.requests, errors=self.errors, errors_by_code=dict(self.error_codes),
+            prompt_tokens=self.prompt_tokens, cached_prompt_tokens=self.cached_prompt_tokens,
+            output_tokens=self.output_tokens, generation_s=round(g, 3), output_tok_s=round(self.output_tok_s, 1),
+            total_tok_s=round(rate(self.prompt_tokens + self.output_tokens, g), 1),
+            requests_s=round(rate(self.requests, g), 2),
+            cache_hit_rate=round(rate(self.cached_prompt_tokens, self.prompt_tokens), 4))

@@ -32,6 +32,8 @@ from ..errors import RESUME_ADVICE, ExitStatus, JobError, ResumeConflict, writin
 from ..inputs.assignment import Shard
 from ..inputs.digest import InputContent, changed_files
 from ..inputs.readers import resolve_files
+from ..records import ShardTotals, Summary
+from .job_record import JOB_FILE, JobRecord
 from .ownership import MAX_NAMED, ForeignFiles, part_identity, refuse_foreign
 from .parts import committed_parts, sweep_temporaries
 from .schemas import schema_from_record
@@ -76,9 +78,9 @@ def _change(key: str, old: Any, new: Any) -> str:
 
 
 def read_job_record(out: Path) -> dict[str, Any] | None:
-    """The output's job.json, or None for a new output."""
-    path = out / "job.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    """The output's job.json as its JSON object (JobRecord.load), or None for a new output."""
+    record = JobRecord.load(out)
+    return record.as_dict() if record is not None else None
 
 
 def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any], kept: pa.Schema,
@@ -86,18 +88,18 @@ def check_fingerprint(out: Path, fingerprint: dict[str, Any], job: dict[str, Any
     """Record the fingerprint, the input's block digests, the kept columns' types and a new output id
     in a new output; refuse an output written by a different job. Returns the kept schema every
     part of this output must have."""
-    recorded = read_job_record(out)
+    recorded = JobRecord.load(out)
     if recorded is None:
-        record = {"fingerprint_hash": fingerprint_hash(fingerprint), "fingerprint": fingerprint,
-                  "kept_schema": [[f.name, str(f.type)] for f in kept], "job": job,
-                  "output_id": uuid.uuid4().hex, "input_blocks": content.blocks()}
+        record = JobRecord(fingerprint_hash=fingerprint_hash(fingerprint), fingerprint=fingerprint,
+                           kept_schema=[[f.name, str(f.type)] for f in kept], job=job,
+                           output_id=uuid.uuid4().hex, input_blocks=content.blocks())
         with _creating(out):  # shards starting together: one creates it, the others read it
-            if (recorded := read_job_record(out)) is None:
-                write_json(out / "job.json", record)
+            if (recorded := JobRecord.load(out)) is None:
+                write_json(out / JOB_FILE, record.as_dict())
                 return kept
-    if recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
+    if recorded.fingerprint_hash != fingerprint_hash(fingerprint):
         raise ResumeConflict(fingerprint_conflict(out, recorded, fingerprint, content))
-    return schema_from_record(recorded["kept_schema"]) if "kept_schema" in recorded else kept
+    return schema_from_record(recorded.kept_schema) if recorded.kept_schema is not None else kept
 
 
 CREATE_WAIT_S = 30.0  # job.json is written in milliseconds; a holder past this is stuck
@@ -133,14 +135,14 @@ _AGAIN = ("Rerun with --fresh to move the old results aside and start over, or w
           "--output DIR.")
 
 
-def fingerprint_conflict(out: Path, recorded: dict[str, Any], fingerprint: dict[str, Any],
+def fingerprint_conflict(out: Path, recorded: JobRecord, fingerprint: dict[str, Any],
                          content: InputContent) -> list[str]:
-    old = recorded.get("fingerprint", {})
+    old = recorded.fingerprint or {}
     old_input = old.get("input", {})
     if isinstance(old_input.get("files"), list):  # job.json of a batch-run that recorded sizes only
         return [f"{out}: its job.json records the input's file sizes, not its content (written by an older "
                 "batch-run), so a resumed run cannot tell whether the input changed. " + _AGAIN]
-    files = changed_files(recorded.get("input_blocks"), old_input, content) if "files" in old_input else []
+    files = changed_files(recorded.input_blocks, old_input, content) if "files" in old_input else []
     changes = files + [c for c in changed_keys(old, fingerprint) if not c.startswith("input.files.")]
     text = (f"{out} holds results of a different job; resuming would mix them. What changed:\n"
             + "\n".join(f"  {c}" for c in changes[:20]) + "\n" + _AGAIN)
@@ -201,8 +203,8 @@ def move_aside(out: Path, held: set[str], fingerprint: dict[str, Any]) -> Path |
 
 
 def _refuse_changed_job(out: Path, others: set[str], fingerprint: dict[str, Any]) -> None:
-    recorded = read_job_record(out)
-    if others and recorded is not None and recorded.get("fingerprint_hash") != fingerprint_hash(fingerprint):
+    recorded = JobRecord.load(out)
+    if others and recorded is not None and recorded.fingerprint_hash != fingerprint_hash(fingerprint):
         raise ResumeConflict(
             f"{out}: --fresh cannot change the job of this output while shards {', '.join(sorted(others))} "
             "are running on it; wait for them, or write elsewhere with --output DIR")
@@ -337,17 +339,17 @@ def shard_parts(results: Path, shard: str) -> list[Path]:
     return [p for p in committed_parts(results) if p.name.startswith(f"part-{shard}-")]
 
 
-def shard_totals(results: Path, shard: str) -> dict[str, Any]:
+def shard_totals(results: Path, shard: str) -> ShardTotals:
     """Committed rows and errors (by code) of one shard."""
     parts = shard_parts(results, shard)
     if not parts:
-        return {"rows": 0, "errors": 0, "errors_by_code": {}}
+        return ShardTotals()
     table = ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=["error_code"])
     by_code: dict[str, int] = {}
     for code in table.column("error_code").to_pylist():
         if code:
             by_code[code] = by_code.get(code, 0) + 1
-    return {"rows": table.num_rows, "errors": sum(by_code.values()), "errors_by_code": by_code}
+    return ShardTotals(rows=table.num_rows, errors=sum(by_code.values()), errors_by_code=by_code)
 
 
 def done_ids(results: Path, shard: str) -> set[str]:
@@ -404,8 +406,8 @@ def clear_shard_marker(out: Path, shard: str) -> None:
     (out / "shards" / f"{shard}.done").unlink(missing_ok=True)
 
 
-def mark_shard_done(out: Path, shard: str, summary: dict[str, Any]) -> None:
-    write_json(out / "shards" / f"{shard}.done", summary)
+def mark_shard_done(out: Path, shard: str, summary: Summary) -> None:
+    write_json(out / "shards" / f"{shard}.done", summary.as_dict())
 
 
 __all__ = ["OutputLock", "check_fingerprint", "check_output_dir", "done_ids", "drop_error_rows", "move_aside",

@@ -19,76 +19,27 @@ from typing import Any
 
 import pyarrow as pa
 
-RESULT_FIELDS = [
-    pa.field("id", pa.string()),
-    pa.field("output", pa.string()),
-    pa.field("finish_reason", pa.string()),
-    pa.field("prompt_tokens", pa.int32()),
-    pa.field("cached_prompt_tokens", pa.int32()),
-    pa.field("output_tokens", pa.int32()),
-    pa.field("error_code", pa.string()),
-    pa.field("error", pa.string()),
-    pa.field("adjustment", pa.string()),
-    # sampling.json_schema: the parsed output, as canonical JSON text
-    pa.field("json", pa.string()),
-    # n > 1: every sample (the first is also in output); null when n is 1
-    pa.field("samples", pa.list_(pa.struct([("text", pa.string()), ("finish_reason", pa.string()),
-                                            ("output_tokens", pa.int32())]))),
-    pa.field("batch", pa.int32()),
-]
-RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS)
+from ..records import ResultRow, StatsRow, TimelineRow, columns
+
+# The Arrow type of each type name a row record gives its columns (records.column).
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(), "int32": pa.int32(), "int64": pa.int64(), "float64": pa.float64(),
+    "timestamp": pa.timestamp("ms", tz="UTC"),
+    "samples": pa.list_(pa.struct([("text", pa.string()), ("finish_reason", pa.string()),
+                                   ("output_tokens", pa.int32())])),
+}
+
+
+def schema_of(record: type) -> pa.Schema:
+    """The Arrow schema of a row record (records.ResultRow, StatsRow, TimelineRow): its column fields, in order."""
+    return pa.schema([pa.field(name, ARROW_TYPES[arrow]) for name, arrow in columns(record)])
+
+
+RESULT_FIELDS = list(schema_of(ResultRow))  # id, then (after the kept columns) the generation columns
+RESULT_NAMES = frozenset(f.name for f in RESULT_FIELDS)  # records.RESULT_NAMES: both are ResultRow's columns
 UNSTORABLE = "unstorable_value"  # the error code of a row whose kept value does not fit its column
-
-# One row per committed batch. Spans overlap (batches share the engine): span_* rates are one
-# batch's own pace; the run's throughput is in summary.json and the timeline.
-STATS_SCHEMA = pa.schema([
-    pa.field("shard", pa.string()),
-    pa.field("run_id", pa.string()),
-    pa.field("batch", pa.int32()),
-    pa.field("submitted_at", pa.timestamp("ms", tz="UTC")),
-    pa.field("started_at", pa.timestamp("ms", tz="UTC")),
-    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
-    pa.field("span_s", pa.float64()),
-    pa.field("requests", pa.int32()),
-    pa.field("errors", pa.int32()),
-    pa.field("prompt_tokens", pa.int64()),
-    pa.field("cached_prompt_tokens", pa.int64()),
-    pa.field("output_tokens", pa.int64()),
-    pa.field("span_output_tok_s", pa.float64()),
-    pa.field("span_total_tok_s", pa.float64()),
-    pa.field("span_requests_s", pa.float64()),
-    pa.field("cache_hit_rate", pa.float64()),
-    pa.field("finish_stop", pa.int32()),
-    pa.field("finish_length", pa.int32()),
-    pa.field("finish_abort", pa.int32()),
-    pa.field("finish_error", pa.int32()),
-    pa.field("gpu_memory_used_gb", pa.float64()),
-    pa.field("gpu_memory_peak_gb", pa.float64()),
-    pa.field("gpu_utilization", pa.float64()),
-])
-
-# One row per interval of a run's generation time (timeline.py); intervals tile it, so they add up.
-TIMELINE_SCHEMA = pa.schema([
-    pa.field("shard", pa.string()),
-    pa.field("run_id", pa.string()),
-    pa.field("started_at", pa.timestamp("ms", tz="UTC")),
-    pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
-    pa.field("interval_s", pa.float64()),
-    pa.field("output_tokens", pa.int64()),
-    pa.field("prompt_tokens", pa.int64()),
-    pa.field("cached_prompt_tokens", pa.int64()),
-    pa.field("output_tok_s", pa.float64()),
-    pa.field("total_tok_s", pa.float64()),
-    pa.field("requests_finished", pa.int32()),
-    pa.field("rows_committed", pa.int32()),
-    pa.field("requests_in_engine", pa.int32()),
-    pa.field("requests_running", pa.int32()),
-    pa.field("requests_waiting", pa.int32()),
-    pa.field("kv_cache_usage", pa.float64()),
-    pa.field("gpu_memory_used_gb", pa.float64()),
-    pa.field("gpu_utilization", pa.float64()),
-    pa.field("source", pa.string()),
-])
+STATS_SCHEMA = schema_of(StatsRow)  # one row per committed batch
+TIMELINE_SCHEMA = schema_of(TimelineRow)  # one row per interval of a run's generation time
 
 
 def results_schema(kept: pa.Schema) -> pa.Schema:

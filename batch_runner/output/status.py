@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from ..atomic import atomic_write
 from ..errors import JobError, ResumeConflict
 from ..inputs.assignment import Shard
+from .job_record import JobRecord
 from .openai import write_openai_files
 from .ownership import refuse_foreign
 from .parts import committed_parts
@@ -42,24 +43,18 @@ class ShardState:
     expected: int | None
 
 
-def recorded(out: Path) -> dict:
-    """The output's job.json: fingerprint and effective job."""
-    path = out / "job.json"
-    if not path.exists():
-        raise JobError(f"{out}: not a batch-run output (no job.json)")
-    return json.loads(path.read_text())
-
-
 def shard_states(out: Path) -> list[ShardState]:
     """Each shard's state; refuses (exit 2, naming them) an output holding files it did not write."""
-    refuse_foreign(out, recorded(out))
+    record = JobRecord.require(out)
+    refuse_foreign(out, record.as_dict())
     states = []
-    count = int(recorded(out)["fingerprint"]["shards"])
-    for i in range(count):
-        shard = Shard(i, count)
+    for i in range(record.shards):
+        shard = Shard(i, record.shards)
         totals = shard_totals(out / "results", shard.label)
-        rows, errors = totals["rows"], totals["errors"]
+        rows, errors = totals.rows, totals.errors
         marker = out / "shards" / f"{shard.label}.done"
+        # a marker of any batch-run version: its shard_rows is all that is read (Summary.load would
+        # refuse one that predates a summary key)
         expected = json.loads(marker.read_text())["shard_rows"] if marker.exists() else None
         # the marker is trusted only while the parts still hold its rows (a part deleted or cut by hand)
         complete = marker.exists() and rows == expected
@@ -79,17 +74,16 @@ def _data_parallel(job_record: dict) -> int:
 
 def array_size(out: Path) -> int | None:
     """The array size of an output's Slurm tasks, fixed by its first run; None for a new output."""
-    path = out / "job.json"
-    if not path.exists():
+    record = JobRecord.load(out)
+    if record is None:
         return None
-    record = json.loads(path.read_text())
-    return int(record["fingerprint"]["shards"]) // _data_parallel(record)
+    return record.shards // _data_parallel(record.as_dict())
 
 
 def array_tasks(out: Path, states: list[ShardState]) -> list[int]:
     """The Slurm array indices to resubmit: those with an unfinished shard and none running (with
     data_parallel D, task I runs shards I*D .. I*D+D-1)."""
-    dp = _data_parallel(recorded(out))
+    dp = _data_parallel(JobRecord.require(out).as_dict())
     running = {s.shard.index // dp for s in states if s.state == "running"}
     return sorted({s.shard.index // dp for s in states if s.state != "complete"} - running)
 
@@ -149,9 +143,9 @@ def merge(out: Path, compression: str = "zstd") -> tuple[Path, int]:
         write_compacted(results, target, compression)
         stats = ds.dataset([str(p) for p in committed_parts(out / "stats")], format="parquet")
         write_compacted(stats, out / "merged" / "stats.parquet", compression)
-        job = recorded(out).get("job", {})
-        if job.get("output", {}).get("openai"):
-            write_openai_files(out, job.get("model", {}).get("name", ""))
+        job = JobRecord.require(out).spec
+        if job is not None and job.output.openai:
+            write_openai_files(out, job.model.name)
     return target, len(ids)
 
 

@@ -20,7 +20,7 @@ from ..observe.timeline import Timeline
 from ..output.ownership import META_KEY
 from ..output.parts import flush_part_name, part_name, timeline_part_name
 from ..output.schemas import STATS_SCHEMA, TIMELINE_SCHEMA, results_schema, storable_rows
-from ..records import EngineCounters, ProgressEvent, ResultRow
+from ..records import EngineCounters, ProgressEvent, ResultRow, TimelineRow
 
 Listener = Callable[[ProgressEvent], None]
 
@@ -63,10 +63,10 @@ class Committer:
         self.listeners: list[Listener] = []
         self.flushes = 0
 
-    def _write_timeline(self, chunk: int, rows: list[dict]) -> None:
+    def _write_timeline(self, chunk: int, rows: list[TimelineRow]) -> None:
         w = self.writer
         self.writer.write("timeline", timeline_part_name(w.shard, w.run_id, chunk),
-                          pa.Table.from_pylist(rows, schema=TIMELINE_SCHEMA))
+                          pa.Table.from_pylist([r.as_row() for r in rows], schema=TIMELINE_SCHEMA))
 
     def pace(self) -> float:
         """This run's output tokens per second of generation: over the whole run once it has ended,
@@ -97,13 +97,13 @@ class Committer:
         if not rows:
             return
         stats = batch_stats(w.shard, w.run_id, number, times, self.clock, rows, self.gpu())
-        row = stats.row()
-        w.write("stats", part_name(w.shard, w.run_id, number), pa.Table.from_pylist([row], schema=STATS_SCHEMA))
+        w.write("stats", part_name(w.shard, w.run_id, number),
+                pa.Table.from_pylist([stats.as_row()], schema=STATS_SCHEMA))
         self.totals.add(stats, rows)
         self.rows_done += stats.requests
         self._tell(ProgressEvent(
             "batch", w.shard, self.rows_total, self.rows_done, number, stats.requests, stats.errors,
-            stats.output_tokens, round(self.pace(), 1), round(row["cache_hit_rate"], 3), round(stats.span_s, 2)))
+            stats.output_tokens, round(self.pace(), 1), round(stats.cache_hit_rate, 3), round(stats.span_s, 2)))
 
     def end(self, now: float, in_engine: int) -> None:
         """Close the last interval: the run's generation time ends here (last finish, or the stop)."""

@@ -34,7 +34,7 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
         log.error("%d rows of this run have no result (e.g. %s); rerun to run them",
                   len(missing), ", ".join(sorted(missing)[:5]))
     status = (ExitStatus.INTERRUPTED if missing and stop.requested else ExitStatus.FAILED if missing
-              else ExitStatus.ROW_ERRORS if totals["errors"] else ExitStatus.OK)
+              else ExitStatus.ROW_ERRORS if totals.errors else ExitStatus.OK)
     changed = input_changed(ctx) if complete else []
     if changed:  # the rows were read at different times: some answer the old text, some the new
         complete, status = False, ExitStatus.FAILED
@@ -50,13 +50,13 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
         status=status.name.lower(), exit_status=int(status), complete=complete, interrupted_by=stop.requested,
         started_at=ctx.started.isoformat(), finished_at=datetime.now(timezone.utc).isoformat(),
         duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,
-        skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.as_dict(),
+        skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.figures(),
         engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
-        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost.as_dict(), input_changed=changed or None)
+        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost, input_changed=changed or None)
     with writing(out, RESUME_ADVICE):
         write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
         if complete:
-            resume.mark_shard_done(out, shard.label, summary.as_dict())
+            resume.mark_shard_done(out, shard.label, summary)
             if job.output.openai and shard.count == 1:  # sharded outputs get theirs from `merge`
                 answered, failed = write_openai_files(out, job.model.name)
                 log.info("wrote %s: %d results, %d errors", out / "openai", answered, failed)

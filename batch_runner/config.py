@@ -260,7 +260,8 @@ class JobSpec(_Section):
     def _one_prompt_source(self) -> "JobSpec":
         p = self.prompt
         if self.input.format == "openai":  # rows carry 'messages' (chat) or 'prompt' (completions)
-            if p.template or p.messages_column or p.prompt_column:
+            # (the pair it fills in below is accepted back: a worker gets the job as its JSON dump)
+            if p.template or (p.messages_column, p.prompt_column) not in ((None, None), ("messages", "prompt")):
                 raise ValueError("prompt: an OpenAI batch file brings its own messages; "
                                  "leave out prompt.template, messages_column and prompt_column")
             if p.messages_column is None:

@@ -2,9 +2,9 @@
 
 import pytest
 import yaml
-from conftest import base_job, write_job
+from conftest import ROOT, base_job, write_job
 
-from batch_runner.config import load_job
+from batch_runner.config import JobSpec, load_job
 from batch_runner.errors import JobError
 
 
@@ -218,3 +218,11 @@ def test_every_error_message_is_bounded_whatever_it_quotes():
     message = str(JobError([f"column {huge!r} is in no row"] * 100))
     assert len(message) < 20_000 and "(99,6" in message and "more lines)" in message
     assert str(JobError("short")) == "short"
+
+
+def test_an_openai_job_reads_back_from_its_own_json():
+    """Node workers and Ray tasks get the job as its JSON dump; the columns an OpenAI job fills in must
+    read back (they were refused as 'given': data_parallel on an OpenAI batch file failed in every worker)."""
+    job = load_job(ROOT / "jobs/openai-batch.yaml")
+    again = JobSpec.model_validate_json(job.model_dump_json())
+    assert again == job and again.prompt.messages_column == "messages"

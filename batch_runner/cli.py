@@ -392,7 +392,7 @@ def entry() -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
-        from .engines.vllm_engine import shutdown_engines
+        from .engines import shutdown_engines
 
         exit_at_once_on_stop(code)  # a stop during the engine's teardown ends with this status
         shutdown_engines()

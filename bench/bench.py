@@ -123,7 +123,7 @@ def child_raw(args) -> None:
     from vllm import LLM, SamplingParams
 
     from batch_runner.config import EngineSpec, ModelSpec
-    from batch_runner.engines.vllm_engine import engine_arguments
+    from batch_runner.engines import engine_arguments
 
     base = dict(max_model_len=args.max_model_len, **({} if args.smoke else {"load_format": "dummy", "dtype": "bfloat16"}))
     if args.variant == "raw-tuned":

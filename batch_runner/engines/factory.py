@@ -69,11 +69,10 @@ def reset_prefix_caches() -> None:
         engine.reset_prefix_cache()
 
 
-def shutdown_engines() -> None:
-    """Shut down the process's engines, if any was started."""
-    for engine in running_engines():
+def shutdown_engines(backend: str | None = None) -> None:
+    """Shut down the process's engines (only ``backend``'s, where given), if any was started."""
+    for name in [b for b in _running if backend in (None, b)]:
         try:
-            engine.close()
+            _running.pop(name)[1].close()
         except Exception:  # best effort at exit; the engine's processes end with ours anyway
             log.debug("engine shutdown failed", exc_info=True)
-    _running.clear()

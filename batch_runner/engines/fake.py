@@ -43,7 +43,7 @@ class FakeEngine:
     polls: int = 0
     _queue: list[tuple[str, int]] = field(default_factory=list)
 
-    def start(self, args: dict[str, Any]) -> "FakeEngine":
+    def start(self, args: dict[str, Any]) -> FakeEngine:
         """This engine started, or the start's failure as vLLM's would read."""
         if self.on_start is not None:
             self.on_start()

@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from ..config import EngineSpec, ModelSpec
@@ -50,7 +50,7 @@ def max_num_seqs(args: dict[str, Any]) -> int:
 CPU_OVERRIDES: dict[str, Any] = dict(gpu_memory_utilization=0.25, enforce_eager=True, max_num_batched_tokens=4096)
 # At most this many sequences at once on the CPU: with 512 the Quick start's 240 rows ran as one
 # wave and every batch committed in the last second (47 s after the engine was ready); with 64 the
-# first batch committed after 25 s, at 0.87-0.92x the throughput (bench/cpu_wave.py, 2 cores).
+# first batch committed after 25 s, at 0.87-0.92x the throughput (bench/experiments/cpu_wave.py, 2 cores).
 CPU_MAX_NUM_SEQS = 64
 
 

@@ -69,7 +69,7 @@ def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> J
     })
 
 
-def _warm_up(job: JobSpec) -> None:
+def warm_up(job: JobSpec) -> None:
     """A run on the trial's first rows, as many as the engine schedules at once (the whole sample
     when it is one engine-full), on the engine the trial will use (kept by the process). Every batch size and kernel shape the measured run meets is then compiled
     and captured before it is timed: after a 32-row warm-up, a 500-row trial (max_num_seqs 512) on
@@ -86,7 +86,7 @@ def _warm_up(job: JobSpec) -> None:
               RunOptions(progress=False))
 
 
-def _measure(job: JobSpec, passes: int) -> list[dict[str, Any]]:
+def measure(job: JobSpec, passes: int) -> list[dict[str, Any]]:
     """The trial's rows ``passes`` times on its one engine, each pass from an empty prefix cache into
     an output folder of its own (the first: the trial's; the others beside it, ``.pass-N``)."""
     from ..engines import reset_prefix_caches
@@ -111,9 +111,9 @@ def _trial_main(job_json: str, results, log: str, passes: int) -> None:
     t0 = time.perf_counter()
     try:
         job = JobSpec.model_validate_json(job_json)
-        _warm_up(job)
+        warm_up(job)
         setup_s = time.perf_counter() - t0  # the engine's start (and the warm-up): what a task pays once
-        results.put(("ok", (_measure(job, passes), setup_s)))
+        results.put(("ok", (measure(job, passes), setup_s)))
     except BatchRunnerError as e:
         results.put(("error", str(e)))
     except Exception as e:  # any failure is the trial's result

@@ -157,8 +157,9 @@ def _print_combined(result) -> None:
 def _prepare(job_file: str, overrides: tuple[str, ...]):
     """The job, its renderer and the engine arguments it would run with (no engine started)."""
     from .config import load_job
+    from .engines import engine_arguments
     from .engines.models import context_length, load_tokenizer, resolve_model
-    from .engines.vllm_engine import engine_arguments, is_cpu_platform
+    from .engines.vllm_engine import is_cpu_platform
     from .inputs.prompts import PromptRenderer
 
     job = load_job(job_file, list(overrides))

@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 
 from ..config import InputSpec, JobSpec
-from ..engines.models import context_length, load_tokenizer, resolve_model
 from ..engines import engine_arguments
+from ..engines.models import context_length, load_tokenizer, resolve_model
 from ..errors import JobError, RowError
 from .affinity import Membership, assign
 from .assignment import Shard

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's batch_runner, as its `-m batch_runner.cli` runs (cwd=ROOT) use
 
 WORKLOADS = {
     "w1": dict(rows=2000, prefixes=1, prefix_tokens=1000, doc_tokens=(300, 300), max_tokens=128),

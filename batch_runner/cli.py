@@ -160,8 +160,9 @@ def _print_combined(result) -> None:
 def _prepare(job_file: str, overrides: tuple[str, ...]):
     """The job, its renderer and the engine arguments it would run with (no engine started)."""
     from .config import load_job
+    from .engines import engine_arguments
     from .engines.models import context_length, load_tokenizer, resolve_model
-    from .engines.vllm_engine import engine_arguments, is_cpu_platform
+    from .engines.vllm_engine import is_cpu_platform
     from .inputs.prompts import PromptRenderer
 
     job = load_job(job_file, list(overrides))
@@ -393,7 +394,7 @@ def entry() -> None:
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
-        from .engines.vllm_engine import shutdown_engines
+        from .engines import shutdown_engines
 
         exit_at_once_on_stop(code)  # a stop during the engine's teardown ends with this status
         shutdown_engines()

@@ -86,6 +86,9 @@ class ModelSpec(_Section):
 
 
 class EngineSpec(_Section):
+    backend: Literal["vllm", "fake"] = Field(
+        "vllm", description="The engine: vllm, or fake (no model: canned answers, for tests and examples; "
+                            "its settings go in engine.extra).")
     profile: Literal["throughput", "balanced", "latency"] = Field(
         "throughput", description="Preset of scheduler settings; the keys below override it.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of GPU memory vLLM may take.")
@@ -94,7 +97,7 @@ class EngineSpec(_Section):
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes.")
     tensor_parallel_size: int | Auto = Field(1, description="GPUs one model is split over; auto = all visible.")
     enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (faster start, slower decode).")
-    extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM engine argument.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM engine argument (the fake backend's settings).")
 
     @field_validator("tensor_parallel_size")
     @classmethod

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's batch_runner, as its `-m batch_runner.cli` runs (cwd=ROOT) use
 
 WORKLOADS = {
     "w1": dict(rows=2000, prefixes=1, prefix_tokens=1000, doc_tokens=(300, 300), max_tokens=128),
@@ -123,7 +124,7 @@ def child_raw(args) -> None:
     from vllm import LLM, SamplingParams
 
     from batch_runner.config import EngineSpec, ModelSpec
-    from batch_runner.engines.vllm_engine import engine_arguments
+    from batch_runner.engines import engine_arguments
 
     base = dict(max_model_len=args.max_model_len, **({} if args.smoke else {"load_format": "dummy", "dtype": "bfloat16"}))
     if args.variant == "raw-tuned":

@@ -33,17 +33,22 @@ def _the_shared_engine_ends_with_the_session():
     """Shut the in-process engine down while pytest's streams are open: left to the interpreter's
     exit, vLLM's shutdown logged into closed streams ("--- Logging error ---") after the summary."""
     yield
-    from batch_runner.engines.vllm_engine import shutdown_engines
+    from batch_runner.engines import shutdown_engines
 
     shutdown_engines()
 
 
+# Sections every job a test writes starts from (the ``fake`` fixture sets engine.backend here)
+JOB_DEFAULTS: dict[str, dict] = {}
+
+
 def base_job(tmp_path: Path, **sections) -> dict:
-    """The summarize job, pointed into tmp_path, with sections updated from keyword arguments."""
+    """The summarize job, pointed into tmp_path, with sections updated from JOB_DEFAULTS, then from
+    keyword arguments."""
     job = yaml.safe_load(SUMMARIZE.read_text())
     job["input"]["path"] = str(ROOT / "inputs" / "news.jsonl")
     job["output"]["dir"] = str(tmp_path / "out")
-    for name, values in sections.items():
+    for name, values in [*JOB_DEFAULTS.items(), *sections.items()]:
         job.setdefault(name, {}).update(values)
     return job
 
@@ -71,16 +76,24 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("own_engine") is not None)  # a stable sort
 
 
+FAKE = {"backend": "fake"}  # the job setting that chooses the fake engine (batch_runner/engines/fake.py)
+
+
 @pytest.fixture
 def fake(monkeypatch):
-    """Install a fake engine (tests/fake_engine.py) for the next in-process runs; returns it."""
-    from fake_engine import FakeEngine
+    """The jobs this test writes choose the fake engine (``engine.backend: fake``). Calling the
+    fixture builds a FakeEngine with these settings and hooks, which the next in-process runs use
+    (``engines.fake.install``), and returns it, to count what it was sent."""
+    from batch_runner.engines import fake as fake_backend
 
-    def install(**kw) -> "FakeEngine":
-        engine = FakeEngine(**kw)
-        monkeypatch.setattr("batch_runner.runner.shard.get_engine", engine.start)
+    monkeypatch.setitem(JOB_DEFAULTS, "engine", FAKE)
+
+    def install(**kw) -> fake_backend.FakeEngine:
+        engine = fake_backend.FakeEngine(**kw)
+        fake_backend.install(engine)
         return engine
-    return install
+    yield install
+    fake_backend.install(None)
 
 
 @pytest.fixture
@@ -96,6 +109,15 @@ def cli():
 
 def batch_run_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "batch_runner.cli", *map(str, args)]
+
+
+def fake_job(job: Path, **settings) -> Path:
+    """A copy of ``job`` beside it that chooses the fake engine, with these settings (engine.extra)."""
+    data = yaml.safe_load(job.read_text())
+    data.setdefault("engine", {}).update(backend="fake", extra=settings)
+    path = job.with_name(f"fake-{job.name}")
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def start_batch_run(*args: str, **kw) -> subprocess.Popen:

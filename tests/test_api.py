@@ -8,10 +8,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import SUMMARIZE, news_rows
-from fake_engine import batch_of
 
 import batch_runner
+from batch_runner.engines.fake import batch_of
 from batch_runner.errors import BatchRunnerError
+
+FAKE = ["engine.backend=fake"]  # the fake engine (batch_runner/engines/fake.py), for the API's own logic
 
 
 def frame(n: int) -> pd.DataFrame:
@@ -21,25 +23,26 @@ def frame(n: int) -> pd.DataFrame:
 def test_a_frame_gives_its_results_in_input_order_and_resumes(fake, tmp_path):
     data = frame(30)
     engine = fake(per_poll=7)  # finishes out of order across batches
-    got = batch_runner.run(SUMMARIZE, data, output_dir=tmp_path / "out", progress=False)
+    got = batch_runner.run(SUMMARIZE, data, output_dir=tmp_path / "out", progress=False, overrides=FAKE)
     assert isinstance(got, datasets.Dataset)
     assert got["id"] == list(data["id"])  # one row per input row, in input order
     assert all(text.startswith("answer to ") for text in got["output"])
     assert len(engine.submitted) == 30
 
     again = fake()
-    resumed = batch_runner.run(SUMMARIZE, data, output_dir=tmp_path / "out", progress=False)
+    resumed = batch_runner.run(SUMMARIZE, data, output_dir=tmp_path / "out", progress=False,
+                               overrides=FAKE)
     assert again.submitted == [] and resumed["id"] == got["id"]  # the same data is the same input
 
 
 def test_a_dataset_and_a_path_are_inputs_too(fake, tmp_path):
     fake()
     ds = datasets.Dataset.from_pandas(frame(12), preserve_index=False)
-    got = batch_runner.run(SUMMARIZE, ds, output_dir=tmp_path / "a", progress=False)
+    got = batch_runner.run(SUMMARIZE, ds, output_dir=tmp_path / "a", progress=False, overrides=FAKE)
     assert got["id"] == ds["id"]
     path = tmp_path / "rows.parquet"
     frame(5).to_parquet(path)
-    got = batch_runner.run(SUMMARIZE, path, output_dir=tmp_path / "b", progress=False)
+    got = batch_runner.run(SUMMARIZE, path, output_dir=tmp_path / "b", progress=False, overrides=FAKE)
     assert got["id"] == list(frame(5)["id"])
 
 
@@ -47,7 +50,7 @@ def test_a_run_that_ends_with_rows_left_raises_after_saving_what_finished(fake, 
     fake(stall=lambda key: batch_of(key) == 0)  # the first batch never finishes; then the engine dies
     with pytest.raises(BatchRunnerError):
         batch_runner.run(SUMMARIZE, frame(20), output_dir=tmp_path / "out", progress=False,
-                         overrides=["output.batch_size=4"])
+                         overrides=[*FAKE, "output.batch_size=4"])
     assert len(pd.read_parquet(tmp_path / "out" / "results")) == 16
 
 
@@ -75,7 +78,7 @@ def test_a_frame_column_of_mixed_kinds_is_stored_as_text_as_the_cli_does(fake, t
     data["code"] = pd.Series([values[i % 2] for i in range(6)], dtype=object)
     fake()
     got = batch_runner.run(SUMMARIZE, data, output_dir=tmp_path / "out", progress=False,
-                           overrides=["input.keep_columns=[code]"])
+                           overrides=[*FAKE, "input.keep_columns=[code]"])
     assert got["id"] == list(data["id"]) and got["error_code"] == [None] * 6
     as_text = [v if isinstance(v, str) else json.dumps(v) for v in values]
     assert got["code"] == [as_text[i % 2] for i in range(6)]

@@ -39,7 +39,8 @@ def test_bench_smoke(tmp_path):
 @pytest.mark.engine
 def test_repeat_runs_smoke(tmp_path):
     # passes of one setting on one engine, each line written as it finishes
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "repeat_runs.py"), "--smoke", "--out", str(tmp_path),
+    script = ROOT / "bench" / "experiments" / "repeat_runs.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path),
                            "--rows", "20", "--repeats", "2", "--settings", "profile"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

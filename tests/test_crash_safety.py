@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import news_rows, start_batch_run, write_job, write_jsonl
 
-from batch_runner.engines.reaper import _descendants, _processes
+from batch_runner.engines.reaper import descendants, started_at
 
 pytestmark = pytest.mark.engine
 
@@ -50,13 +50,12 @@ def assert_exactly_once(out, n):
 
 def engine_processes(pid):
     """The running descendants of pid, by pid and start time."""
-    procs = _processes()
-    return {p: procs[p][1] for p in _descendants({pid}, procs)}
+    return descendants(pid)
 
 
 def alive(pid, start):
     """Whether that process (not a later one with the same pid) still runs."""
-    return _processes().get(pid, (0, None))[1] == start
+    return started_at(pid) == start
 
 
 def committed_rows(out) -> int:

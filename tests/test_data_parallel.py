@@ -69,17 +69,17 @@ def test_dead_worker_is_reported_and_its_shard_resumes(cli, tmp_path):
 
 def test_killed_parent_leaves_no_worker(tmp_path):
     """kill -9 of the parent (the OOM killer's way): its workers, in sessions of their own, must go too."""
-    from batch_runner.engines.reaper import _processes
+    from batch_runner.engines.reaper import started_at
 
     rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))
     job = write_job(tmp_path, sampling={"max_tokens": 8}, input={"path": str(rows)}, executor={"data_parallel": 2})
     proc = start_batch_run("run", job)
     pids = worker_pids(proc, 2)
     time.sleep(1.5)  # the parent's watcher has seen them (it looks every 0.5 s)
-    started = {pid: _processes()[pid][1] for pid in pids.values()}
+    started = {pid: started_at(pid) for pid in pids.values()}
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 15
-    while time.time() < deadline and any(_processes().get(p, (0, None))[1] == s for p, s in started.items()):
+    while time.time() < deadline and any(started_at(p) == s for p, s in started.items()):
         time.sleep(0.5)
-    assert not [p for p, s in started.items() if _processes().get(p, (0, None))[1] == s], "workers outlived the parent"
+    assert not [p for p, s in started.items() if started_at(p) == s], "workers outlived the parent"

@@ -34,7 +34,8 @@ def test_fresh_with_a_value_vllm_refuses_leaves_a_complete_output_as_it_was(cli,
     files = lambda: {str(p.relative_to(tmp_path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None  # noqa: E731
                      for p in sorted(tmp_path.rglob("*")) if not p.name.startswith(".lock-")}
     before, record = files(), (out / "job.json").read_text()
-    run = subprocess.run(batch_run_cmd("run", job, "--limit", 4, "--fresh", "--set", "engine.extra.max_num_seqs=-5"),
+    run = subprocess.run(batch_run_cmd("run", job, "--limit", 4, "--fresh", "--set", "engine.backend=vllm",
+                                       "--set", "engine.extra.max_num_seqs=-5"),
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1, run.stderr[-3000:]
     assert "could not start the engine with these settings" in run.stderr and "max_num_seqs" in run.stderr

@@ -8,12 +8,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
-from conftest import ROOT, news_rows, write_job, write_jsonl
+from conftest import ROOT, batch_run_cmd, fake_job, news_rows, write_job, write_jsonl
 
 ROWS = 40
 
@@ -36,12 +35,12 @@ def assert_every_id_once(tmp_path, rows=ROWS) -> pd.DataFrame:
 
 
 def start_fake_run(job, **settings) -> subprocess.Popen:
-    """The CLI with the fake engine, in a process of its own (for paths that end the process)."""
-    # PYTHONPATH: this checkout's package, wherever the .venv was installed from (a script's sys.path
-    # starts at tests/)
-    env = {**os.environ, "FAKE_ENGINE": json.dumps(settings), "PYTHONUNBUFFERED": "1",
+    """The CLI with the fake engine (engine.backend: fake, these settings), in a process of its own
+    (for paths that end the process)."""
+    # PYTHONPATH: this checkout's package, wherever the .venv was installed from
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "fake_engine.py"), "run", str(job)], cwd=ROOT,
+    return subprocess.Popen(batch_run_cmd("run", fake_job(job, **settings)), cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

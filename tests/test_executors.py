@@ -83,7 +83,7 @@ def test_an_output_of_an_older_batch_run_with_engine_data_parallel_resumes(fake,
     del record["job"]["executor"]["data_parallel"]
     (job.output_dir / "job.json").write_text(json.dumps(record))
     again = run_shard(load_job(path, ["engine.data_parallel=1"]), RunOptions())
-    assert again.status == 0 and again.summary.this_run["requests"] == 0
+    assert again.status == 0 and again.summary.this_run.requests == 0
 
 
 class _InProcess:
@@ -126,7 +126,7 @@ def test_data_parallel_reads_the_input_once_before_its_shards_run(fake, tmp_path
     assert passes == {"check": 1, "hash": 1}
     assert sorted(s.shard for s in done.summaries) == ["0000-of-0002", "0001-of-0002"]
     assert sum(s.shard_rows for s in done.summaries) == 20
-    assert all(s.output["rows"] == s.shard_rows for s in done.summaries)
+    assert all(s.output.rows == s.shard_rows for s in done.summaries)
     recorded = json.loads((job.output_dir / "job.json").read_text())
     assert recorded["job"]["executor"]["data_parallel"] == 2 and recorded["fingerprint"]["shards"] == 2
     assert resume.read_job_record(job.output_dir)["fingerprint_hash"] == recorded["fingerprint_hash"]

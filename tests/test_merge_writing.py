@@ -1,5 +1,5 @@
 """How `merge` writes: compacted row groups, no temporary file left by a merge cut short, one merge at
-a time. The output comes from real runs with the fake engine (tests/fake_engine.py)."""
+a time. The output comes from real runs with the fake engine (engine.backend: fake)."""
 
 import os
 import shutil
@@ -20,20 +20,15 @@ ROWS = 2_000
 def one_row_parts(tmp_path_factory):
     """A complete output of 2,000 one-row parts (output.batch_size 1), made once; each test copies it."""
     from click.testing import CliRunner
-    from fake_engine import FakeEngine
 
-    import batch_runner.runner.shard
     from batch_runner.cli import main
 
     folder = tmp_path_factory.mktemp("one_row_parts")
     rows = write_jsonl(folder / "in.jsonl", [{"id": f"r{i:04d}", "title": f"t{i}", "topic": "x", "text": "short"}
                                               for i in range(ROWS)])
-    job = write_job(folder, input={"path": str(rows)}, output={"batch_size": 1})
-    real, batch_runner.runner.shard.get_engine = batch_runner.runner.shard.get_engine, lambda args: FakeEngine(per_poll=50)
-    try:
-        result = CliRunner().invoke(main, ["run", str(job)], catch_exceptions=False)
-    finally:
-        batch_runner.runner.shard.get_engine = real
+    job = write_job(folder, input={"path": str(rows)}, output={"batch_size": 1},
+                    engine={"backend": "fake", "extra": {"per_poll": 50}})
+    result = CliRunner().invoke(main, ["run", str(job)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert len(list((folder / "out" / "results").glob("part-*.parquet"))) == ROWS
     return folder / "out"

@@ -17,9 +17,9 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 from conftest import news_rows, write_job, write_jsonl
-from fake_engine import batch_of
 
 from batch_runner.config import load_job
+from batch_runner.engines.fake import batch_of
 from batch_runner.errors import JobError
 from batch_runner.output.resume import OutputLock
 

@@ -14,7 +14,6 @@ import pandas as pd
 import pyarrow.dataset as ds
 from click.testing import CliRunner
 from conftest import write_job
-from fake_engine import FakeEngine
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,15 +38,15 @@ def run(*args):
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(extras=rows_strategy, texts=st.lists(texts, min_size=10, max_size=10), limit=st.integers(1, 10))
-def test_any_rows_give_a_readable_output_with_every_id_once(monkeypatch, extras, texts, limit):
-    monkeypatch.setattr("batch_runner.runner.shard.get_engine", lambda args: FakeEngine(per_poll=4))
+def test_any_rows_give_a_readable_output_with_every_id_once(extras, texts, limit):
     rows = [{"id": f"r{i}", "text": texts[i], **extra} for i, extra in enumerate(extras)]
     kept = sorted({k for r in rows for k in r} - RESULT_NAMES - {"text"})
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         job = write_job(tmp, input={"path": str(tmp / "in.jsonl"), "keep_columns": kept},
-                        prompt={"template": "{{ text }}"}, output={"batch_size": 3})
+                        prompt={"template": "{{ text }}"}, output={"batch_size": 3},
+                        engine={"backend": "fake", "extra": {"per_poll": 4}})
         for args in (["--limit", limit], []):
             result = run("run", job, *args)
             assert result.exit_code in (0, 3), result.output

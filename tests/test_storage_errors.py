@@ -8,7 +8,6 @@ and an unwritable cache is a folder under a regular file (ENOTDIR), which stops 
 """
 
 import errno
-import json
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import ROOT, SUMMARIZE, news_rows, write_job, write_jsonl
+from conftest import ROOT, SUMMARIZE, fake_job, news_rows, write_job, write_jsonl
 
 import batch_runner
 from batch_runner import atomic
@@ -189,7 +188,7 @@ def test_a_real_full_disk_mid_run_keeps_every_committed_row_and_the_rerun_resume
         pytest.skip("cannot mount a tmpfs here (needs root and unshare)")
     data = write_jsonl(tmp_path / "in.jsonl", news_rows(40))
     job = write_job(tmp_path, input={"path": str(data)}, output={"batch_size": 4, "dir": str(disk / "out")})
-    run = f"{sys.executable} {ROOT / 'tests' / 'fake_engine.py'} run {job}"
+    run = f"{sys.executable} -m batch_runner.cli run {fake_job(job, per_poll=2)}"
     script = f"""
         mount -t tmpfs -o size=64k tmpfs {disk} || exit 99
         {run} > {tmp_path}/first.log 2>&1; echo $? > {tmp_path}/first.rc
@@ -198,7 +197,7 @@ def test_a_real_full_disk_mid_run_keeps_every_committed_row_and_the_rerun_resume
         {run} > {tmp_path}/second.log 2>&1; echo $? > {tmp_path}/second.rc
         cp -a {disk}/out {tmp_path}/after-second
     """
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FAKE_ENGINE": json.dumps({"per_poll": 2})}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -5,7 +5,6 @@ a timeout: before the bounds, these templates took gigabytes and minutes, and mu
 not the machine.
 """
 
-import json
 import os
 import resource
 import signal
@@ -15,7 +14,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import ROOT, news_rows, write_job, write_jsonl
+from conftest import ROOT, fake_job, news_rows, write_job, write_jsonl
 
 CAP = 6 << 30  # address space of a run: a runaway render fails it, not the machine (pyarrow needs room for threads)
 
@@ -39,13 +38,13 @@ def capped() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (CAP, CAP))
 
 
-FAKE_RUN = [sys.executable, str(ROOT / "tests" / "fake_engine.py"), "run"]
+FAKE_RUN = [sys.executable, "-m", "batch_runner.cli", "run"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}  # this checkout's batch_runner
 
 
 def run_capped(job) -> subprocess.CompletedProcess:
-    return subprocess.run([*FAKE_RUN, str(job)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=150,
-                          preexec_fn=capped)
+    return subprocess.run([*FAKE_RUN, str(fake_job(job))], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=150, preexec_fn=capped)
 
 
 def bomb_rows(tmp_path, kinds) -> tuple:
@@ -89,7 +88,7 @@ def test_a_stop_ends_a_long_render_within_seconds(tmp_path):
                     prompt={"template": "{{ text }}{% if kind == 'silent' %}" + BOMBS["silent"] + "{% endif %}",
                             "render_timeout_s": 3600},
                     output={"batch_size": 1})
-    proc = subprocess.Popen([*FAKE_RUN, str(job)], cwd=ROOT, env={**ENV, "FAKE_ENGINE": json.dumps({"per_poll": 3})},
+    proc = subprocess.Popen([*FAKE_RUN, str(fake_job(job, per_poll=3))], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=capped)
     try:
         deadline = time.time() + 120

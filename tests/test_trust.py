@@ -47,8 +47,10 @@ def done(cli, fake, tmp_path):
 
 # 5. --fresh acts only after every check that can refuse the run
 LATE_CHECKS = {
-    "engine.extra key vLLM lacks": (["--set", "engine.extra.bogus_key=1"], "engine.extra.bogus_key"),
-    "engine.extra key vLLM lacks, data_parallel": (["--set", "engine.extra.bogus_key=1",
+    # (with vLLM's own check of engine.extra: the pre-flight's, no engine starts)
+    "engine.extra key vLLM lacks": (["--set", "engine.backend=vllm", "--set", "engine.extra.bogus_key=1"],
+                                    "engine.extra.bogus_key"),
+    "engine.extra key vLLM lacks, data_parallel": (["--set", "engine.backend=vllm", "--set", "engine.extra.bogus_key=1",
                                                     "--set", "engine.data_parallel=2"], "engine.extra.bogus_key"),
     "sampling value vLLM rejects": (["--set", "sampling.temperature=-1"], "sampling"),
     "template column in no row": (["--set", "prompt.template='{{ nosuch }}'"], "nosuch"),
@@ -78,8 +80,8 @@ VLLM_REFUSES = ("1 validation error for SchedulerConfig\nmax_num_seqs\n  Input s
                 "https://errors.pydantic.dev/2.11/v/greater_than")
 
 
-@pytest.mark.parametrize("args", [["--set", "engine.extra.max_num_seqs=-5"],
-                                  ["--set", "engine.extra.max_num_seqs=-5", "--set", "sampling.max_tokens=9"]],
+@pytest.mark.parametrize("args", [["--set", "engine.max_num_seqs=5"],
+                                  ["--set", "engine.max_num_seqs=5", "--set", "sampling.max_tokens=9"]],
                          ids=["same job", "changed job"])
 def test_fresh_with_an_engine_that_fails_to_start_changes_nothing(cli, done, fake, tmp_path, args):
     job, _, out = done
@@ -111,16 +113,11 @@ def test_fresh_with_an_engine_that_starts_moves_the_old_results_aside(cli, done,
     assert json.loads((out / "job.json").read_text())["fingerprint"]["sampling"]["max_tokens"] == 9
 
 
-def test_a_stop_while_the_engine_starts_under_fresh_moves_nothing(cli, done, fake, tmp_path, monkeypatch):
+def test_a_stop_while_the_engine_starts_under_fresh_moves_nothing(cli, done, fake, tmp_path):
     job, _, out = done
     before = snapshot(tmp_path)
-    engine = fake()
-
-    def slow_start(args):  # SIGTERM (scancel, a time limit) comes while the engine starts
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)
-        return engine
-    monkeypatch.setattr("batch_runner.runner.shard.get_engine", slow_start)
+    # SIGTERM (scancel, a time limit) comes while the engine starts
+    fake(on_start=lambda: os.kill(os.getpid(), signal.SIGTERM), start_s=5)
     result = cli("run", job, "--fresh", "--set", "sampling.max_tokens=9")
     assert result.exit_code == 75, result.output
     assert "received while the engine was starting" in result.output

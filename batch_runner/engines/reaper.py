@@ -8,7 +8,7 @@ take it too): every half second it records our descendants and checks that we st
 with our start time); once we are gone, however we died, it kills every one of them still alive,
 and theirs. (A pipe's end-of-file would not do: forked engine processes inherit its other end.)
 
-Linux only (it reads /proc); elsewhere ``guard()`` does nothing.
+Linux only (it needs /proc, through psutil); elsewhere ``guard()`` does nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 
+import psutil
+
 SCAN_S = 0.5
 _watcher: subprocess.Popen | None = None
 
@@ -28,55 +30,49 @@ def guard() -> None:
     global _watcher
     if _watcher is not None or not os.path.isdir("/proc/self"):
         return
-    # Run as a plain script: it needs only the standard library, not the package and its imports.
+    # Run as a plain script: it needs only the standard library and psutil, not the package and its imports.
     # No inherited stdout/stderr: a caller reading ours to their end must not wait for the watcher.
     _watcher = subprocess.Popen([sys.executable, os.path.abspath(__file__), str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True, close_fds=True)
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, start time) of every running process we can see (zombies are not running)."""
+def started_at(pid: int) -> float | None:
+    """When process ``pid`` started, while it runs (a zombie does not); None once it is gone. With the
+    pid, it names one process: a pid reused by a later one has another start time."""
+    try:
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
+    except psutil.Error:  # it ended while we looked
+        return None
+
+
+def descendants(pid: int) -> dict[int, float]:
+    """pid -> start time of every running descendant of ``pid``."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return {}
     found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
-            if fields[0] != b"Z":
-                found[int(name)] = (int(fields[1]), fields[19].decode())
-        except (OSError, IndexError, ValueError):  # it ended while we looked
-            continue
+    for child in children:
+        start = started_at(child.pid)
+        if start is not None:
+            found[child.pid] = start
     return found
-
-
-def _descendants(roots: set[int], procs: dict[int, tuple[int, str]]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in procs.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = set(), list(roots)
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
 
 
 def watch(parent: int) -> None:
     """Record ``parent``'s descendants while it lives; then kill the ones still running."""
     me = os.getpid()
-    procs = _processes()
-    born = procs.get(parent, (0, None))[1]
-    seen: dict[int, str] = {}  # pid -> start time: a reused pid is never killed
-    while procs.get(parent, (0, None))[1] == born and born is not None:
-        seen = {p: start for p, start in seen.items() if p in procs}
-        seen.update({p: procs[p][1] for p in _descendants({parent}, procs) if p != me})
+    born = started_at(parent)
+    seen: dict[int, float] = {}  # pid -> start time: a reused pid is never killed
+    while born is not None and started_at(parent) == born:
+        seen = {p: start for p, start in seen.items() if started_at(p) == start}
+        seen.update({p: start for p, start in descendants(parent).items() if p != me})
         time.sleep(SCAN_S)
-        procs = _processes()
-    alive = {p for p, start in seen.items() if procs.get(p, (0, None))[1] == start}
-    for pid in alive | _descendants(alive, procs):
+    # orphaned by the parent's death, they are no longer its descendants: kill by what was seen
+    alive = {p for p, start in seen.items() if started_at(p) == start}
+    for pid in alive | {d for p in alive for d in descendants(p)}:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:

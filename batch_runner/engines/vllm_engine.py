@@ -1,4 +1,4 @@
-"""The engine stage behind a small protocol over plain values: submit, poll, abort, close.
+"""vLLM behind the engine protocol (``base.Engine``): submit, poll, abort, close.
 
 ``VllmEngine`` drives vLLM's offline engine (``vllm.LLM``) request by request, the way
 ``LLM.generate`` does inside, but lets the runner keep the queue topped up while it writes
@@ -15,13 +15,13 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ..config import EngineSpec, ModelSpec
 from ..errors import EngineError, Interrupted, JobError, RowError
 from ..records import Completion, EngineCounters, LoraAdapter, Request, Sample
-from . import reaper
 from .mainscript import children_skip_main
 from .structured import check_schema
 
@@ -50,7 +50,7 @@ def max_num_seqs(args: dict[str, Any]) -> int:
 CPU_OVERRIDES: dict[str, Any] = dict(gpu_memory_utilization=0.25, enforce_eager=True, max_num_batched_tokens=4096)
 # At most this many sequences at once on the CPU: with 512 the Quick start's 240 rows ran as one
 # wave and every batch committed in the last second (47 s after the engine was ready); with 64 the
-# first batch committed after 25 s, at 0.87-0.92x the throughput (bench/cpu_wave.py, 2 cores).
+# first batch committed after 25 s, at 0.87-0.92x the throughput (bench/experiments/cpu_wave.py, 2 cores).
 CPU_MAX_NUM_SEQS = 64
 
 
@@ -115,7 +115,7 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
     if cpu:
         args.update(CPU_OVERRIDES)
         args["max_num_seqs"] = min(args["max_num_seqs"], CPU_MAX_NUM_SEQS)
-    explicit = engine.model_dump(exclude={"profile", "extra"}, exclude_none=True)
+    explicit = engine.model_dump(exclude={"backend", "profile", "extra"}, exclude_none=True)
     if explicit.get("tensor_parallel_size") == "auto":
         explicit["tensor_parallel_size"] = max(1, visible_gpus())
     args.update(explicit)
@@ -184,23 +184,24 @@ def sampling_params(values: dict[str, Any]):
 
 
 
-class Engine(Protocol):
-    """What the runner needs of an engine (``VllmEngine``; tests add a fake one)."""
+PARAMS_CACHE_SIZE = 4096  # distinct sampling values kept built (per-row values can all differ)
 
-    max_model_len: int
 
-    def submit(self, request: Request) -> None:
-        """Queue one request; ``RowError`` if the engine rejects it (the row gets an error result)."""
-
-    def unfinished(self) -> int:
-        """Requests submitted and not yet returned by ``poll`` (nor aborted)."""
-
-    def poll(self) -> list[Completion]:
-        """Advance the engine one step; the requests that finished in it."""
-
-    def abort(self, keys: list[str]) -> None: ...
-
-    def close(self) -> None: ...
+def cached_params(cache: OrderedDict[str, Any], values: dict[str, Any], size: int = PARAMS_CACHE_SIZE):
+    """``sampling_params(values)`` through ``cache``, an LRU of at most ``size`` entries;
+    ``RowError`` where vLLM refuses the values."""
+    key = json.dumps(values, sort_keys=True, default=str)
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    try:
+        params = sampling_params(values)
+    except rejections() as e:
+        raise RowError("invalid_sampling", str(e)) from e
+    cache[key] = params
+    if len(cache) > size:
+        cache.popitem(last=False)
+    return params
 
 
 _COUNTERS = {"vllm:generation_tokens": "generation_tokens", "vllm:prompt_tokens": "prompt_tokens",
@@ -211,6 +212,8 @@ _COUNTERS = {"vllm:generation_tokens": "generation_tokens", "vllm:prompt_tokens"
 
 class VllmEngine:
     """One ``vllm.LLM``; requests go in one at a time, finished ones come out of ``poll``."""
+
+    stop_grace_s: float | None = None  # the runner's default
 
     def __init__(self, args: dict[str, Any]):
         from vllm import LLM
@@ -228,7 +231,7 @@ class VllmEngine:
         # Its stats feed batch-run's timeline; vLLM's own log line of them every 10 s is not wanted.
         # (Set after LLM(): its logging setup resets the levels of vLLM's loggers.)
         logging.getLogger("vllm.v1.metrics.loggers").setLevel(logging.WARNING)
-        self._params_cache: dict[str, Any] = {}
+        self._params_cache: OrderedDict[str, Any] = OrderedDict()  # least recently used first
         self._loras: dict[LoraAdapter, Any] = {}
 
     def submit(self, request: Request) -> None:
@@ -240,14 +243,9 @@ class VllmEngine:
             raise RowError("engine_rejected", str(e)) from e
 
     def _params(self, values: dict[str, Any]):
-        """vLLM's parameters for these values, built once per distinct set of values."""
-        key = json.dumps(values, sort_keys=True, default=str)
-        if key not in self._params_cache:
-            try:
-                self._params_cache[key] = sampling_params(values)
-            except rejections() as e:
-                raise RowError("invalid_sampling", str(e)) from e
-        return self._params_cache[key]
+        """vLLM's parameters for these values, built once per distinct set of values (of the last
+        ``PARAMS_CACHE_SIZE``: a job with per-row sampling values would otherwise grow it by a row each)."""
+        return cached_params(self._params_cache, values)
 
     def _lora(self, adapter: LoraAdapter | None):
         """vLLM's request for an adapter (ids from 1, in order of first use: vLLM reserves 0 for none)."""
@@ -300,6 +298,10 @@ class VllmEngine:
         if keys:
             self.engine.abort_request(keys)
 
+    def reset_prefix_cache(self) -> None:
+        if hasattr(self.llm, "reset_prefix_cache"):  # older vLLM lacks it
+            self.llm.reset_prefix_cache()
+
     def close(self) -> None:
         core = getattr(self.engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
@@ -335,30 +337,3 @@ def _memory_advice(args: dict[str, Any]) -> str:
             "model.max_model_len, engine.max_num_seqs or engine.max_num_batched_tokens, or let vLLM take more "
             f"of the device with engine.gpu_memory_utilization (now {args.get('gpu_memory_utilization')}).")
 
-
-_cache: dict[str, VllmEngine] = {}
-
-
-def get_engine(args: dict[str, Any]) -> VllmEngine:
-    """An engine for these arguments, reused within one process (tests, the bench harness).
-
-    Only one engine is kept: a request for different arguments shuts the old one down first.
-    """
-    key = repr(sorted(args.items()))
-    if key not in _cache:
-        for old in _cache.values():
-            old.close()
-        _cache.clear()
-        reaper.guard()  # engine processes must not outlive this one, however it ends
-        _cache[key] = VllmEngine(args)
-    return _cache[key]
-
-
-def shutdown_engines() -> None:
-    """Shut down the process's engine, if one was started."""
-    for engine in _cache.values():
-        try:
-            engine.close()
-        except Exception:  # best effort at exit; the engine's processes end with ours anyway
-            log.debug("engine shutdown failed", exc_info=True)
-    _cache.clear()

@@ -109,7 +109,7 @@ def worker_main(job_json: str, shard: Shard, devices: list[str] | None, retry_er
     os.setsid()  # a Ctrl-C on the terminal reaches the parent only, which forwards it once
     if devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)  # before anything imports CUDA
-    from ..engines.vllm_engine import shutdown_engines
+    from ..engines import shutdown_engines
     from ..logs import setup_logging
     from ..runner.shard import run_shard
 

@@ -62,7 +62,7 @@ class AttemptCounter:
 def shard_task(job_json: str, shard: Shard, retry_errors: bool, attempts: Any = None,
                max_retries: int = 0, given: ShardInput | None = None) -> tuple[int, dict[str, Any] | None, str]:
     """A Ray task: the shard runner on one shard. Returns (exit status, summary, error message)."""
-    from ..engines.vllm_engine import shutdown_engines
+    from ..engines import shutdown_engines
     from ..errors import BatchRunnerError
     from ..runner.shard import run_shard
 

@@ -16,8 +16,8 @@ from typing import Any
 import pyarrow as pa
 
 from ..config import InputSpec, JobSpec
+from ..engines import engine_arguments
 from ..engines.models import context_length, load_tokenizer, resolve_model
-from ..engines.vllm_engine import engine_arguments
 from ..errors import JobError, RowError
 from .affinity import Assignment, Membership, assign
 from .assignment import Shard

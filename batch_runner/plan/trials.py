@@ -31,7 +31,7 @@ from ..errors import BatchRunnerError
 @dataclass
 class TrialResult:
     name: str
-    settings: dict[str, Any]  # engine keys changed from the job's, as --set takes them (vllm_engine.KEY)
+    settings: dict[str, Any]  # engine keys changed from the job's, as --set takes them (engine.KEY)
     requests: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
@@ -52,7 +52,7 @@ class TrialResult:
 
 
 def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> JobSpec:
-    """The job on its first ``rows`` rows, with ``settings`` (``vllm_engine.KEY``, ``vllm_engine.extra.KEY``,
+    """The job on its first ``rows`` rows, with ``settings`` (``engine.KEY``, ``engine.extra.KEY``,
     ``model.KEY``, as --set takes them), into ``out``."""
     sections = {"engine": job.engine.model_dump(), "model": job.model.model_dump()}
     for key, value in settings.items():
@@ -69,16 +69,16 @@ def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> J
     })
 
 
-def _warm_up(job: JobSpec) -> None:
+def warm_up(job: JobSpec) -> None:
     """A run on the trial's first rows, as many as the engine schedules at once (the whole sample
     when it is one engine-full), on the engine the trial will use (kept by the process). Every batch size and kernel shape the measured run meets is then compiled
     and captured before it is timed: after a 32-row warm-up, a 500-row trial (max_num_seqs 512) on
     a fresh H200 still ran at 13,202 output tok/s where a 1,024-row one in the next process ran at
     32,147 and the whole 20,000-row job at 28,650."""
-    from ..engines import vllm_engine
+    from ..engines import engine_arguments, max_num_seqs
     from ..runner.shard import RunOptions, run_shard
 
-    seqs = vllm_engine.max_num_seqs(vllm_engine.engine_arguments(job.model.name, job.model, job.engine)[0])
+    seqs = max_num_seqs(engine_arguments(job.model.name, job.model, job.engine)[0])
     rows = min(seqs, job.input.limit or seqs)
     out = Path(job.output.dir + ".warmup")
     run_shard(job.model_copy(update={"input": job.input.model_copy(update={"limit": rows}),
@@ -86,22 +86,15 @@ def _warm_up(job: JobSpec) -> None:
               RunOptions(progress=False))
 
 
-def _empty_prefix_cache() -> None:
-    from ..engines import vllm_engine
-
-    for e in vllm_engine._cache.values():
-        if hasattr(e.llm, "reset_prefix_cache"):
-            e.llm.reset_prefix_cache()
-
-
-def _measure(job: JobSpec, passes: int) -> list[dict[str, Any]]:
+def measure(job: JobSpec, passes: int) -> list[dict[str, Any]]:
     """The trial's rows ``passes`` times on its one engine, each pass from an empty prefix cache into
     an output folder of its own (the first: the trial's; the others beside it, ``.pass-N``)."""
+    from ..engines import reset_prefix_caches
     from ..runner.shard import RunOptions, run_shard
 
     summaries = []
     for i in range(passes):
-        _empty_prefix_cache()  # what the warm-up or the pass before cached would flatter this one
+        reset_prefix_caches()  # what the warm-up or the pass before cached would flatter this one
         out = job.output.dir if i == 0 else f"{job.output.dir}.pass-{i}"
         one = job.model_copy(update={"output": job.output.model_copy(update={"dir": out})})
         summaries.append(run_shard(one, RunOptions(progress=False)).summary.as_dict())
@@ -113,14 +106,14 @@ def _trial_main(job_json: str, results, log: str, passes: int) -> None:
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)  # vLLM's start-up log goes to the trial's log, not over the table
     os.dup2(fd, 2)
-    from ..engines.vllm_engine import shutdown_engines
+    from ..engines import shutdown_engines
 
     t0 = time.perf_counter()
     try:
         job = JobSpec.model_validate_json(job_json)
-        _warm_up(job)
+        warm_up(job)
         setup_s = time.perf_counter() - t0  # the engine's start (and the warm-up): what a task pays once
-        results.put(("ok", (_measure(job, passes), setup_s)))
+        results.put(("ok", (measure(job, passes), setup_s)))
     except BatchRunnerError as e:
         results.put(("error", str(e)))
     except Exception as e:  # any failure is the trial's result

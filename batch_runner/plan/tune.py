@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from ..config import JobSpec
-from ..engines.vllm_engine import max_num_seqs
+from ..engines import max_num_seqs
 from .trials import TrialResult, run_trial
 
 PROFILE = "profile"

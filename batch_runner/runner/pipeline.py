@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..engines.vllm_engine import Engine
+from ..engines import Engine
 from ..errors import BatchRunnerError, EngineError, ExitStatus, RowError, StorageError, os_reason
 from ..inputs.readers import InputRow
 from ..inputs.template_bounds import RenderStopped
@@ -67,6 +67,8 @@ class Pipeline:
         self.in_engine: dict[str, Request] = {}  # submitted, not yet finished
         self.lock = threading.Lock()  # the loop and the stop watchdog never commit at once
         stop.on_timeout = self.hard_stop
+        if engine.stop_grace_s is not None:  # the fake backend's setting (tests of the stop watchdog)
+            stop.grace_s = engine.stop_grace_s
         builder.renderer.guard.stopping = lambda: stop.requested is not None  # a stop ends a long render
 
     def run(self, rows: Iterable[tuple[str, InputRow]]) -> None:

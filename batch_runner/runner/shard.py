@@ -26,14 +26,8 @@ from typing import Any
 import pyarrow as pa
 
 from ..config import JobSpec
-from ..engines.vllm_engine import (
-    Engine,
-    check_vllm_version,
-    get_engine,
-    is_cpu_platform,
-    max_num_seqs,
-    vllm_version,
-)
+from ..engines import Engine, check_backend, get_engine, max_num_seqs
+from ..engines.vllm_engine import is_cpu_platform, vllm_version
 from ..errors import EngineError, ExitStatus, StorageError, writing
 from ..inputs.assignment import ALL, Shard
 from ..inputs.preflight import Preflight, ShardInput, preflight, preview
@@ -92,7 +86,7 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     shard = options.shard
     if not options.dry_run:
         resume.check_output_folder(job, shard, options.job_file)
-        check_vllm_version()
+        check_backend(job.engine.backend)
     pre = preflight(job, shard, options.given)
     for note in pre.report.notes:
         log.warning(note)
@@ -189,7 +183,7 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
                     "give every row an adapter")
     stop.starting = True
     try:
-        engine = get_engine(args)
+        engine = get_engine(args, job.engine.backend)
     finally:
         stop.starting = False
     ctx.pre.renderer.max_model_len = engine.max_model_len

@@ -108,6 +108,7 @@ class StopRequest:
         self.requested: str | None = None
         self.on_timeout = lambda: None
         self.starting = False  # the engine is starting: nothing to save, stop at once
+        self.grace_s = STOP_GRACE_S
         self._old: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
 
@@ -125,7 +126,7 @@ class StopRequest:
                               "Rerun (or requeue) to resume")
         log.warning("%s received: saving finished rows, then stopping (SIGINT again to exit at once)",
                     self.requested)
-        self._timer = threading.Timer(STOP_GRACE_S, self.on_timeout)
+        self._timer = threading.Timer(self.grace_s, self.on_timeout)
         self._timer.daemon = True
         self._timer.start()
 

@@ -1,6 +1,6 @@
 """The pre-flight's cost before and after a change, on a generated 1,000,000-row JSONL input.
 
-    python bench/preflight_digest.py --before TREE --after TREE [--rows 1000000] [--pairs 2] [--dir /tmp/x]
+    python bench/experiments/preflight_digest.py --before TREE --after TREE [--rows 1000000] [--pairs 2] [--dir /tmp/x]
 
 TREE is a source tree of batch-runner (e.g. from ``git archive COMMIT | tar -x -C TREE``). Each run is
 ``python -m batch_runner.cli run JOB --dry-run`` with that tree first on sys.path, timed as a whole
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_input(path: Path, rows: int) -> None:

@@ -1,6 +1,6 @@
 """Prefix-affinity sharding against the id hash: W2 as N shards run one after another on one GPU.
 
-    python bench/affinity.py --out DIR [--model $GPU_MODELS/mistral-7b-shape] [--shards 4] [--budget 520]
+    python bench/experiments/affinity.py --out DIR [--model $GPU_MODELS/mistral-7b-shape] [--shards 4] [--budget 520]
 
 W2: 400 distinct 2000-token prefixes x 10 rows, shuffled. Each variant runs the N shards of the job
 one after another, as N tasks of an array would on one GPU; the prefix cache is emptied between
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE_W2 = dict(rows=48, prefixes=8, prefix_tokens=300, doc_tokens=(20, 20), max_tokens=8)
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
@@ -32,7 +32,7 @@ def child(args) -> None:
     from transformers import AutoTokenizer
 
     from batch_runner.config import load_job
-    from batch_runner.engines import vllm_engine as engine_mod
+    from batch_runner.engines import reset_prefix_caches, shutdown_engines
     from batch_runner.inputs.assignment import Shard
     from batch_runner.runner.shard import RunOptions, run_shard
     from bench import WORKLOADS, build_workload, write_job
@@ -60,9 +60,7 @@ def child(args) -> None:
             run = {"variant": variant, "repeat": rep, "shards": []}
             record["runs"].append(run)
             for i in range(args.shards):
-                for e in engine_mod._cache.values():  # a task of its own would start with an empty cache
-                    if hasattr(e.llm, "reset_prefix_cache"):
-                        e.llm.reset_prefix_cache()
+                reset_prefix_caches()  # a task of its own would start with an empty cache
                 t0 = time.perf_counter()
                 result = run_shard(job, RunOptions(shard=Shard(i, args.shards), progress=False))
                 s = result.summary.this_run
@@ -70,7 +68,7 @@ def child(args) -> None:
                                       **{k: s[k] for k in ("requests", "prompt_tokens", "cached_prompt_tokens",
                                                            "output_tokens", "generation_s")}})
                 (out / "affinity.json").write_text(json.dumps(record, indent=1))
-    engine_mod.shutdown_engines()
+    shutdown_engines()
 
 
 def summarize(path: Path) -> str:

@@ -1,6 +1,6 @@
 """`estimate` against the real run, then `tune`, on one GPU in one call.
 
-    python bench/planning.py --model MODEL_DIR --out DIR [--rows 20000] [--sample 500,1024]
+    python bench/experiments/planning.py --model MODEL_DIR --out DIR [--rows 20000] [--sample 500,1024]
                              [--steps warm,estimate,run,tune] [--warm SETS] [--tune-rows 2000]
                              [--tune-budget-min 4] [--tune-knob max_num_seqs]
 
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
 

@@ -1,13 +1,13 @@
 """How much do runs of one setting vary, within one engine and between two settings?
 
-    python bench/repeat_runs.py --model MODEL_DIR --out DIR [--rows 2000] [--repeats 4]
-                                [--settings "profile;vllm_engine.max_num_seqs=2048,..."] [--limit-s 185]
+    python bench/experiments/repeat_runs.py --model MODEL_DIR --out DIR [--rows 2000] [--repeats 4]
+                                [--settings "profile;engine.max_num_seqs=2048,..."] [--limit-s 185]
 
 For each ';'-separated group of --set settings (``profile``: the job as it is), one process builds
 W1's job on its first --rows rows as ``tune``'s trial does (``trials.trial_job``), warms its engine
 up as the trial does, then runs the same rows --repeats times on that one engine, emptying its prefix
 cache before each. Each run's output tok/s lands in DIR/repeat_runs.jsonl as it finishes. A process
-past --limit-s is killed with its vllm_engine. ``tune`` compares settings across processes; this says how
+past --limit-s is killed with its engine. ``tune`` compares settings across processes; this says how
 much of a trial's spread is there within one engine already.
 """
 
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -34,28 +34,28 @@ def parse_settings(group: str) -> dict:
 
 
 def child(args) -> None:
-    from batch_runner.cli import _prepare
-    from batch_runner.engines import vllm_engine
+    from batch_runner.config import load_job
+    from batch_runner.engines import shutdown_engines
     from batch_runner.plan import trials
 
     settings = parse_settings(args.child)
-    job, *_ = _prepare(str(Path(args.out) / "work" / "w1.yaml"), ())
+    job = load_job(Path(args.out) / "work" / "w1.yaml", [])
     base = Path(args.out) / "runs" / (args.child.replace("/", "_").replace(",", "+")[:80] or "profile")
     job = trials.trial_job(job, args.rows, settings, base)
     t0 = time.perf_counter()
-    trials._warm_up(job)
+    trials.warm_up(job)
     start_s = time.perf_counter() - t0
     for i in range(args.repeats):  # a pass at a time, as the trial measures it, each line as it ends
         out = Path(f"{base}-{i}")
         shutil.rmtree(out, ignore_errors=True)
-        s = trials._measure(job.model_copy(update={"output": job.output.model_copy(update={"dir": str(out)})}),
+        s = trials.measure(job.model_copy(update={"output": job.output.model_copy(update={"dir": str(out)})}),
                             1)[0]["this_run"]
         line = {"settings": args.child, "run": i, "start_s": round(start_s, 1), "generation_s": s["generation_s"],
                 "output_tok_s": s["output_tok_s"], "requests": s["requests"]}
         with open(Path(args.out) / "repeat_runs.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)
-    vllm_engine.shutdown_engines()
+    shutdown_engines()
 
 
 def main() -> int:

@@ -4,8 +4,8 @@ For each run: seconds from the run's start to the engine ready (first request su
 engine ready to the first committed batch, and the generation throughput (output tokens over the
 generation time, summary.json's definition). Every run is reported, not the best.
 
-    python bench/cpu_wave.py OUT.json [--seqs 512,64] [--rounds 2]
-    python bench/cpu_wave.py OUT.json --variant stats=engine.extra.disable_log_stats=false \
+    python bench/experiments/cpu_wave.py OUT.json [--seqs 512,64] [--rounds 2]
+    python bench/experiments/cpu_wave.py OUT.json --variant stats=engine.extra.disable_log_stats=false \
         --variant nostats=engine.extra.disable_log_stats=true
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def one_run(label: str, sets: list[str], out: Path) -> dict:

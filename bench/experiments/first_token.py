@@ -1,7 +1,7 @@
 """The GPU busy from the first second: a large input, time from engine ready to the first generated
 token and to the first committed row, batch-run against a hand-tuned ``LLM.chat``; peak host memory.
 
-    python bench/first_token.py --out DIR [--model $GPU_MODELS/mistral-7b-shape] [--rows 200000]
+    python bench/experiments/first_token.py --out DIR [--model $GPU_MODELS/mistral-7b-shape] [--rows 200000]
 
 The input is W1's 2000 rows (one 1000-token system prompt, 300-token documents) repeated to
 --rows, with unique ids. Each variant runs in a process group of its own with its own time limit,
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
@@ -45,10 +45,10 @@ def _hwm_gb(pid: int) -> float:
 
 
 def _tree_hwm_gb() -> float:
-    from batch_runner.engines.reaper import _descendants, _processes
+    from batch_runner.engines.reaper import descendants
 
     me = os.getpid()
-    return _hwm_gb(me) + sum(_hwm_gb(p) for p in _descendants({me}, _processes()))
+    return _hwm_gb(me) + sum(_hwm_gb(p) for p in descendants(me))
 
 
 def _emit(out: Path, variant: str, **fields) -> None:
@@ -95,7 +95,7 @@ def child_raw(args) -> None:
     from vllm import LLM, SamplingParams
 
     from batch_runner.config import EngineSpec, ModelSpec
-    from batch_runner.engines.vllm_engine import engine_arguments
+    from batch_runner.engines import engine_arguments
 
     out = Path(args.out)
     rows = pq.read_table(out / "work" / "big.parquet").to_pylist()

@@ -2,7 +2,7 @@
 benchmark). Dummy weights make the text noise, so this checks that every path runs and what it
 writes, not what the model says.
 
-    python3 bench/gpu_features.py --model $GPU_MODELS/mistral-1b-shape --out DIR
+    python3 bench/experiments/gpu_features.py --model $GPU_MODELS/mistral-1b-shape --out DIR
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = {"type": "object", "properties": {"topic": {"type": "string", "enum": ["council", "sport", "other"]},
                                            "urgent": {"type": "boolean"}},
           "required": ["topic", "urgent"], "additionalProperties": False}

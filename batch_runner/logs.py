@@ -7,7 +7,7 @@ import logging
 import sys
 
 
-class _StderrHandler(logging.StreamHandler):
+class StderrHandler(logging.StreamHandler):
     """Writes to sys.stderr as it is when a message comes (not as it was when the handler was made:
     an embedding program, or a test runner, may replace it between runs)."""
 
@@ -24,7 +24,7 @@ def setup_logging(verbose: bool, prefix: str = "") -> None:
     """batch-runner's own messages on stderr, prefixed; vLLM's logging is left as vLLM sets it."""
     logger = logging.getLogger("batch_runner")
     if not logger.handlers:
-        handler = _StderrHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter(f"batch-run: {prefix}%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False

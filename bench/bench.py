@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -309,12 +310,12 @@ def run_child(args, variant: str, workloads: list[str]) -> list[dict]:
     log = Path(args.out) / f"log-{variant}.txt"
     t0 = time.perf_counter()
     with GpuPeak() as gpu, open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=f, text=True)
+        code, stdout = _run_bounded(cmd, f, args.variant_timeout)
     wall = time.perf_counter() - t0
-    results = [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not results:
-        print(f"variant {variant} failed ({proc.returncode}); see {log}", flush=True)
-        return [dict(variant=variant, workload=w, failed=f"exit {proc.returncode}") for w in workloads]
+    results = [json.loads(line[7:]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if code != 0 or not results:
+        print(f"variant {variant} failed ({code}); see {log}", flush=True)
+        return [dict(variant=variant, workload=w, failed=f"exit {code}") for w in workloads]
     for r in results:
         if r.get("output_dir"):  # keep batch-run's batch stats and engine timeline, one file each
             for kind in ("stats", "timeline"):
@@ -327,6 +328,19 @@ def run_child(args, variant: str, workloads: list[str]) -> list[dict]:
         r["process_wall_s"] = round(wall, 1)
         r["gpu_peak_gb"] = round(gpu.peak, 2) if gpu.peak is not None else None
     return results
+
+
+def _run_bounded(cmd: list[str], log, limit_s: float) -> tuple[int | str, str]:
+    """Run one variant in a process group of its own; past ``limit_s`` the whole group is killed (an
+    engine process left behind would hold the GPU's memory, and every later variant would fail)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    try:
+        stdout, _ = proc.communicate(timeout=limit_s)
+        return proc.returncode, stdout
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, _ = proc.communicate()
+        return f"timeout after {limit_s:.0f} s", stdout
 
 
 def derive(r: dict, params: float, tflops: float | None) -> dict:
@@ -438,6 +452,8 @@ def main() -> int:
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--traditional-rows", type=int, default=256)
     ap.add_argument("--traditional-batch", type=int, default=64)
+    ap.add_argument("--variant-timeout", type=float, default=300.0,
+                    help="seconds each variant's process may run; then its process group is killed")
     ap.add_argument("--child")
     ap.add_argument("--folder")
     args = ap.parse_args()

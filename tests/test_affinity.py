@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import news_rows, write_job, write_jsonl
 
-from batch_runner.inputs.affinity import plan
+from batch_runner.inputs.assignment import plan
 
 PREFIXES, PER_PREFIX, SHARDS = 6, 10, 3
 

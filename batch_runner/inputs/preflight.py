@@ -19,8 +19,7 @@ from ..config import InputSpec, JobSpec
 from ..engines import engine_arguments
 from ..engines.models import context_length, load_tokenizer, resolve_model
 from ..errors import JobError, RowError
-from .affinity import Assignment, Membership, assign
-from .assignment import Shard
+from .assignment import Assignment, Membership, Shard, assign
 from .digest import InputContent, dataset_content, files_content
 from .prompts import PromptRenderer
 from .readers import INVALID, describe_source, iter_rows, row_id

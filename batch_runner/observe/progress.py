@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-from ..logs import _StderrHandler
+from ..logs import StderrHandler
 from ..records import ProgressEvent
 
 log = logging.getLogger("batch_runner.progress")
@@ -24,7 +24,7 @@ def _ready() -> logging.Logger:
     """The progress logger, given its own handler once: the text without the ``batch-run:`` prefix
     that batch-runner's other messages get (progress lines and JSON lines carry their own)."""
     if not log.handlers:
-        handler = _StderrHandler()
+        handler = StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.propagate = False

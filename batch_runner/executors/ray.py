@@ -9,7 +9,6 @@ stays right across retries. Ray is an optional extra (``pip install 'batch-runne
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
@@ -187,7 +186,7 @@ def _wait(ray, refs: dict, out: Path, before: dict[str, str | None],
                 code, summary = _outcome(ray, ref, refs[ref], out, before, bool(stop.requested))
                 codes.append(code)
                 if summary:
-                    summaries.append(Summary.from_dict(summary))
+                    summaries.append(summary)
             if stop.requested and deadline is None:
                 for ref in pending:
                     ray.cancel(ref)
@@ -204,9 +203,9 @@ def _wait(ray, refs: dict, out: Path, before: dict[str, str | None],
 
 
 def _outcome(ray, ref, shard: Shard, out: Path, before: dict[str, str | None],
-             stopping: bool) -> tuple[int, dict | None]:
+             stopping: bool) -> tuple[int, Summary | None]:
     try:
-        code, summary, error = ray.get(ref)
+        code, summary, error = ray.get(ref)  # the summary as a dict: what a task returns crosses processes
     except Exception as e:
         if stopping:  # cancelled (or ended by force after STOP_WAIT_S): its own summary says how it ended
             return _stopped(shard, out, before)  # a task that failed for good: the shard's finished rows are saved
@@ -215,28 +214,25 @@ def _outcome(ray, ref, shard: Shard, out: Path, before: dict[str, str | None],
         return int(ExitStatus.FAILED), None
     if error:
         say(f"[{shard.label}] error: {error}")
-    return code, summary
+    return code, Summary.from_dict(summary) if summary else None
 
 
-def _stopped(shard: Shard, out: Path, before: dict[str, str | None]) -> tuple[int, dict | None]:
+def _stopped(shard: Shard, out: Path, before: dict[str, str | None]) -> tuple[int, Summary | None]:
     """A cancelled shard: its summary if this run wrote one (a new run_id), else interrupted before
     it saved anything; either way its committed rows are safe and a rerun resumes it."""
     summary = _summary(out, shard)
-    if summary and summary.get("run_id") != before.get(shard.label):
-        return int(summary["exit_status"]), summary
+    if summary and summary.run_id != before.get(shard.label):
+        return summary.exit_status, summary
     return int(ExitStatus.INTERRUPTED), None
 
 
-def _summary(out: Path, shard: Shard) -> dict | None:
-    path = out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _summary(out: Path, shard: Shard) -> Summary | None:
+    return Summary.load(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"))
 
 
 def _summary_run(out: Path, shard: Shard) -> str | None:
-    return (_summary(out, shard) or {}).get("run_id")
+    summary = _summary(out, shard)
+    return summary.run_id if summary else None
 
 
 def _committed_rows(out: Path, seen: dict[Path, int]) -> int:

@@ -26,6 +26,7 @@ from typing import Any
 from ..config import JobSpec
 from ..engines.mainscript import children_skip_main
 from ..errors import BatchRunnerError
+from ..records import Summary
 
 
 @dataclass
@@ -86,7 +87,7 @@ def warm_up(job: JobSpec) -> None:
               RunOptions(progress=False))
 
 
-def measure(job: JobSpec, passes: int) -> list[dict[str, Any]]:
+def measure(job: JobSpec, passes: int) -> list[Summary]:
     """The trial's rows ``passes`` times on its one engine, each pass from an empty prefix cache into
     an output folder of its own (the first: the trial's; the others beside it, ``.pass-N``)."""
     from ..engines import reset_prefix_caches
@@ -97,7 +98,7 @@ def measure(job: JobSpec, passes: int) -> list[dict[str, Any]]:
         reset_prefix_caches()  # what the warm-up or the pass before cached would flatter this one
         out = job.output.dir if i == 0 else f"{job.output.dir}.pass-{i}"
         one = job.model_copy(update={"output": job.output.model_copy(update={"dir": out})})
-        summaries.append(run_shard(one, RunOptions(progress=False)).summary.as_dict())
+        summaries.append(run_shard(one, RunOptions(progress=False)).summary)
     return summaries
 
 
@@ -158,16 +159,15 @@ def run_trial(job: JobSpec, name: str, settings: dict[str, Any], rows: int, scra
         trial.error = value.splitlines()[0][:300] + f" (log: {out}.log)"
         return trial
     summaries, setup_s = value
-    trial.passes = [v["this_run"]["output_tok_s"] for v in summaries]
-    median = sorted(summaries, key=lambda v: v["this_run"]["output_tok_s"])[len(summaries) // 2]
-    run = median["this_run"]
-    trial.requests, trial.output_tokens = run["requests"], run["output_tokens"]
-    trial.prompt_tokens, trial.cached_prompt_tokens = run["prompt_tokens"], run["cached_prompt_tokens"]
-    trial.generation_s, trial.output_tok_s = run["generation_s"], run["output_tok_s"]
-    trial.total_tok_s, trial.cache_hit_rate = run["total_tok_s"], run["cache_hit_rate"]
+    trial.passes = [v.this_run.output_tok_s for v in summaries]
+    run = sorted(summaries, key=lambda v: v.this_run.output_tok_s)[len(summaries) // 2].this_run
+    trial.requests, trial.output_tokens = run.requests, run.output_tokens
+    trial.prompt_tokens, trial.cached_prompt_tokens = run.prompt_tokens, run.cached_prompt_tokens
+    trial.generation_s, trial.output_tok_s = run.generation_s, run.output_tok_s
+    trial.total_tok_s, trial.cache_hit_rate = run.total_tok_s, run.cache_hit_rate
     first = summaries[0]
-    trial.start_s = setup_s + max(0.0, first["duration_s"] - first["this_run"]["generation_s"])
-    peaks = [v["gpu_memory_peak_gb"] for v in summaries if v.get("gpu_memory_peak_gb") is not None]
+    trial.start_s = setup_s + max(0.0, first.duration_s - first.this_run.generation_s)
+    peaks = [v.gpu_memory_peak_gb for v in summaries if v.gpu_memory_peak_gb is not None]
     trial.gpu_memory_peak_gb = max(peaks) if peaks else None
     return trial
 

@@ -49,9 +49,9 @@ def child(args) -> None:
         out = Path(f"{base}-{i}")
         shutil.rmtree(out, ignore_errors=True)
         s = trials.measure(job.model_copy(update={"output": job.output.model_copy(update={"dir": str(out)})}),
-                            1)[0]["this_run"]
-        line = {"settings": args.child, "run": i, "start_s": round(start_s, 1), "generation_s": s["generation_s"],
-                "output_tok_s": s["output_tok_s"], "requests": s["requests"]}
+                            1)[0].this_run
+        line = {"settings": args.child, "run": i, "start_s": round(start_s, 1), "generation_s": s.generation_s,
+                "output_tok_s": s.output_tok_s, "requests": s.requests}
         with open(Path(args.out) / "repeat_runs.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)

@@ -23,9 +23,11 @@ class StderrHandler(logging.StreamHandler):
 def setup_logging(verbose: bool, prefix: str = "") -> None:
     """batch-runner's own messages on stderr, prefixed; vLLM's logging is left as vLLM sets it."""
     logger = logging.getLogger("batch_runner")
-    if not logger.handlers:
+    handler = next((h for h in logger.handlers if isinstance(h, StderrHandler)), None)
+    if handler is None:
         handler = StderrHandler()
-        handler.setFormatter(logging.Formatter(f"batch-run: {prefix}%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
+    # set again each time: a Ray worker process runs one shard after another
+    handler.setFormatter(logging.Formatter(f"batch-run: {prefix}%(message)s"))
     logger.setLevel(logging.INFO if verbose else logging.WARNING)

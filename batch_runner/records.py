@@ -193,8 +193,24 @@ class ProgressEvent:
         return {"event": self.kind, **{k: v for k, v in asdict(self).items() if k != "kind"}}
 
 
+class _ReadsAsMapping:
+    """A summary part that still reads as the dict it was before it was typed (``s.output["rows"]``),
+    for Python API users' code written then."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+
 @dataclass
-class ShardTotals:
+class ShardTotals(_ReadsAsMapping):
     """A shard's committed rows and errors (by code), over all its runs (resume.shard_totals)."""
 
     rows: int = 0
@@ -203,7 +219,7 @@ class ShardTotals:
 
 
 @dataclass
-class RunFigures:
+class RunFigures(_ReadsAsMapping):
     """One run's totals and throughput, rounded as the summary shows them (stats.RunTotals.figures)."""
 
     requests: int
@@ -220,7 +236,7 @@ class RunFigures:
 
 
 @dataclass(frozen=True)
-class Cost:
+class Cost(_ReadsAsMapping):
     """GPU-hours and money of one run (observe.cost.cost_of)."""
 
     devices: int

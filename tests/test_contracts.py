@@ -191,3 +191,13 @@ def test_no_job_json(tmp_path):
     assert JobRecord.load(tmp_path) is None
     with pytest.raises(JobError, match="not a batch-run output"):
         JobRecord.require(tmp_path)
+
+
+def test_summary_parts_still_read_as_the_dicts_they_were():
+    """Python API users read Execution.summaries' parts as dicts before they were typed."""
+    from batch_runner.records import ShardTotals
+
+    totals = ShardTotals(rows=3, errors=1, errors_by_code={"template_error": 1})
+    assert totals["rows"] == 3 and totals.get("errors") == 1 and totals.get("nope") is None
+    with pytest.raises(KeyError):
+        totals["nope"]

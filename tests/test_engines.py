@@ -24,11 +24,16 @@ from batch_runner.output.resume import fingerprint, fingerprint_hash
 SUMMARIZE_FINGERPRINT = "99bd0986a8b0687c"
 
 
-@pytest.mark.parametrize("sets", [[], ["engine.backend=vllm"], ["engine.backend=fake"]],
-                         ids=["unset", "vllm", "fake"])
+@pytest.mark.parametrize("sets", [[], ["engine.backend=vllm"]], ids=["unset", "vllm"])
 def test_the_backend_setting_leaves_an_existing_outputs_fingerprint_as_it_was(sets):
     job = load_job(SUMMARIZE, sets)
     assert fingerprint_hash(fingerprint(job, ALL, None, InputContent([]))) == SUMMARIZE_FINGERPRINT
+
+
+def test_a_fake_engines_answers_are_never_resumed_as_the_real_ones():
+    """The fake's canned rows in the job's default output must not count as done for a real run."""
+    job = load_job(SUMMARIZE, ["engine.backend=fake"])
+    assert fingerprint_hash(fingerprint(job, ALL, None, InputContent([]))) != SUMMARIZE_FINGERPRINT
 
 
 def test_the_default_backend_is_vllm_and_another_is_refused():

@@ -136,6 +136,9 @@ def test_combined_exit_status_is_the_worst():
 
     assert combined_status([0, 0]) == ExitStatus.OK
     assert combined_status([0, 3]) == ExitStatus.ROW_ERRORS
+    assert combined_status([130, 0]) == ExitStatus.ABORTED  # a worker's second SIGINT (it raised ValueError)
+    assert combined_status([130, 1]) == ExitStatus.FAILED
+    assert all(combined_status([int(status)]) == status for status in ExitStatus)  # each has its rank
     assert combined_status([3, 75]) == ExitStatus.INTERRUPTED
     assert combined_status([75, -9]) == ExitStatus.FAILED
     assert describe_exit(-9) == "was killed by SIGKILL"

@@ -8,7 +8,7 @@ take it too): every half second it records our descendants and checks that we st
 with our start time); once we are gone, however we died, it kills every one of them still alive,
 and theirs. (A pipe's end-of-file would not do: forked engine processes inherit its other end.)
 
-Linux only (it needs /proc, through psutil); elsewhere ``guard()`` does nothing.
+Linux only (it needs /proc; psutil walks the process tree); elsewhere ``guard()`` does nothing.
 """
 
 from __future__ import annotations
@@ -37,17 +37,20 @@ def guard() -> None:
                                 start_new_session=True, close_fds=True)
 
 
-def started_at(pid: int) -> float | None:
-    """When process ``pid`` started, while it runs (a zombie does not); None once it is gone. With the
-    pid, it names one process: a pid reused by a later one has another start time."""
+def started_at(pid: int) -> int | None:
+    """When process ``pid`` started, in the kernel's clock ticks since boot, while it runs (a zombie
+    does not); None once it is gone. With the pid, it names one process: a pid reused by a later one
+    has another start time. (Not psutil's ``create_time()``: that adds the boot time as of now, which
+    moves when the wall clock is stepped, and the parent would then look gone.)"""
     try:
-        process = psutil.Process(pid)
-        return None if process.status() == psutil.STATUS_ZOMBIE else process.create_time()
-    except psutil.Error:  # it ended while we looked
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()  # the command name may hold spaces and ')'
+    except OSError:  # it ended while we looked
         return None
+    return None if fields[0] == b"Z" else int(fields[19])  # state; starttime (stat's 3rd and 22nd fields)
 
 
-def descendants(pid: int) -> dict[int, float]:
+def descendants(pid: int) -> dict[int, int]:
     """pid -> start time of every running descendant of ``pid``."""
     try:
         children = psutil.Process(pid).children(recursive=True)
@@ -65,7 +68,7 @@ def watch(parent: int) -> None:
     """Record ``parent``'s descendants while it lives; then kill the ones still running."""
     me = os.getpid()
     born = started_at(parent)
-    seen: dict[int, float] = {}  # pid -> start time: a reused pid is never killed
+    seen: dict[int, int] = {}  # pid -> start time: a reused pid is never killed
     while born is not None and started_at(parent) == born:
         seen = {p: start for p, start in seen.items() if started_at(p) == start}
         seen.update({p: start for p, start in descendants(parent).items() if p != me})

@@ -59,7 +59,9 @@ def run_here(job: JobSpec, options: RunOptions) -> Execution:
 
 
 # Worst first: the parent's exit status is that of its worst shard.
-_SEVERITY = [ExitStatus.FAILED, ExitStatus.USAGE, ExitStatus.INTERRUPTED, ExitStatus.ROW_ERRORS, ExitStatus.OK]
+# ABORTED (a second SIGINT) ranks with the failures: a worker ended that way saved nothing more.
+_SEVERITY = [ExitStatus.FAILED, ExitStatus.ABORTED, ExitStatus.USAGE, ExitStatus.INTERRUPTED, ExitStatus.ROW_ERRORS,
+             ExitStatus.OK]
 
 
 def combined_status(codes: list[int]) -> ExitStatus:

@@ -63,8 +63,10 @@ def shard_task(job_json: str, shard: Shard, retry_errors: bool, attempts: Any = 
     """A Ray task: the shard runner on one shard. Returns (exit status, summary, error message)."""
     from ..engines import shutdown_engines
     from ..errors import BatchRunnerError
+    from ..logs import setup_logging
     from ..runner.shard import run_shard
 
+    setup_logging(False, f"[{shard.label}] ")  # the task's messages as a node worker's: prefixed, on stderr
     if attempts is not None:
         import ray
 

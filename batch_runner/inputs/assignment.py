@@ -117,16 +117,18 @@ class Membership:
     prefix_key: Callable[[dict], str] | None = None
 
     def owns(self, rid: str, data: dict) -> bool:
-        if self.shard.count == 1:
-            return True
+        return self.shard.count == 1 or self.owner(rid, data) == self.shard.index
+
+    def owner(self, rid: str, data: dict) -> int:
+        """The index of the shard (of ``shard.count``) that owns the row."""
         pieces = self.assignment.pieces.get(self.prefix_key(data)) if self.assignment else None
         if pieces is None:
-            return self.shard.owns(rid)
+            return shard_of(rid, self.shard.count)
         if len(pieces) == 1:
-            return pieces[0][0] == self.shard.index
+            return pieces[0][0]
         point = shard_of(rid, sum(rows for _, rows in pieces))  # uniform over the group's rows
         for owner, rows in pieces:
             if point < rows:
-                return owner == self.shard.index
+                return owner
             point -= rows
-        return False  # unreachable: point < the sum of the rows
+        raise AssertionError("unreachable: point < the sum of the rows")

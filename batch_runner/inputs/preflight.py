@@ -266,11 +266,12 @@ def preflight_shards(job: JobSpec, shards: list[Shard]) -> tuple[Preflight, list
     covers the rows of all of them."""
     owner: dict[str, int] = {}
 
-    def recorder(membership: Membership) -> Callable[[str, dict], bool]:
-        each = [Membership(s, membership.assignment, membership.prefix_key) for s in shards]
+    wanted = {s.index for s in shards}
 
-        def owns(rid: str, data: dict) -> bool:
-            owner[rid] = next((m.shard.index for m in each if m.owns(rid, data)), -1)
+    def recorder(membership: Membership) -> Callable[[str, dict], bool]:
+        def owns(rid: str, data: dict) -> bool:  # one owner lookup per row, whatever the number of shards
+            index = membership.owner(rid, data)
+            owner[rid] = index if index in wanted else -1
             return owner[rid] >= 0
         return owns
 

@@ -92,7 +92,7 @@ def _problem(e: ValidationError) -> str:
 def job_spec(job: dict[str, Any], path: Path | None) -> JobSpec:
     """A recorded job back into a ``JobSpec``: options this version does not know are dropped (an older
     batch-run had them), anything else that does not validate is an error naming the file."""
-    data = _openai_defaults_cleared(json.loads(json.dumps(job)))
+    data = _old_data_parallel_moved(_openai_defaults_cleared(json.loads(json.dumps(job))))
     for _ in range(8):  # each round drops the unknown keys pydantic reported
         try:
             return JobSpec.model_validate(data)
@@ -103,6 +103,15 @@ def job_spec(job: dict[str, Any], path: Path | None) -> JobSpec:
             for loc in unknown:
                 _drop(data, loc)
     raise JobError(f"{path or JOB_FILE}: the recorded job does not validate")
+
+
+def _old_data_parallel_moved(job: dict[str, Any]) -> dict[str, Any]:
+    """A record written before executor.data_parallel existed has engine.data_parallel: moved here,
+    quietly (the job file's note is for the person who wrote the key, not for every report of an output)."""
+    engine, executor = job.get("engine"), job.get("executor")
+    if isinstance(engine, dict) and "data_parallel" in engine and isinstance(executor, dict | None):
+        job["executor"] = {**(executor or {}), "data_parallel": engine.pop("data_parallel")}
+    return job
 
 
 def _openai_defaults_cleared(job: dict[str, Any]) -> dict[str, Any]:

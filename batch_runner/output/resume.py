@@ -415,10 +415,12 @@ __all__ = ["OutputLock", "check_fingerprint", "check_output_dir", "done_ids", "d
 
 
 def fingerprint(job: JobSpec, shard: Shard, assignment: str | None, content: InputContent) -> dict[str, Any]:
-    """What determines the results: model, rendering, sampling, the input's content, shard count, and
-    the prefix-affinity assignment of rows to shards where there is one (its digest)."""
+    """What determines the results: model, rendering, sampling, the input's content, shard count, the
+    prefix-affinity assignment of rows to shards where there is one (its digest), and the engine
+    backend where it is not vLLM (so that outputs written before the setting existed still resume)."""
     source = {"dataset": job.input.dataset} if job.input.dataset is not None or job.input.format == "hf" else {}
-    return {**({"assignment": assignment} if assignment else {}),
+    backend = {"engine_backend": job.engine.backend} if job.engine.backend != "vllm" else {}
+    return {**({"assignment": assignment} if assignment else {}), **backend,
         "model": job.model.model_dump(),
         # the render bounds decide only which rows fail (--retry-errors runs them again), not a result
         "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window", "prefix_affinity",

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import SUMMARIZE, write_job
+from conftest import ROOT, SUMMARIZE, write_job
 
 from batch_runner.config import load_job
 from batch_runner.engines.models import resolve_model
@@ -125,7 +125,7 @@ def test_a_kept_column_named_reasoning_clashes_only_with_a_parser(tmp_path):
 def _fake_reasoning_job(tmp_path, **model):
     return write_job(tmp_path, model={"reasoning_parser": "qwen3", **model},
                      engine={"backend": "fake", "extra": {"think": True}},
-                     output={"openai": True, "batch_size": 4}, input={"limit": 6})
+                     output={"openai": True, "batch_size": 4})
 
 
 def test_a_fake_run_writes_the_reasoning_and_the_openai_reasoning_content(cli, tmp_path):
@@ -133,11 +133,12 @@ def test_a_fake_run_writes_the_reasoning_and_the_openai_reasoning_content(cli, t
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
     df = pd.read_parquet(out / "results")
-    assert len(df) == 6 and list(df.columns[df.columns.get_loc("output"):][:2]) == ["output", "reasoning"]
+    rows = len((ROOT / "inputs" / "news.jsonl").read_text().splitlines())
+    assert len(df) == rows and list(df.columns[df.columns.get_loc("output"):][:2]) == ["output", "reasoning"]
     assert df["output"].str.fullmatch(r"answer to \d+ tokens").all()
     assert df["reasoning"].str.fullmatch(r"thinking about \d+ tokens").all()
     lines = [json.loads(line) for line in (out / "openai" / "results.jsonl").read_text().splitlines()]
-    assert len(lines) == 6
+    assert len(lines) == rows
     for line in lines:
         choice = line["response"]["body"]["choices"][0]
         row = df.set_index("id").loc[line["custom_id"]]

@@ -2,12 +2,15 @@
 into its reasoning and its answer, as vLLM's OpenAI server does for ``reasoning_content``.
 
 Only the whole-text split is used (no streaming). The parser API differs across vLLM versions:
-``extract_reasoning`` (0.26, 0.32) was ``extract_reasoning_content`` before; the registry lists its
-names with ``list_registered`` (lazy registration) or, older, only in ``reasoning_parsers``.
+``extract_reasoning`` (0.32, and vLLM's main of early 2026) was ``extract_reasoning_content`` before;
+the registry lists its names with ``list_registered`` (lazy registration) or, older, only in
+``reasoning_parsers``. What a parser needs of the tokenizer varies too: on 0.32 ``deepseek_r1``
+refuses one without ``<think>``/``</think>`` tokens and ``qwen3`` does not; earlier ``qwen3`` did.
 """
 
 from __future__ import annotations
 
+import functools
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +64,7 @@ def load_reasoning_parser(name: str | None, tokenizer: Any) -> ReasoningSplitter
         raise JobError(f"{KEY}: the {name} parser cannot work with this model's tokenizer: {e}") from e
 
 
+@functools.cache
 def _request() -> Any:
     """A stand-in for the chat request some parsers read (chat_template_kwargs); none is sent."""
     try:

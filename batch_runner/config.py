@@ -76,6 +76,9 @@ class ModelSpec(_Section):
         default_factory=dict, description="LoRA adapters by name: {name: local folder (PEFT format)}.")
     lora: str | None = Field(None, description="The adapter every row uses (a name from lora_adapters); default none.")
     lora_column: str | None = Field(None, description="Column naming each row's adapter (overrides lora; null = none).")
+    reasoning_parser: str | None = Field(
+        None, description="A reasoning model's vLLM reasoning parser (deepseek_r1, qwen3...): the reasoning goes "
+                          "into the 'reasoning' column, the answer into 'output'; default none.")
 
     @model_validator(mode="after")
     def _known_lora(self) -> "ModelSpec":
@@ -121,7 +124,7 @@ class InputSpec(_Section):
     def _no_clash(cls, v: list[str]) -> list[str]:
         from .records import RESULT_NAMES
 
-        clash = [c for c in v if c in RESULT_NAMES]
+        clash = [c for c in v if c in RESULT_NAMES - {"reasoning"}]  # (reasoning: only with a parser, below)
         if clash:  # a second column of the same name makes every reader fail on the output
             raise ValueError(f"{', '.join(map(repr, clash))} is the name of a result column "
                              f"({', '.join(sorted(RESULT_NAMES))}); the id is always in column 'id' "
@@ -271,6 +274,9 @@ class JobSpec(_Section):
                 p.messages_column, p.prompt_column = "messages", "prompt"
         elif sum(x is not None for x in (p.template, p.messages_column, p.prompt_column)) != 1:
             raise ValueError("prompt: give exactly one of template, messages_column or prompt_column")
+        if self.model.reasoning_parser is not None and "reasoning" in self.input.keep_columns:
+            raise ValueError("input.keep_columns: 'reasoning' is the name of a result column with "
+                             "model.reasoning_parser; to keep it, copy it under a new name in the input")
         return self
 
     @field_validator("name")

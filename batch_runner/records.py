@@ -48,6 +48,7 @@ class Sample:
     text: str
     finish_reason: str | None
     output_tokens: int
+    reasoning: str | None = None  # model.reasoning_parser: the reasoning, and text is the answer
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class ResultRow:
     id: str = column("string")
     kept: dict[str, Any] = field(default_factory=dict)
     output: str | None = column("string", default=None)
+    reasoning: str | None = column("string", default=None)  # model.reasoning_parser only: no column without one
     finish_reason: str | None = column("string", default=None)
     prompt_tokens: int | None = column("int32", default=None)
     cached_prompt_tokens: int | None = column("int32", default=None)
@@ -106,6 +108,9 @@ class ResultRow:
     def as_row(self) -> dict[str, Any]:
         row = {name: getattr(self, name) for name, _ in columns(ResultRow)}
         return {"id": self.id, **self.kept, **row}
+
+
+REASONING_ONLY = frozenset({"reasoning"})  # result columns only an output with model.reasoning_parser has
 
 
 RESULT_NAMES = frozenset(name for name, _ in columns(ResultRow))  # a kept column may not take one

@@ -45,9 +45,16 @@ def test_the_written_columns_keep_their_names_types_and_order():
     assert results_schema(kept).names == ["id", "title", "output", "finish_reason", "prompt_tokens",
                                           "cached_prompt_tokens", "output_tokens", "error_code", "error",
                                           "adjustment", "json", "samples", "batch"]
-    assert RESULT_NAMES == RECORD_NAMES == set(results_schema(kept).names) - {"title"}
+    # model.reasoning_parser: a reasoning column after output, and each sample's reasoning
+    assert results_schema(kept, reasoning=True).names == ["id", "title", "output", "reasoning", "finish_reason",
+                                                          "prompt_tokens", "cached_prompt_tokens", "output_tokens",
+                                                          "error_code", "error", "adjustment", "json", "samples",
+                                                          "batch"]
+    assert RESULT_NAMES == RECORD_NAMES == set(results_schema(kept, reasoning=True).names) - {"title"}
     assert str(results_schema(kept).field("samples").type) == \
         "list<item: struct<text: string, finish_reason: string, output_tokens: int32>>"
+    assert str(results_schema(kept, reasoning=True).field("samples").type) == \
+        "list<item: struct<text: string, reasoning: string, finish_reason: string, output_tokens: int32>>"
     assert STATS_SCHEMA.names[:12] == ["shard", "run_id", "batch", "submitted_at", "started_at", "finished_at",
                                        "span_s", "requests", "errors", "prompt_tokens", "cached_prompt_tokens",
                                        "output_tokens"]
@@ -61,9 +68,9 @@ def _result(**extra) -> ResultRow:
 
 
 def test_a_result_row_fills_every_column():
-    row = _result(adjustment="cut", json="{}", samples=[{"text": "x", "finish_reason": "stop", "output_tokens": 2}],
-                  error_code="e", error="e: bad").as_row()
-    schema = results_schema(pa.schema([("title", pa.string())]))
+    row = _result(adjustment="cut", json="{}", reasoning="r", error_code="e", error="e: bad",
+                  samples=[{"text": "x", "reasoning": "r", "finish_reason": "stop", "output_tokens": 2}]).as_row()
+    schema = results_schema(pa.schema([("title", pa.string())]), reasoning=True)
     assert list(row) and set(row) == set(schema.names)
     stored = pa.Table.from_pylist([row], schema=schema).to_pylist()[0]
     assert stored == row  # nothing dropped, nothing null that the record had

@@ -51,3 +51,15 @@ def test_classify_json_example(cli, tmp_path, monkeypatch):
     assert df["error_code"].isna().all()
     assert {json.loads(v)["topic"] for v in df["json"]} <= {
         "council", "schools", "transport", "health", "weather", "culture", "business", "other"}
+
+
+@pytest.mark.engine
+def test_reasoning_example(cli, tmp_path, monkeypatch):
+    """jobs/reasoning.yaml with the embedded model in place of its reasoning model: SmolLM2 writes no
+    </think>, so vLLM 0.32's qwen3 parser reads its whole text as reasoning (the split itself is
+    tested on known texts in test_reasoning.py)."""
+    out = run_example(cli, tmp_path, monkeypatch, "reasoning", "--limit", 3, "--set", "model.name=smollm2-135m-instruct",
+                      "--set", "model.max_model_len=2048", "--set", "sampling.max_tokens=16")
+    df = pd.read_parquet(out / "results")
+    assert len(df) == 3 and df["error_code"].isna().all()
+    assert df["reasoning"].notna().all() and ((df["reasoning"] + df["output"]).str.len() > 0).all()

@@ -34,6 +34,7 @@ class FakeEngine:
     start_s: float = 0.0  # how long the start takes (vLLM's takes minutes on a GPU)
     fail_start: str | None = None  # the engine does not start: vLLM's error message (a value it refuses)
     stop_grace_s: float | None = None  # how long a stop waits for the engine (None: the runner's default)
+    think: bool = False  # answers as a reasoning model's: "<think>...</think>" before the answer
     # Python hooks, for tests (not settable from a job file)
     stall: Callable[[str], bool] | None = None  # requests that never finish (then the engine "dies")
     reject: Callable[[Request], bool] | None = None  # requests refused at submit (error rows)
@@ -82,8 +83,12 @@ class FakeEngine:
         for q in ready:
             self._queue.remove(q)
         now = time.perf_counter()
-        return [Completion(key, [Sample(f"answer to {n} tokens", "stop", self.output_tokens)], n, 0, now, now)
+        return [Completion(key, [Sample(self._text(n), "stop", self.output_tokens)], n, 0, now, now)
                 for key, n in ready]
+
+    def _text(self, n: int) -> str:
+        answer = f"answer to {n} tokens"
+        return f"<think>thinking about {n} tokens</think>{answer}" if self.think else answer
 
     def _stalled(self, key: str) -> bool:
         return self.stall is not None and self.stall(key)

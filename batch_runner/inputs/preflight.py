@@ -18,6 +18,7 @@ import pyarrow as pa
 from ..config import InputSpec, JobSpec
 from ..engines import engine_arguments
 from ..engines.models import context_length, load_tokenizer, resolve_model
+from ..engines.reasoning import ReasoningSplitter, load_reasoning_parser
 from ..errors import JobError, RowError
 from .assignment import Assignment, Membership, Shard, assign
 from .digest import InputContent, dataset_content, files_content
@@ -224,6 +225,7 @@ class Preflight:
     membership: Membership  # which rows are this shard's (by id hash, or by prefix group)
     engine_args: dict[str, Any] = field(default_factory=dict)  # for vllm.LLM, checked against vLLM's EngineArgs
     dropped: list[str] = field(default_factory=list)  # engine options the installed vLLM lacks (not passed)
+    reasoning: ReasoningSplitter | None = None  # model.reasoning_parser's parser, for the tokenizer
 
 
 @dataclass
@@ -235,15 +237,17 @@ class ShardInput:
     assignment: Assignment | None = None
 
 
-def _setup(job: JobSpec) -> tuple[str, PromptRenderer, dict[str, Any], list[str]]:
-    """The model (converted once), its tokenizer and renderer, the job's sampling values and engine arguments."""
+def _setup(job: JobSpec) -> tuple[str, PromptRenderer, dict[str, Any], list[str], ReasoningSplitter | None]:
+    """The model (converted once), its tokenizer and renderer, the job's sampling values, engine
+    arguments and reasoning parser."""
     model_path = resolve_model(job.model.name)
     tokenizer = load_tokenizer(model_path, job)
+    reasoning = load_reasoning_parser(job.model.reasoning_parser, tokenizer)  # an unknown name fails here
     renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
     check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
     # engine.extra keys vLLM does not know fail here too: a refusal must come before --fresh moves anything
     engine_args, dropped = engine_arguments(model_path, job.model, job.engine)
-    return model_path, renderer, engine_args, dropped
+    return model_path, renderer, engine_args, dropped, reasoning
 
 
 def preflight(job: JobSpec, shard: Shard, given: ShardInput | None = None) -> Preflight:
@@ -254,9 +258,9 @@ def preflight(job: JobSpec, shard: Shard, given: ShardInput | None = None) -> Pr
     ``given``: the shard's input report and assignment from its parent's pre-flight (``preflight_shards``);
     then the input is not read here at all."""
     if given is not None:
-        model_path, renderer, engine_args, dropped = _setup(job)
+        model_path, renderer, engine_args, dropped, reasoning = _setup(job)
         return Preflight(model_path, renderer, given.report, Membership(shard, given.assignment, renderer.prefix_key),
-                         engine_args, dropped)
+                         engine_args, dropped, reasoning)
     return _preflight(job, shard)[0]
 
 
@@ -291,7 +295,7 @@ def _preflight(job: JobSpec, shard: Shard, recorder: Callable[[Membership], Call
     pool = ThreadPoolExecutor(1, thread_name_prefix="batch-run-digest")
     try:
         hashing = pool.submit(files_content, job.input)
-        model_path, renderer, engine_args, dropped = _setup(job)
+        model_path, renderer, engine_args, dropped, reasoning = _setup(job)
         p = job.prompt
         assignment = assign(job, renderer.prefix_key, shard.count) \
             if p.group_by_prefix and p.prefix_affinity and shard.count > 1 else None
@@ -306,4 +310,4 @@ def _preflight(job: JobSpec, shard: Shard, recorder: Callable[[Membership], Call
     pool.shutdown()
     if job.input.dataset is not None or job.input.format == "hf":
         report.content = dataset_content(job.input)
-    return Preflight(model_path, renderer, report, membership, engine_args, dropped), assignment
+    return Preflight(model_path, renderer, report, membership, engine_args, dropped, reasoning), assignment

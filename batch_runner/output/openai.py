@@ -29,11 +29,15 @@ def _stable_id(prefix: str, custom_id: str) -> str:
 
 
 def _choices(row: dict[str, Any], chat: bool) -> list[dict[str, Any]]:
-    samples = row.get("samples") or [{"text": row["output"], "finish_reason": row["finish_reason"]}]
+    samples = row.get("samples") or [{"text": row["output"], "finish_reason": row["finish_reason"],
+                                      **({"reasoning": row["reasoning"]} if "reasoning" in row else {})}]
     choices = []
     for i, sample in enumerate(samples):
         choice = {"index": i, "finish_reason": sample["finish_reason"], "logprobs": None}
-        choice |= {"message": {"role": "assistant", "content": sample["text"]}} if chat else {"text": sample["text"]}
+        # model.reasoning_parser: the reasoning as vLLM's server gives it, beside the answer
+        thought = {"reasoning_content": sample["reasoning"]} if "reasoning" in sample else {}
+        choice |= {"message": {"role": "assistant", "content": sample["text"], **thought}} if chat \
+            else {"text": sample["text"], **thought}
         choices.append(choice)
     return choices
 

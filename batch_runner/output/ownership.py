@@ -114,7 +114,8 @@ def _schema(folder: str, record: dict[str, Any]) -> pa.Schema | None:
         return TIMELINE_SCHEMA
     if "kept_schema" not in record:
         return None
-    return results_schema(schema_from_record(record["kept_schema"]))
+    model = (record.get("fingerprint") or {}).get("model") or {}
+    return results_schema(schema_from_record(record["kept_schema"]), model.get("reasoning_parser") is not None)
 
 
 def refuse_foreign(out: Path, record: dict[str, Any] | None) -> None:

@@ -421,7 +421,8 @@ def fingerprint(job: JobSpec, shard: Shard, assignment: str | None, content: Inp
     source = {"dataset": job.input.dataset} if job.input.dataset is not None or job.input.format == "hf" else {}
     backend = {"engine_backend": job.engine.backend} if job.engine.backend != "vllm" else {}
     return {**({"assignment": assignment} if assignment else {}), **backend,
-        "model": job.model.model_dump(),
+        # (reasoning_parser only when set: outputs of batch-runs before it keep their fingerprint)
+        "model": job.model.model_dump(exclude={"reasoning_parser"} if job.model.reasoning_parser is None else None),
         # the render bounds decide only which rows fail (--retry-errors runs them again), not a result
         "prompt": job.prompt.model_dump(exclude={"group_by_prefix", "group_window", "prefix_affinity",
                                                  "render_timeout_s", "max_render_chars"}),

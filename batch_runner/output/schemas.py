@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..records import ResultRow, StatsRow, TimelineRow, columns
+from ..records import REASONING_ONLY, ResultRow, StatsRow, TimelineRow, columns
 
 # The Arrow type of each type name a row record gives its columns (records.column).
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -28,6 +28,9 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "samples": pa.list_(pa.struct([("text", pa.string()), ("finish_reason", pa.string()),
                                    ("output_tokens", pa.int32())])),
 }
+# n > 1 with model.reasoning_parser: each sample with its own reasoning (text is its answer)
+SAMPLES_WITH_REASONING = pa.list_(pa.struct([("text", pa.string()), ("reasoning", pa.string()),
+                                             ("finish_reason", pa.string()), ("output_tokens", pa.int32())]))
 
 
 def schema_of(record: type) -> pa.Schema:
@@ -42,9 +45,13 @@ STATS_SCHEMA = schema_of(StatsRow)  # one row per committed batch
 TIMELINE_SCHEMA = schema_of(TimelineRow)  # one row per interval of a run's generation time
 
 
-def results_schema(kept: pa.Schema) -> pa.Schema:
-    """Result columns: id, the kept input columns, then the generation columns."""
-    return pa.schema([RESULT_FIELDS[0], *kept, *RESULT_FIELDS[1:]])
+def results_schema(kept: pa.Schema, reasoning: bool = False) -> pa.Schema:
+    """Result columns: id, the kept input columns, then the generation columns. The reasoning
+    column (and each sample's reasoning) only with ``model.reasoning_parser``: outputs written
+    without one keep the schema they always had, so they resume."""
+    generated = [f.with_type(SAMPLES_WITH_REASONING) if reasoning and f.name == "samples" else f
+                 for f in RESULT_FIELDS[1:] if reasoning or f.name not in REASONING_ONLY]
+    return pa.schema([RESULT_FIELDS[0], *kept, *generated])
 
 
 def storable(value: Any, type_: pa.DataType) -> Any:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..engines import Engine
+from ..engines.reasoning import ReasoningSplitter
 from ..errors import BatchRunnerError, EngineError, ExitStatus, RowError, StorageError, os_reason
 from ..inputs.readers import InputRow
 from ..inputs.template_bounds import RenderStopped
@@ -58,8 +59,10 @@ class OpenBatch:
 
 class Pipeline:
     def __init__(self, builder: RequestBuilder, engine: Engine, committer: Committer, stop: StopRequest,
-                 kept_names: list[str], batch_size: int, queue_target: int, flush_s: float):
+                 kept_names: list[str], batch_size: int, queue_target: int, flush_s: float,
+                 reasoning: ReasoningSplitter | None = None):
         self.builder, self.engine, self.committer, self.stop = builder, engine, committer, stop
+        self.reasoning = reasoning  # model.reasoning_parser's split of each text
         self.kept_names, self.batch_size, self.queue_target = kept_names, batch_size, queue_target
         self.flush_s = flush_s  # a finished row waits at most this long for its batch before it is committed
         self.waiting_since: float | None = None  # when the oldest finished, uncommitted row finished
@@ -138,7 +141,7 @@ class Pipeline:
         request = self.in_engine.pop(c.key)
         batch = self.open[request.batch]
         batch.done(request.position, completed_result(batch.rows[request.position][0],
-                                                      batch.kept[request.position], request, c))
+                                                      batch.kept[request.position], request, c, self.reasoning))
         batch.times.saw(c.started_s, c.finished_s)
         if self.waiting_since is None:
             self.waiting_since = time.perf_counter()

@@ -145,9 +145,10 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
         "job": job.name, "model": job.model.name, "run_id": run_id, "shard": ctx.shard.label,
         "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
     committer = Committer(PartWriter(out, ctx.shard.label, run_id, meta, job.output.compression), kept,
-                          len(todo), getattr(engine, "counters", lambda: None), TIMELINE_INTERVAL_S)
+                          len(todo), getattr(engine, "counters", lambda: None), TIMELINE_INTERVAL_S,
+                          reasoning=ctx.pre.reasoning is not None)
     pipeline = Pipeline(RequestBuilder(job, ctx.pre.renderer, run_id), engine, committer, stop, kept.names,
-                        job.output.batch_size, _queue_target(args, job), job.output.flush_s) \
+                        job.output.batch_size, _queue_target(args, job), job.output.flush_s, ctx.pre.reasoning) \
         if engine is not None else None
     metrics = RunMetrics.for_shard(job, ctx.shard.label, ctx.pre.report.shard_rows, committer,
                                    pipeline.lock if pipeline else threading.Lock(), args)

@@ -38,6 +38,16 @@ def test_shard_from_slurm(env, recorded, expected):
     assert shard_from_slurm(env, recorded) == expected
 
 
+def test_a_strided_array_is_refused_naming_the_step():
+    """--array=0-10:5 (tasks 0, 5, 10) would make 11 shards of which 3 run, without a word."""
+    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "0",
+           "SLURM_ARRAY_TASK_MAX": "10", "SLURM_ARRAY_TASK_STEP": "5"}
+    with pytest.raises(JobError, match=r"SLURM_ARRAY_TASK_STEP=5: .* 11 shards of which only 3 run"):
+        shard_from_slurm(env)
+    assert shard_from_slurm(env, 11) == Shard(5, 11)  # resubmitting some shards of a recorded output
+    assert shard_from_slurm({**env, "SLURM_ARRAY_TASK_STEP": "1", "SLURM_ARRAY_TASK_COUNT": "11"}) == Shard(5, 11)
+
+
 def test_bad_shards():
     with pytest.raises(JobError):
         parse_shard("4/4")

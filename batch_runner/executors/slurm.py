@@ -42,11 +42,26 @@ def shard_from_slurm(env: Mapping[str, str], recorded: int | None = None) -> Sha
             count = int(env.get("SLURM_ARRAY_TASK_MIN", "0")) + int(env["SLURM_ARRAY_TASK_COUNT"])
     except (KeyError, ValueError) as e:
         raise JobError(f"Slurm array variables are incomplete or not numbers ({e}); pass --shard I/N") from e
+    if recorded is None:
+        _refuse_strided(env, count)
     if not 0 <= task < count:
         fixed = "fixed by its first run" if recorded is not None else "the array's highest index + 1"
         raise JobError(f"SLURM_ARRAY_TASK_ID={task} is not a shard of this output: it has {count} shards "
                        f"(0-{count - 1}, {fixed}); submit array indices in that range")
     return Shard(task, count)
+
+
+def _refuse_strided(env: Mapping[str, str], count: int) -> None:
+    """A new output's shards are the array's indices 0..max: a strided array (``--array=0-10:5``)
+    would leave the indices between its steps to no task, silently. (A resubmitted subset of an
+    output whose count is recorded may skip indices: those shards are done.)"""
+    step = env.get("SLURM_ARRAY_TASK_STEP", "1")
+    if step.isdigit() and int(step) > 1:
+        tasks = env.get("SLURM_ARRAY_TASK_COUNT", "")
+        instead = f"--array=0-{int(tasks) - 1}" if tasks.isdigit() and int(tasks) > 0 else "--array=0-N"
+        raise JobError(f"SLURM_ARRAY_TASK_STEP={step}: this array runs every {step}th index up to "
+                       f"{count - 1}, but a shard is an array index, so the job would have {count} shards of "
+                       f"which only {tasks or 'some'} run; submit consecutive indices ({instead}) or give --shard I/N")
 
 
 class SlurmExecutor(Executor):

@@ -43,6 +43,14 @@ class JobRecord:
         """The shard count the output was split into by its first run."""
         return int((self.fingerprint or {})["shards"])
 
+    @property
+    def data_parallel(self) -> int:
+        """The engines per array task that wrote the output: executor.data_parallel, or
+        engine.data_parallel in the record of a batch-run from before the key moved."""
+        job = self.job or {}
+        dp = (job.get("executor") or {}).get("data_parallel", (job.get("engine") or {}).get("data_parallel", 1))
+        return dp if isinstance(dp, int) and dp > 0 else 1
+
     @cached_property
     def spec(self) -> JobSpec | None:
         """The recorded job as a ``JobSpec`` (None: the record has none); raises JobError where it
@@ -92,7 +100,7 @@ def _problem(e: ValidationError) -> str:
 def job_spec(job: dict[str, Any], path: Path | None) -> JobSpec:
     """A recorded job back into a ``JobSpec``: options this version does not know are dropped (an older
     batch-run had them), anything else that does not validate is an error naming the file."""
-    data = _old_data_parallel_moved(_openai_defaults_cleared(json.loads(json.dumps(job))))
+    data = _old_data_parallel_moved(json.loads(json.dumps(job)))
     for _ in range(8):  # each round drops the unknown keys pydantic reported
         try:
             return JobSpec.model_validate(data)
@@ -113,15 +121,6 @@ def _old_data_parallel_moved(job: dict[str, Any]) -> dict[str, Any]:
         job["executor"] = {**(executor or {}), "data_parallel": engine.pop("data_parallel")}
     return job
 
-
-def _openai_defaults_cleared(job: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAI-input job records the prompt columns its validation filled in ('messages', 'prompt'),
-    which its validation refuses when given: they are cleared so the record validates again."""
-    prompt, input_ = job.get("prompt"), job.get("input")
-    if (isinstance(input_, dict) and input_.get("format") == "openai" and isinstance(prompt, dict)
-            and prompt.get("messages_column") == "messages" and prompt.get("prompt_column") == "prompt"):
-        prompt["messages_column"] = prompt["prompt_column"] = None
-    return job
 
 
 def _drop(data: dict[str, Any], loc: tuple) -> None:

@@ -64,26 +64,19 @@ def shard_states(out: Path) -> list[ShardState]:
     return states
 
 
-def _data_parallel(job_record: dict) -> int:
-    """The engines per array task that wrote the output: executor.data_parallel, or engine.data_parallel
-    in the job.json of a batch-run from before the key moved."""
-    job = job_record.get("job", {})
-    dp = job.get("executor", {}).get("data_parallel", job.get("engine", {}).get("data_parallel", 1))
-    return dp if isinstance(dp, int) and dp > 0 else 1
-
 
 def array_size(out: Path) -> int | None:
     """The array size of an output's Slurm tasks, fixed by its first run; None for a new output."""
     record = JobRecord.load(out)
     if record is None:
         return None
-    return record.shards // _data_parallel(record.as_dict())
+    return record.shards // record.data_parallel
 
 
 def array_tasks(out: Path, states: list[ShardState]) -> list[int]:
     """The Slurm array indices to resubmit: those with an unfinished shard and none running (with
     data_parallel D, task I runs shards I*D .. I*D+D-1)."""
-    dp = _data_parallel(JobRecord.require(out).as_dict())
+    dp = JobRecord.require(out).data_parallel
     running = {s.shard.index // dp for s in states if s.state == "running"}
     return sorted({s.shard.index // dp for s in states if s.state != "complete"} - running)
 

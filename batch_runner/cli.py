@@ -132,6 +132,9 @@ def _print_summary(s) -> None:
         ("throughput", f"{run.output_tok_s} output tok/s, {run.total_tok_s} total tok/s, {run.requests_s} req/s"),
         ("prefix cache", f"{run.cache_hit_rate:.1%} of prompt tokens"),
     ]
+    if s.engine_failures:  # a run that needed restarts says so, and why
+        rows.append(("engine", f"restarted {run.engine_restarts} time{'s' if run.engine_restarts != 1 else ''}; "
+                               f"last failure: {s.engine_failures[-1].cause}"))
     if s.cost and s.cost.price is not None:  # the table shows GPU-hours and cost with a price only
         c = s.cost
         rows.append(("GPU-hours", f"{c.gpu_hours:.4f} ({c.gpu_hours_generating:.4f} generating, "

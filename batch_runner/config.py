@@ -14,7 +14,7 @@ import os
 import re
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -89,6 +89,8 @@ class ModelSpec(_Section):
 
 
 class EngineSpec(_Section):
+    RUNNER_KEYS: ClassVar[set[str]] = {"backend", "profile", "extra", "stall_timeout_s", "max_restarts"}  # not vLLM's
+
     backend: Literal["vllm", "fake"] = Field(
         "vllm", description="The engine: vllm, or fake (no model: canned answers, for tests and examples; "
                             "its settings go in engine.extra).")
@@ -101,6 +103,12 @@ class EngineSpec(_Section):
     tensor_parallel_size: int | Auto = Field(1, description="GPUs one model is split over; auto = all visible.")
     enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (faster start, slower decode).")
     extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM engine argument (the fake backend's settings).")
+    stall_timeout_s: float = Field(
+        120.0, gt=0, le=86400, description="The engine is restarted when no step ends for this long with requests "
+                                           "in flight (a hung engine); its process dying is seen within a second.")
+    max_restarts: int = Field(
+        2, ge=0, le=100, description="Engine restarts allowed in one run (after a death or a stall); past them the "
+                                     "run ends with exit 1, finished rows saved.")
 
     @field_validator("tensor_parallel_size")
     @classmethod

@@ -238,6 +238,17 @@ class RunFigures(_ReadsAsMapping):
     total_tok_s: float
     requests_s: float
     cache_hit_rate: float
+    engine_restarts: int = 0  # after the engine died or stalled (engine.max_restarts)
+
+
+@dataclass(frozen=True)
+class EngineFailure(_ReadsAsMapping):
+    """One failure of the engine in a run, after which it was restarted (or the run ended)."""
+
+    cause: str
+    at: str  # ISO time, UTC
+    in_flight: int  # requests the engine held
+    quarantined: int  # of those, made engine_failed error rows (in flight at two failures in a row)
 
 
 @dataclass(frozen=True)
@@ -284,6 +295,7 @@ class Summary:
     gpu_memory_peak_gb: float | None = None
     cost: Cost | None = None
     input_changed: list[str] | None = None  # input files that changed during the run (then not complete)
+    engine_failures: list[EngineFailure] | None = None  # each failure of the engine in this run, if any
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

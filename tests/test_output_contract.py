@@ -117,7 +117,7 @@ def test_kept_column_that_clashes_with_a_result_column_is_refused(cli, tmp_path,
 # 4. complete means every id is committed, not that enough rows are
 def test_a_smaller_limit_after_an_interrupted_run_runs_the_missing_rows(cli, fake, tmp_path):
     fake(stall=lambda key: batch_of(key) == 0)  # the first batch never finishes, then the engine dies
-    job = write_job(tmp_path, output={"batch_size": 4})
+    job = write_job(tmp_path, output={"batch_size": 4}, engine={"backend": "fake", "max_restarts": 0})  # no restart
     crashed = cli("run", job, "--limit", "40")
     assert crashed.exit_code == 1
     assert len(pd.read_parquet(tmp_path / "out" / "results")) == 36  # rows 4..39

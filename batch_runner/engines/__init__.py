@@ -12,9 +12,10 @@ from .factory import (
     get_engine,
     max_num_seqs,
     reset_prefix_caches,
+    restart_engine,
     running_engines,
     shutdown_engines,
 )
 
 __all__ = ["Engine", "check_backend", "engine_arguments", "get_engine", "max_num_seqs", "reset_prefix_caches",
-           "running_engines", "shutdown_engines"]
+           "restart_engine", "running_engines", "shutdown_engines"]

@@ -27,4 +27,10 @@ class Engine(Protocol):
     def reset_prefix_cache(self) -> None:
         """Forget cached prompt prefixes (planning's trials must not flatter each other)."""
 
+    def failure(self) -> str | None:
+        """Why the engine can answer no more (its process died), else None; cheap, called every half second."""
+
+    def kill(self) -> None:
+        """End a failed engine's processes at once (no orderly shutdown: it may hang on a dead peer)."""
+
     def close(self) -> None: ...

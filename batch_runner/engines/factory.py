@@ -12,7 +12,7 @@ from .base import Engine
 from .vllm_engine import max_num_seqs
 
 __all__ = ["check_backend", "engine_arguments", "get_engine", "max_num_seqs", "reset_prefix_caches",
-           "running_engines", "shutdown_engines"]
+           "restart_engine", "running_engines", "shutdown_engines"]
 
 log = logging.getLogger("batch_runner")
 
@@ -55,6 +55,20 @@ def get_engine(args: dict[str, Any], backend: str = "vllm") -> Engine:
         reaper.guard()  # engine processes must not outlive this one, however it ends
         engine = vllm_engine.VllmEngine(args)
     _running[backend] = (key, engine)
+    return engine
+
+
+def restart_engine(args: dict[str, Any], backend: str = "vllm") -> Engine:
+    """A new engine in place of one that failed: the failed one's processes are killed first (an
+    orderly shutdown may wait on a dead peer for ever), then the same arguments start another."""
+    held = _running.pop(backend, None)
+    if held is not None:
+        try:
+            held[1].kill()
+        except Exception:  # its processes may be gone already
+            log.debug("killing the failed engine failed", exc_info=True)
+    engine: Engine = fake.start(args, restart=True) if backend == "fake" else vllm_engine.VllmEngine(args)
+    _running[backend] = (repr(sorted(args.items())), engine)
     return engine
 
 

@@ -35,6 +35,13 @@ class FakeEngine:
     fail_start: str | None = None  # the engine does not start: vLLM's error message (a value it refuses)
     stop_grace_s: float | None = None  # how long a stop waits for the engine (None: the runner's default)
     think: bool = False  # answers as a reasoning model's: "<think>...</think>" before the answer
+    # Failures the runner's supervision must survive: after fail_after polls, or once a request whose key
+    # ends with one of poison is sent, the engine fails: "death" (its process ends: ``failure`` says so)
+    # or "stall" (it lives, and no step ends). Only the first fail_starts starts in a run fail.
+    fail_after: int | None = None
+    poison: list[str] = field(default_factory=list)
+    fail_as: str = "death"
+    fail_starts: int = 1
     # Python hooks, for tests (not settable from a job file)
     stall: Callable[[str], bool] | None = None  # requests that never finish (then the engine "dies")
     reject: Callable[[Request], bool] | None = None  # requests refused at submit (error rows)
@@ -42,10 +49,13 @@ class FakeEngine:
     on_start: Callable[[], None] | None = None  # called as the start begins (e.g. to send a signal)
     submitted: list[str] = field(default_factory=list)
     polls: int = 0
+    starts: int = 0  # in this run: a restart counts on
+    failed: str | None = None  # "death" or "stall", once this start's engine failed
     _queue: list[tuple[str, int]] = field(default_factory=list)
+    _unread: int | None = None  # queue positions from here on were sent after a poison: never answered
 
-    def start(self, args: dict[str, Any]) -> FakeEngine:
-        """This engine started, or the start's failure as vLLM's would read."""
+    def start(self, args: dict[str, Any], restart: bool = False) -> FakeEngine:
+        """This engine started (afresh: a restart forgets its queue), or the start's failure as vLLM's would read."""
         if self.on_start is not None:
             self.on_start()
         time.sleep(self.start_s)
@@ -53,13 +63,24 @@ class FakeEngine:
             from .vllm_engine import start_failure
 
             raise start_failure(args, ValueError(self.fail_start))
+        self.starts = self.starts + 1 if restart else 1
+        self.polls, self.failed, self._queue, self._unread = 0, None, [], None
         return self
+
+    def _may_fail(self) -> bool:
+        return self.fail_as in ("death", "stall") and self.starts <= self.fail_starts
 
     def submit(self, request: Request) -> None:
         if self.reject is not None and self.reject(request):
             raise RowError("engine_rejected", "the fake engine rejects this request")
         self.submitted.append(request.key)
         self._queue.append((request.key, len(request.token_ids)))
+        if self.poison and request.key.endswith(tuple(self.poison)) and self._unread is None:
+            # whichever start it reaches: a death at once; a stall as vLLM's when a request kills its input
+            # thread: what came before it is answered, it and what comes after are never read
+            self._unread = len(self._queue) - 1
+            if self.fail_as == "death":
+                self.failed = "death"
 
     def unfinished(self) -> int:
         return len(self._queue)
@@ -68,12 +89,19 @@ class FakeEngine:
         self.polls += 1
         if self.on_poll is not None:
             self.on_poll(self.polls)
-        if self.hang_after is not None and self.polls > self.hang_after:
-            while True:
+        if self.fail_after is not None and self.polls > self.fail_after and self._may_fail():
+            self.failed = self.fail_as
+        if self.failed or (self.hang_after is not None and self.polls > self.hang_after):
+            while True:  # as vLLM's step waits for a dead or wedged engine core: for ever
                 time.sleep(1)
         if self.latency_s:
             time.sleep(self.latency_s)
-        ready = [q for q in self._queue if not self._stalled(q[0]) and not q[0].endswith(tuple(self.hold))]
+        read = self._queue if self._unread is None else self._queue[:self._unread]
+        if self._unread is not None and not read:
+            self.failed = self.fail_as  # only the unread are left: no step ends any more
+            while True:
+                time.sleep(1)
+        ready = [q for q in read if not self._stalled(q[0]) and not q[0].endswith(tuple(self.hold))]
         ready = ready[: self.per_poll]
         if not ready and self.hold:  # only held requests are left: they run on, as a long row does
             time.sleep(0.05)
@@ -82,6 +110,8 @@ class FakeEngine:
             raise RuntimeError("fake engine died")
         for q in ready:
             self._queue.remove(q)
+        if self._unread is not None:
+            self._unread -= len(ready)
         now = time.perf_counter()
         return [Completion(key, [Sample(self._text(n), "stop", self.output_tokens)], n, 0, now, now)
                 for key, n in ready]
@@ -99,12 +129,18 @@ class FakeEngine:
     def reset_prefix_cache(self) -> None:
         pass  # nothing cached
 
+    def failure(self) -> str | None:
+        return "fake engine process ended: killed by signal 9 (SIGKILL)" if self.failed == "death" else None
+
+    def kill(self) -> None:
+        self._queue.clear()
+
     def close(self) -> None:
         self._queue.clear()
         time.sleep(self.close_s)
 
 
-_HOOKS = {"stall", "reject", "on_poll", "on_start", "submitted", "polls", "_queue"}
+_HOOKS = {"stall", "reject", "on_poll", "on_start", "submitted", "polls", "starts", "failed", "_queue", "_unread"}
 # engine.extra keys of the fake backend: the engine's settings, and the pre-flight's delay
 SETTINGS = tuple(f.name for f in fields(FakeEngine) if f.name not in _HOOKS) + ("slow_preflight_s",)
 
@@ -118,10 +154,17 @@ def install(engine: FakeEngine | None) -> None:
     _installed = engine
 
 
-def start(args: dict[str, Any]) -> FakeEngine:
-    """A fake engine for these arguments (``engine_arguments``'), or the installed one."""
-    engine = _installed or FakeEngine(**{k: v for k, v in args.items() if k in SETTINGS})
-    return engine.start(args)
+_last: FakeEngine | None = None  # the engine a restart starts again (its count of starts goes on)
+
+
+def start(args: dict[str, Any], restart: bool = False) -> FakeEngine:
+    """A fake engine for these arguments (``engine_arguments``'), or the installed one; on a restart,
+    the one that failed, started again."""
+    global _last
+    if restart and _last is not None:
+        return _last.start(args, restart=True)
+    _last = _installed or FakeEngine(**{k: v for k, v in args.items() if k in SETTINGS})
+    return _last.start(args)
 
 
 def batch_of(key: str) -> int:

@@ -14,10 +14,13 @@ import gc
 import json
 import logging
 import os
+import signal
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from ..config import EngineSpec, ModelSpec
 from ..errors import EngineError, Interrupted, JobError, RowError
@@ -115,7 +118,7 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
     if cpu:
         args.update(CPU_OVERRIDES)
         args["max_num_seqs"] = min(args["max_num_seqs"], CPU_MAX_NUM_SEQS)
-    explicit = engine.model_dump(exclude={"backend", "profile", "extra"}, exclude_none=True)
+    explicit = engine.model_dump(exclude=EngineSpec.RUNNER_KEYS, exclude_none=True)
     if explicit.get("tensor_parallel_size") == "auto":
         explicit["tensor_parallel_size"] = max(1, visible_gpus())
     args.update(explicit)
@@ -302,12 +305,55 @@ class VllmEngine:
         if hasattr(self.llm, "reset_prefix_cache"):  # older vLLM lacks it
             self.llm.reset_prefix_cache()
 
+    def _processes(self) -> list:
+        """The engine core processes (multiprocessing's), where vLLM runs them apart from ours (its
+        default); none when it runs the core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0)."""
+        resources = getattr(getattr(self.engine, "engine_core", None), "resources", None)
+        return list(getattr(getattr(resources, "engine_manager", None), "processes", None) or ())
+
+    def failure(self) -> str | None:
+        """An engine core process that ended: vLLM 0.26 to 0.32 mark their client dead then, but a step
+        waiting for its output waits on (the run would hang)."""
+        for proc in self._processes():
+            if proc.exitcode is not None:
+                return f"engine process {proc.pid} ({proc.name}) ended: {exit_reason(proc.exitcode)}"
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL the engine core processes and theirs (the workers): a wedged core would not shut down."""
+        for proc in self._processes():
+            kill_tree(proc.pid)
+
     def close(self) -> None:
         core = getattr(self.engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         del self.llm, self.engine
         gc.collect()
+
+
+def exit_reason(code: int) -> str:
+    """A process's exit code in words (multiprocessing gives -N for signal N)."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants, the children first found (best effort: they may be gone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 def start_failure(args: dict[str, Any], error: BaseException) -> EngineError:

@@ -49,6 +49,7 @@ METRICS: dict[str, tuple[type[Metric], str]] = {
     "last_update_timestamp_seconds": (GaugeMetricFamily, "When this file was written."),
     "last_success_timestamp_seconds": (GaugeMetricFamily,
                                        "When a run of this shard last completed (exit status 0 or 3)."),
+    "engine_restarts_total": (CounterMetricFamily, "Engine restarts in this run, after a death or a stall."),
     "gpu_hours": (GaugeMetricFamily,
                   "GPU-hours of this run so far: its length times its engine's GPUs (engine-hours on a CPU)."),
     "cost": (GaugeMetricFamily, "Cost of this run so far at output.gpu_hour_price; absent without a price."),
@@ -66,6 +67,7 @@ class Snapshot:
     cached_prompt_tokens: int
     output_tokens: int
     output_tok_s: float
+    engine_restarts: int = 0
     exit_status: int | None = None  # None while running
     devices: int = 1  # GPUs of the engine (cost.devices_of)
     price: float | None = None  # per GPU-hour
@@ -85,6 +87,7 @@ def families(snap: Snapshot, job: str, shard: str, started: float, last_success:
         "cached_prompt_tokens_total": [(base, snap.cached_prompt_tokens)],
         "output_tokens_total": [(base, snap.output_tokens)],
         "output_tokens_per_second": [(base, round(snap.output_tok_s, 3))],
+        "engine_restarts_total": [(base, snap.engine_restarts)],
         "start_time_seconds": [(base, round(started, 3))],
         "duration_seconds": [(base, round(now - started, 3))],
         "last_update_timestamp_seconds": [(base, round(now, 3))],
@@ -186,7 +189,8 @@ class RunMetrics:
         self.file.update(Snapshot(
             rows=self.shard_rows, rows_done=self.before.rows + t.requests, errors_by_code=errors,
             prompt_tokens=t.prompt_tokens, cached_prompt_tokens=t.cached_prompt_tokens,
-            output_tokens=t.output_tokens, output_tok_s=self.committer.pace(), exit_status=exit_status,
+            output_tokens=t.output_tokens, output_tok_s=self.committer.pace(), engine_restarts=t.engine_restarts,
+            exit_status=exit_status,
             devices=self.devices, price=self.price),
             force=exit_status is not None)
 

@@ -86,6 +86,7 @@ class RunTotals:
     output_tokens: int = 0
     generation_s: float = 0.0  # first request submitted to last finished (or now, while running)
     error_codes: Counter = field(default_factory=Counter)
+    engine_restarts: int = 0  # set by the pipeline's recovery
 
     def add(self, stats: BatchStats, results: list[dict[str, Any]]) -> None:
         self.requests += stats.requests
@@ -108,4 +109,5 @@ class RunTotals:
             output_tokens=self.output_tokens, generation_s=round(g, 3), output_tok_s=round(self.output_tok_s, 1),
             total_tok_s=round(rate(self.prompt_tokens + self.output_tokens, g), 1),
             requests_s=round(rate(self.requests, g), 2),
-            cache_hit_rate=round(rate(self.cached_prompt_tokens, self.prompt_tokens), 4))
+            cache_hit_rate=round(rate(self.cached_prompt_tokens, self.prompt_tokens), 4),
+            engine_restarts=self.engine_restarts)

@@ -16,7 +16,7 @@ from ..inputs.digest import changed_files, files_content
 from ..observe.cost import cost_of, devices_of
 from ..output import resume
 from ..output.openai import write_openai_files
-from ..records import Summary
+from ..records import EngineFailure, Summary
 from .commit import Committer
 from .stop import StopRequest
 
@@ -24,7 +24,7 @@ log = logging.getLogger("batch_runner")
 
 
 def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engine_info: dict[str, Any],
-                 done_before: set[str]) -> tuple[ExitStatus, Summary]:
+                 done_before: set[str], failures: list[EngineFailure] = ()) -> tuple[ExitStatus, Summary]:
     """Check what is committed now against the run's ids; summary, marker and exit status."""
     job, shard, report, out = ctx.job, ctx.shard, ctx.pre.report, ctx.job.output_dir
     missing = report.shard_ids - resume.done_ids(out / "results", shard.label)
@@ -52,7 +52,8 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
         duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,
         skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.figures(),
         engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
-        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost, input_changed=changed or None)
+        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost, input_changed=changed or None,
+        engine_failures=list(failures) or None)
     with writing(out, RESUME_ADVICE):
         write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
         if complete:

@@ -12,11 +12,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..engines import Engine
 from ..engines.reasoning import ReasoningSplitter
+from ..engines.watch import EngineLost
 from ..errors import BatchRunnerError, EngineError, ExitStatus, RowError, StorageError, os_reason
 from ..inputs.readers import InputRow
 from ..inputs.template_bounds import RenderStopped
@@ -24,6 +25,7 @@ from ..observe.stats import BatchTimes
 from ..records import Completion, Request, ResultRow
 from .commit import Committer
 from .ordering import chunked
+from .recovery import Recovery
 from .requests import RequestBuilder
 from .rows import completed_result, error_result
 from .stop import StopRequest
@@ -60,8 +62,11 @@ class OpenBatch:
 class Pipeline:
     def __init__(self, builder: RequestBuilder, engine: Engine, committer: Committer, stop: StopRequest,
                  kept_names: list[str], batch_size: int, queue_target: int, flush_s: float,
-                 reasoning: ReasoningSplitter | None = None):
+                 reasoning: ReasoningSplitter | None = None, restart: Callable[[], Engine] | None = None,
+                 max_restarts: int = 0):
         self.builder, self.engine, self.committer, self.stop = builder, engine, committer, stop
+        self.restart = restart  # a new engine in place of one that failed (None: a failure ends the run)
+        self.recovery = Recovery(max_restarts if restart is not None else 0)
         self.reasoning = reasoning  # model.reasoning_parser's split of each text
         self.kept_names, self.batch_size, self.queue_target = kept_names, batch_size, queue_target
         self.flush_s = flush_s  # a finished row waits at most this long for its batch before it is committed
@@ -86,7 +91,7 @@ class Pipeline:
                         self.submit(number, batch)
                 except RenderStopped:  # none of the batch was submitted: its rows run on resume
                     break
-                while self.engine.unfinished() >= self.queue_target and not self.stop.requested:
+                while self._busy() and not self.stop.requested:
                     self.collect()
             while self.in_engine and not self.stop.requested:
                 self.collect()
@@ -126,8 +131,22 @@ class Pipeline:
         elif batch.unwritten and self.waiting_since is None:  # error rows wait for their batch too
             self.waiting_since = now
 
+    def _busy(self) -> bool:
+        """The engine holds enough, or requests sent again after a failure are still going back to it."""
+        return self.engine.unfinished() >= self.queue_target or self.recovery.active
+
     def collect(self) -> None:
-        completions = self.engine.poll()
+        if self.recovery.active:
+            self._send_again()
+        try:
+            completions = self.engine.poll()
+        except EngineLost as lost:
+            self._recover(lost)
+            return
+        if self.recovery.active:
+            self.recovery.stepped(self.in_engine)
+            if not self.recovery.active:
+                log.info("the requests in flight at the engine's failure are all back in it; new requests follow")
         with self.lock:
             for c in completions:
                 self._finished(c)
@@ -149,6 +168,58 @@ class Pipeline:
         batch.pending -= 1
         if batch.pending == 0:
             self._commit(batch)
+
+    def _recover(self, lost: EngineLost) -> None:
+        """The engine failed: save what finished, quarantine what failed it twice, then restart it and
+        send the rest again (``recovery``), or end the run once the restarts are spent."""
+        if self.stop.requested:  # a stop signal reaches the engine's processes too: not a failure
+            raise lost
+        with self.lock:
+            quarantined = self.recovery.failed(lost.cause, list(self.in_engine))
+            for key in quarantined:
+                self._quarantine(key)
+            if any(b.unwritten for b in self.open.values()):
+                self._flush()  # every finished row is saved before the restart
+        self.committer.totals.engine_restarts = self.recovery.restarts
+        failures = len(self.recovery.failures)
+        if self.recovery.exhausted:
+            self.engine.kill()
+            raise EngineError(f"the engine failed {failures} time{'s' if failures > 1 else ''} in this run, more than "
+                              f"engine.max_restarts ({self.recovery.max_restarts}) allows; the last time: {lost.cause}.\n"
+                              "Finished rows were saved; rerun the job to resume.") from lost
+        log.warning("the engine failed (%s)%s; restarting it (restart %d of at most %d) and sending its %d "
+                    "unfinished requests again", lost.cause,
+                    f"; {len(quarantined)} requests in flight at this failure and the last were set aside as "
+                    "engine_failed rows" if quarantined else "",
+                    failures, self.recovery.max_restarts, len(self.in_engine))
+        self.engine = self.restart()
+
+    def _quarantine(self, key: str) -> None:
+        """A request in flight at two failures in a row: its row becomes an engine_failed error row."""
+        request = self.in_engine.pop(key)
+        first, last = self.recovery.failures[-2].cause, self.recovery.failures[-1].cause
+        error = RowError("engine_failed", f"the engine failed twice in a row with this request in flight ({first}; "
+                                          f"then {last}); it was set aside so that the job goes on "
+                                          "(--retry-errors runs it again)")
+        self._ended_in_error(request, error)
+
+    def _ended_in_error(self, request: Request, error: RowError) -> None:
+        """A request taken out of the engine's flight with an error: its row is an error row."""
+        error.prompt_tokens = len(request.token_ids)
+        batch = self.open[request.batch]
+        batch.error(request.position, error)
+        batch.pending -= 1
+        if batch.pending == 0:
+            self._commit(batch)
+
+    def _send_again(self) -> None:
+        """The next wave of the requests in flight at the last failure, to the new engine."""
+        for key in self.recovery.next_wave(self.in_engine):
+            try:
+                self.engine.submit(self.in_engine[key])
+            except RowError as e:  # the engine took it before; a new one refusing it is its row's error
+                with self.lock:
+                    self._ended_in_error(self.in_engine.pop(key), e)
 
     def _commit(self, batch: OpenBatch) -> None:
         """The batch is done (or the run stops): its unwritten rows as its part, then its stats row."""

@@ -26,8 +26,9 @@ from typing import Any
 import pyarrow as pa
 
 from ..config import JobSpec
-from ..engines import Engine, check_backend, get_engine, max_num_seqs
+from ..engines import Engine, check_backend, get_engine, max_num_seqs, restart_engine
 from ..engines.vllm_engine import is_cpu_platform, vllm_version
+from ..engines.watch import WatchedEngine
 from ..errors import EngineError, ExitStatus, StorageError, writing
 from ..inputs.assignment import ALL, Shard
 from ..inputs.preflight import Preflight, ShardInput, preflight, preview
@@ -145,10 +146,12 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
         "job": job.name, "model": job.model.name, "run_id": run_id, "shard": ctx.shard.label,
         "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
     committer = Committer(PartWriter(out, ctx.shard.label, run_id, meta, job.output.compression), kept,
-                          len(todo), getattr(engine, "counters", lambda: None), TIMELINE_INTERVAL_S,
+                          len(todo), lambda: pipeline.engine.counters() if pipeline else None, TIMELINE_INTERVAL_S,
                           reasoning=ctx.pre.reasoning is not None)
-    pipeline = Pipeline(RequestBuilder(job, ctx.pre.renderer, run_id), engine, committer, stop, kept.names,
-                        job.output.batch_size, _queue_target(args, job), job.output.flush_s, ctx.pre.reasoning) \
+    pipeline = Pipeline(RequestBuilder(job, ctx.pre.renderer, run_id),
+                        WatchedEngine(engine, job.engine.stall_timeout_s), committer, stop, kept.names,
+                        job.output.batch_size, _queue_target(args, job), job.output.flush_s, ctx.pre.reasoning,
+                        restart=lambda: _restart_engine(ctx, stop, args), max_restarts=job.engine.max_restarts) \
         if engine is not None else None
     metrics = RunMetrics.for_shard(job, ctx.shard.label, ctx.pre.report.shard_rows, committer,
                                    pipeline.lock if pipeline else threading.Lock(), args)
@@ -160,7 +163,8 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
             if pipeline is not None:
                 committer.started()
                 pipeline.run(rows_to_run(job, ctx.pre.membership.owns, done, ctx.pre.renderer.prefix_key))
-        ended, summary = finish_shard(ctx, committer, stop, run_id, engine_info, done)
+        ended, summary = finish_shard(ctx, committer, stop, run_id, engine_info, done,
+                                      pipeline.recovery.failures if pipeline else [])
         status = int(ended)
         return RunResult(ended, out, summary)
     except BaseException as e:
@@ -189,6 +193,17 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
         stop.starting = False
     ctx.pre.renderer.max_model_len = engine.max_model_len
     return args | {"ignored": dropped}, engine
+
+
+def _restart_engine(ctx: _Context, stop: StopRequest, args: dict[str, Any]) -> WatchedEngine:
+    """A new engine in place of the one that failed, watched as the first was; a stop during its start
+    ends the run as a stop during the first start does."""
+    stop.starting = True
+    try:
+        engine = restart_engine(args, ctx.job.engine.backend)
+    finally:
+        stop.starting = False
+    return WatchedEngine(engine, ctx.job.engine.stall_timeout_s)
 
 
 def _queue_target(args: dict[str, Any], job: JobSpec) -> int:

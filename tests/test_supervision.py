@@ -52,6 +52,19 @@ def test_an_engine_that_dies_is_restarted_within_seconds_and_every_row_is_answer
     assert "restarting it (restart 1 of at most 2)" in result.output
     metrics = next((tmp_path / "metrics").glob("*.prom")).read_text()
     assert 'batch_run_engine_restarts_total{batch_job="summarize",shard="0000-of-0001"} 1.0' in metrics
+    report = cli("report", tmp_path / "out")
+    assert "engine  failed 1 time in the latest runs" in report.output and "killed by signal 9" in report.output
+    assert "restarted 1 time; last failure: fake engine process ended" in result.output  # the closing table
+
+
+def test_each_shard_of_a_node_run_restarts_its_own_engine(cli, tmp_path):
+    job = job_file(tmp_path, engine={"extra": {"per_poll": 2, "fail_after": 3}}, executor={"data_parallel": 2})
+    result = cli("run", job)
+    assert result.exit_code == 0, result.output
+    results(tmp_path)
+    for label in ("0000-of-0002", "0001-of-0002"):
+        s = json.loads((tmp_path / "out" / f"summary-{label}.json").read_text())
+        assert s["this_run"]["engine_restarts"] == 1, s
 
 
 def test_an_engine_that_stalls_is_restarted_after_the_stall_timeout(cli, tmp_path):
@@ -146,9 +159,9 @@ class _Lines:
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(stream), daemon=True).start()
 
-    def wait_for(self, text: str, proc: subprocess.Popen, timeout: float) -> None:
+    def wait_for(self, text: str, proc: subprocess.Popen, timeout: float, times: int = 1) -> None:
         deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
+        while sum(text in line for line in self.lines) < times:
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"no {text!r}:\n" + "".join(self.lines)[-4000:])
             time.sleep(0.2)
@@ -166,13 +179,13 @@ def _kill_core(proc: subprocess.Popen, lines: _Lines) -> int:
 
 @pytest.mark.engine
 def test_the_real_engine_core_killed_twice_mid_run_the_run_still_answers_every_row_once(tmp_path):
-    rows = 96
+    rows = 128
     data = write_jsonl(tmp_path / "in.jsonl", news_rows(rows))
     job = write_job(tmp_path, input={"path": str(data)}, sampling={"max_tokens": 24},
                     output={"batch_size": 8}, engine={"max_num_seqs": 16})
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(batch_run_cmd("run", job), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(batch_run_cmd("run", job, "--verbose"), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     lines = _Lines(proc.stderr)
     try:
@@ -186,7 +199,7 @@ def test_the_real_engine_core_killed_twice_mid_run_the_run_still_answers_every_r
             killed = _kill_core(proc, lines)
             lines.wait_for(f"restarting it (restart {n} of at most 2)", proc, 60)
             assert not psutil.pid_exists(killed) or psutil.Process(killed).status() == psutil.STATUS_ZOMBIE
-            lines.wait_for("are all back in it" if n == 1 else "", proc, 300)
+            lines.wait_for("are all back in it", proc, 300, times=n)  # (a kill on probation would quarantine its wave)
         assert proc.wait(timeout=600) == 0, "".join(lines.lines)[-4000:]
     finally:
         if proc.poll() is None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from ..errors import RowError
 from ..records import Completion, Request
 from .base import Engine
 
@@ -61,9 +62,12 @@ class WatchedEngine:
         self.inner, self.stall_timeout_s, self.check_s = engine, stall_timeout_s, check_s
         self.max_model_len, self.stop_grace_s = engine.max_model_len, engine.stop_grace_s
         self._stepper = _Stepper()
+        self.lost: EngineLost | None = None  # found dead outside a step
 
     def poll(self) -> list[Completion]:
         """The inner engine's step, or ``EngineLost`` when its process dies or it makes no progress."""
+        if self.lost is not None:
+            raise self.lost
         step = self._stepper.call(self.inner.poll)
         began = time.monotonic()
         while True:
@@ -82,13 +86,24 @@ class WatchedEngine:
                                  f"in flight (engine.stall_timeout_s {self.stall_timeout_s:g})")
 
     def submit(self, request: Request) -> None:
-        self.inner.submit(request)
+        """Queue a request; once the engine is found dead here (vLLM refuses requests then), the request
+        counts as sent: the next ``poll`` raises ``EngineLost``, and the runner sends it again after the restart."""
+        if self.lost is not None:
+            return
+        try:
+            self.inner.submit(request)
+        except RowError:
+            raise
+        except Exception as e:  # vLLM's EngineDeadError: the core process is gone
+            self.lost = EngineLost(self.inner.failure() or f"the engine refused a request: {type(e).__name__}: "
+                                                            f"{str(e)[:300]}")
 
     def unfinished(self) -> int:
         return self.inner.unfinished()
 
     def abort(self, keys: list[str]) -> None:
-        self.inner.abort(keys)
+        if self.lost is None:
+            self.inner.abort(keys)
 
     def counters(self):
         counters = getattr(self.inner, "counters", None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from ..output.job_record import JobRecord
 from ..output.parts import committed_parts
 from ..output.resume import output_locked
 from ..output.status import ShardState, shard_states
+from ..records import EngineFailure, Summary
 from .stats import rate
 
 CHARTS = ("throughput", "cache_hit", "output_tokens", "outcomes")
@@ -38,6 +39,7 @@ class Report:
     stats: Any  # pandas DataFrame, one row per committed batch
     results: Any  # pandas DataFrame: output_tokens, error_code, finish_reason
     timeline: Any  # pandas DataFrame, one row per interval of generation (may be empty)
+    failures: list[EngineFailure] = field(default_factory=list)  # of the engine, in each shard's latest run
 
     def generation_s(self, shard: str | None = None) -> float:
         """Engine-seconds of generation: the timeline's intervals (shards side by side add up)."""
@@ -80,7 +82,14 @@ def load(out: Path) -> Report:
     results = _table(out / "results", ["output_tokens", "error_code", "finish_reason"])
     empty = pd.DataFrame({"output_tokens": [], "error_code": [], "finish_reason": []})
     return Report(out, job, shards, running, stats if stats is not None else pd.DataFrame(),
-                  results if results is not None else empty, timeline if timeline is not None else pd.DataFrame())
+                  results if results is not None else empty, timeline if timeline is not None else pd.DataFrame(),
+                  _engine_failures(out, shards))
+
+
+def _engine_failures(out: Path, shards: list[ShardState]) -> list[EngineFailure]:
+    """The engine's failures in each shard's latest run, from its summary (where it wrote one)."""
+    names = ["summary.json"] if len(shards) == 1 else [f"summary-{s.shard.label}.json" for s in shards]
+    return [f for name in names if (s := Summary.load(out / name)) for f in s.engine_failures or ()]
 
 
 # -- numbers ---------------------------------------------------------------------------------------
@@ -155,7 +164,16 @@ def summary_lines(r: Report, f: dict[str, Any]) -> list[tuple[str, str]]:
                        f"{f['requests_s']:,.2f} req/s per engine"),
         ("duration", f"{_duration(f['generation_s'])} of generation in {f['batches']} batches over {f['runs']} run(s); "
                      f"{f['first_batch']:%Y-%m-%d %H:%M} to {f['last_batch']:%Y-%m-%d %H:%M} UTC"),
-        ("GPU memory", gpu)]
+        ("GPU memory", gpu)] + _restarts_line(r)
+
+
+def _restarts_line(r: Report) -> list[tuple[str, str]]:
+    """The engine restarts of the latest runs, where there were any (a row quarantined by one is an error row)."""
+    if not r.failures:
+        return []
+    n = len(r.failures)
+    return [("engine", f"failed {n} time{'s' if n > 1 else ''} in the latest runs (restarted, up to engine.max_restarts); "
+                       f"last: {r.failures[-1].cause}")]
 
 
 def text(r: Report, f: dict[str, Any]) -> str:

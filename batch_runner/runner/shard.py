@@ -151,7 +151,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
     pipeline = Pipeline(RequestBuilder(job, ctx.pre.renderer, run_id),
                         WatchedEngine(engine, job.engine.stall_timeout_s), committer, stop, kept.names,
                         job.output.batch_size, _queue_target(args, job), job.output.flush_s, ctx.pre.reasoning,
-                        restart=lambda: _restart_engine(ctx, stop, args), max_restarts=job.engine.max_restarts) \
+                        restart=lambda: _restart_engine(ctx, stop), max_restarts=job.engine.max_restarts) \
         if engine is not None else None
     metrics = RunMetrics.for_shard(job, ctx.shard.label, ctx.pre.report.shard_rows, committer,
                                    pipeline.lock if pipeline else threading.Lock(), args)
@@ -195,12 +195,12 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
     return args | {"ignored": dropped}, engine
 
 
-def _restart_engine(ctx: _Context, stop: StopRequest, args: dict[str, Any]) -> WatchedEngine:
-    """A new engine in place of the one that failed, watched as the first was; a stop during its start
-    ends the run as a stop during the first start does."""
+def _restart_engine(ctx: _Context, stop: StopRequest) -> WatchedEngine:
+    """A new engine in place of the one that failed, with the same arguments, watched as the first was;
+    a stop during its start ends the run as a stop during the first start does."""
     stop.starting = True
     try:
-        engine = restart_engine(args, ctx.job.engine.backend)
+        engine = restart_engine(dict(ctx.pre.engine_args), ctx.job.engine.backend)
     finally:
         stop.starting = False
     return WatchedEngine(engine, ctx.job.engine.stall_timeout_s)

@@ -84,8 +84,8 @@ def test_each_index_runs_its_shard_and_the_array_completes_the_job(cli, job, tmp
     ({"BATCH_TASK_INDEX": "-1", "BATCH_TASK_COUNT": "2"}, "BATCH_TASK_INDEX=-1 is not an index of an array of 2 tasks"),
     ({"BATCH_TASK_INDEX": "0", "BATCH_TASK_COUNT": "0"}, "BATCH_TASK_COUNT=0: an array has at least 1 task"),
     ({"BATCH_TASK_INDEX": "0"}, "BATCH_TASK_INDEX=0 but the number of tasks is unknown (BATCH_TASK_COUNT is not set)"),
-    ({"JOB_COMPLETION_INDEX": "1"}, "JOB_COMPLETION_INDEX=1 but the number of tasks is unknown (BATCH_RUN_SHARDS is "
-                                    "not set): set BATCH_RUN_SHARDS in the manifest to the Job's spec.completions"),
+    ({"JOB_COMPLETION_INDEX": "1"}, ("JOB_COMPLETION_INDEX=1 but the number of tasks is unknown (BATCH_RUN_SHARDS is "
+                                     "not set): set BATCH_RUN_SHARDS in the manifest to the Job's spec.completions")),
     ({"JOB_COMPLETION_INDEX": "1", "AWS_BATCH_JOB_ARRAY_INDEX": "1", "AWS_BATCH_JOB_ARRAY_SIZE": "3"},
      "more than one scheduler: aws_batch (AWS_BATCH_JOB_ARRAY_INDEX), kubernetes (JOB_COMPLETION_INDEX); choose one"),
     ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3", "BATCH_TASK_INDEX": "1", "BATCH_TASK_COUNT": "3"},

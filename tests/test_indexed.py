@@ -74,6 +74,21 @@ def test_each_index_runs_its_shard_and_the_array_completes_the_job(cli, job, tmp
     assert merged["error_code"].isna().all()
 
 
+@pytest.mark.parametrize("env, kind", [
+    ({}, "local"),
+    ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}, "slurm"),
+    *((task_env(k, 0, 2), k) for k in sorted(SCHEDULERS)),
+    ({"JOB_COMPLETION_INDEX": "0"}, "kubernetes"),  # recognised by its index alone (its count may be executor.shards)
+])
+def test_auto_is_the_scheduler_whose_index_is_set(tmp_path, env, kind):
+    from batch_runner.config import load_job
+    from batch_runner.executors import executor_kind
+
+    job = load_job(write_job(tmp_path))
+    assert executor_kind(job, None, env) == kind
+    assert executor_kind(job, "local", env) == "local"  # a kind named is the kind run
+
+
 @pytest.mark.parametrize("env, says", [
     ({"AWS_BATCH_JOB_ARRAY_INDEX": "x", "AWS_BATCH_JOB_ARRAY_SIZE": "3"},
      "AWS_BATCH_JOB_ARRAY_INDEX='x' is not a whole number"),

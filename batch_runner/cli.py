@@ -72,10 +72,12 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True, help="Validate, render and print the first prompts with token counts; start no engine.")
 @click.option("--fresh", is_flag=True, help="Move existing results aside (to DIR.replaced-TIME) and start over.")
 @click.option("--retry-errors", is_flag=True, help="Run again the rows whose earlier result is an error.")
-@click.option("--shard", "shard_text", metavar="I/N", help="Run only shard I of N (0-based). Default: from Slurm's array variables.")
+@click.option("--shard", "shard_text", metavar="I/N",
+              help="Run only shard I of N (0-based). Default: from the array variables of Slurm, AWS Batch, "
+                   "Google Cloud Batch or a Kubernetes Indexed Job.")
 @click.option("--executor", type=click.Choice(EXECUTOR_KINDS),
-              help="Where the shards run (overrides executor.kind): local, node, slurm, ray; auto: slurm in an "
-                   "array task.")
+              help="Where the shards run (overrides executor.kind): local, node, slurm, ray, aws_batch, gcp_batch, "
+                   "kubernetes; auto: the scheduler whose array task this is, else local.")
 @click.option("--metrics-dir", type=click.Path(file_okay=False),
               help="node_exporter textfile directory for Prometheus metrics (overrides output.metrics_dir).")
 @click.option("-v", "--verbose", is_flag=True, help="Log batch-runner's decisions (info level).")
@@ -313,16 +315,20 @@ def status_cmd(output_dir: str) -> None:
     """Show which shards of OUTPUT_DIR are complete, partial or missing.
 
     Prints the Slurm array indices to resubmit, assuming the array was --array=0-(N-1) (with
-    executor.data_parallel D, array task I ran shards I*D to I*D+D-1).
+    executor.data_parallel D, array task I ran shards I*D to I*D+D-1); for an output made by an AWS
+    Batch, Google Cloud Batch or Kubernetes Indexed Job array, how to run its missing indices there.
     Exit status 0 when every shard is complete, 1 otherwise.
     """
     from pathlib import Path
 
-    from .output.status import array_ranges, array_tasks, shard_states
+    from .executors.indexed import SCHEDULERS, rerun_advice
+    from .output.job_record import JobRecord
+    from .output.status import array_ranges, array_size, array_tasks, shard_states
 
     try:
         states = shard_states(Path(output_dir))
         tasks = array_tasks(Path(output_dir), states)
+        kind = JobRecord.require(Path(output_dir)).executor_kind
     except BatchRunnerError as e:
         _fail(e)
     click.echo(f"{'shard':>12}  {'state':<9} {'rows':>8} {'errors':>7}")
@@ -335,7 +341,9 @@ def status_cmd(output_dir: str) -> None:
                f"{sum(s.errors for s in states)} errors")
     if running:
         click.echo(f"running now: {', '.join(running)} (a run holds the lock; not to resubmit)")
-    if tasks:
+    if tasks and kind in SCHEDULERS:
+        click.echo("\n".join(rerun_advice(kind, tasks, array_size(Path(output_dir)))))
+    elif tasks:
         click.echo(f"resubmit: --array={array_ranges(tasks)}")
     sys.exit(0 if not todo else 1)
 

@@ -216,20 +216,25 @@ class OutputSpec(_Section):
 
 
 # "auto" and the executors' names (executors.EXECUTORS; a test checks that the two agree: config
-# must not import the executors, which sit above it).
-ExecutorKind = Literal["auto", "local", "node", "slurm", "ray"]
+# must not import the executors, which sit above it). IndexedKind: the cloud schedulers whose array
+# index is the shard (executors/indexed.py), as Slurm's is.
+IndexedKind = Literal["aws_batch", "gcp_batch", "kubernetes"]
+ExecutorKind = Literal["auto", "local", "node", "slurm", "ray", IndexedKind]
 
 
 class ExecutorSpec(_Section):
     kind: ExecutorKind = Field(
         "auto", description="Where the shards run: local (this process; with executor.data_parallel, one process per "
                             "engine), node (several engines on this node), slurm (the array task's shard), ray (Ray "
-                            "tasks); auto: slurm inside a Slurm array task, else local.")
+                            "tasks), aws_batch, gcp_batch, kubernetes (the array task's shard: AWS Batch, Google Cloud "
+                            "Batch, a Kubernetes Indexed Job); auto: the scheduler whose array variables are set "
+                            "(refused when two are), else local.")
     data_parallel: int | Auto = Field(1, description="Engine processes on this node, one GPU each, each on its own "
                                                      "shard (formerly engine.data_parallel).")
     ray_address: str = Field("auto", description="Ray: the cluster to join, as ray.init(address=...) takes it.")
     shards: int | Auto = Field("auto", description="Ray: how many shards (one task each); auto: one per engine that "
-                                                   "the cluster's GPUs hold.")
+                                                   "the cluster's GPUs hold. Kubernetes: the Indexed Job's completions "
+                                                   "(auto: from the variable BATCH_RUN_SHARDS).")
     max_retries: int = Field(3, ge=0, description="Ray: how often a shard's task is retried after its worker is lost.")
 
     @field_validator("shards")

@@ -51,6 +51,13 @@ class JobRecord:
         dp = (job.get("executor") or {}).get("data_parallel", (job.get("engine") or {}).get("data_parallel", 1))
         return dp if isinstance(dp, int) and dp > 0 else 1
 
+    @property
+    def executor_kind(self) -> str:
+        """The executor that created the output, as its job says (a cloud scheduler's array records its
+        own name even when chosen by ``auto``; "auto" otherwise, and in a record that predates the key)."""
+        kind = ((self.job or {}).get("executor") or {}).get("kind", "auto")
+        return kind if isinstance(kind, str) else "auto"
+
     @cached_property
     def spec(self) -> JobSpec | None:
         """The recorded job as a ``JobSpec`` (None: the record has none); raises JobError where it

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from ..atomic import atomic_write
+from ..config import IndexedKind
 from ..errors import JobError, ResumeConflict
 from ..inputs.assignment import Shard
 from .job_record import JobRecord
@@ -66,7 +68,8 @@ def shard_states(out: Path) -> list[ShardState]:
 
 
 def array_size(out: Path) -> int | None:
-    """The array size of an output's Slurm tasks, fixed by its first run; None for a new output."""
+    """The array size of an output's array tasks (Slurm's, or a cloud scheduler's), fixed by its first
+    run; None for a new output."""
     record = JobRecord.load(out)
     if record is None:
         return None
@@ -102,7 +105,10 @@ def unfinished_message(out: Path, states: list[ShardState]) -> str:
     if running:
         says.append(f"running now: {array_ranges(running)} (wait for them to finish)")
     if tasks := array_tasks(out, states):
-        says.append(f"resubmit (sbatch --array={array_ranges(tasks)} ..., or rerun the job)")
+        if JobRecord.require(out).executor_kind in get_args(IndexedKind):  # a cloud scheduler's array
+            says.append(f"run array indices {array_ranges(tasks)} again (`batch-run status {out}` says how)")
+        else:
+            says.append(f"resubmit (sbatch --array={array_ranges(tasks)} ..., or rerun the job)")
     return "; ".join(says) + "; then merge"
 
 

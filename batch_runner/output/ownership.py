@@ -115,7 +115,9 @@ def _schema(folder: str, record: dict[str, Any]) -> pa.Schema | None:
     if "kept_schema" not in record:
         return None
     model = (record.get("fingerprint") or {}).get("model") or {}
-    return results_schema(schema_from_record(record["kept_schema"]), model.get("reasoning_parser") is not None)
+    openai = ((record.get("job") or {}).get("input") or {}).get("format") == "openai"
+    return results_schema(schema_from_record(record["kept_schema"]), model.get("reasoning_parser") is not None,
+                          logprobs=openai)
 
 
 def refuse_foreign(out: Path, record: dict[str, Any] | None) -> None:

@@ -22,7 +22,7 @@ from ..engines.reasoning import ReasoningSplitter, load_reasoning_parser
 from ..errors import JobError, RowError
 from .assignment import Assignment, Membership, Shard, assign
 from .digest import InputContent, dataset_content, files_content
-from .openai_batch import TOOLS
+from .openai_batch import TOOLS, check_request
 from .prompts import PromptRenderer
 from .readers import INVALID, describe_source, iter_rows, row_id
 from .sampling import check_sampling
@@ -207,6 +207,8 @@ def preview(spec: InputSpec, renderer: PromptRenderer, report: InputReport, n: i
             break
         rid = str(row_id(spec, row.index, row.data))
         try:
+            if spec.format == "openai":
+                check_request(row.data)  # a line that cannot run as written: why, not a missing prompt
             r = renderer.render(row.data)
         except RowError as e:
             shown.append({"id": rid, "error": str(e)})

@@ -257,8 +257,8 @@ def test_an_sdk_batch_file_runs_with_per_line_errors(cli, fake, tmp_path):
                                    "engine": {"backend": "fake"}, "output": {"dir": str(tmp_path / "out"), "openai": True}}))
     result = cli("run", job)
     assert result.exit_code == 3, result.output
-    read = lambda name: [json.loads(x) for x in (tmp_path / "out" / "openai" / name).read_text().splitlines()]  # noqa: E731
-    ok, errors = read("results.jsonl"), read("errors.jsonl")
+    ok, errors = ([json.loads(x) for x in (tmp_path / "out" / "openai" / name).read_text().splitlines()]
+                  for name in ("results.jsonl", "errors.jsonl"))
     assert sorted(x["custom_id"] for x in ok) == ["cmpl", "tools"]
     for line in ok:
         model = ChatCompletion if line["custom_id"] != "cmpl" else Completion
@@ -269,3 +269,7 @@ def test_an_sdk_batch_file_runs_with_per_line_errors(cli, fake, tmp_path):
     assert by_id["parts"].code == "invalid_json"  # response_format applied: the fake's text is no JSON
     assert by_id["embed"].message.startswith("url /v1/embeddings:")
     assert by_id["top"].code == "invalid_sampling" and by_id["top"].message == "body.top_logprobs: needs logprobs: true"
+    # the results' logprobs column is part of the output's layout: recorded, and a rerun resumes with it
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["fingerprint"]["logprobs_column"] is True
+    again = cli("run", job)
+    assert again.exit_code == 3 and "6 were done before" in again.output, again.output

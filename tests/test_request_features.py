@@ -108,7 +108,7 @@ def test_an_openai_sdk_batch_file_runs_and_every_line_validates(cli, tmp_path):
                                                                             {"type": "text", "text": "colour."}]}]
     bodies: dict[str, tuple[str, ChatParams | CompletionParams]] = {
         "parts": (CHAT, {"model": "smollm2", "messages": parts, "max_completion_tokens": 6, "logprobs": True,
-                         "top_logprobs": 2}),
+                         "top_logprobs": 2, "temperature": 0}),
         "tools": (CHAT, {"model": "smollm2", "messages": tool_chat, "tools": [weather], "tool_choice": "auto",
                          "max_completion_tokens": 8, "seed": 3, "stop": ["\n\n"]}),
         "plain": (CHAT, {"model": "smollm2", "messages": parts, "max_tokens": 4, "logprobs": True}),
@@ -136,14 +136,15 @@ def test_an_openai_sdk_batch_file_runs_and_every_line_validates(cli, tmp_path):
     assert chats["tools"].choices[0].logprobs is None  # not asked
     asked = chats["parts"].choices[0].logprobs.content
     assert len(asked) == chats["parts"].usage.completion_tokens > 0  # one entry per generated token
-    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 and t.bytes for t in asked)
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 and t.bytes is not None for t in asked)
     assert all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in asked)
-    assert "".join(t.token for t in asked) == chats["parts"].choices[0].message.content
+    # (the end-of-text token, when generated, is among the tokens but not in the text)
+    assert "".join(t.token for t in asked).startswith(chats["parts"].choices[0].message.content)
     plain = chats["plain"].choices[0].logprobs.content  # logprobs true alone: the sampled tokens' own only
     assert plain and all(t.top_logprobs == [] for t in plain)
     cmpl = Completion.model_validate(bodies_out["cmpl"])
     assert cmpl.id.startswith("cmpl-") and len(cmpl.choices[0].logprobs.tokens) == cmpl.usage.completion_tokens
-    assert all(len(top) == 2 for top in cmpl.choices[0].logprobs.top_logprobs)
+    assert all(1 <= len(top) <= 2 for top in cmpl.choices[0].logprobs.top_logprobs)  # (two may read alike)
 
 
 def test_per_row_sampling_from_columns(cli, tmp_path):

@@ -24,9 +24,11 @@ INVALID, UNSUPPORTED = "invalid_request", "unsupported_request"
 _IGNORED = {"model", "user", "metadata", "store", "stream", "stream_options", "service_tier", "safety_identifier",
             "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "parallel_tool_calls"}
 _NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
-# vLLM's own request extensions (as its server takes them): SamplingParams fields of 0.26 and 0.32 alike.
-_VLLM_EXTRAS = {"top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "skip_special_tokens",
-                "stop_token_ids", "include_stop_str_in_output", "spaces_between_special_tokens"}
+# vLLM's own request extensions (as its server takes them), SamplingParams fields of 0.26 and 0.32
+# alike, with their types: a value of another type would pass SamplingParams and kill the engine core.
+_VLLM_EXTRAS = {"top_k": int, "min_tokens": int, "min_p": float, "repetition_penalty": float, "ignore_eos": bool,
+                "skip_special_tokens": bool, "include_stop_str_in_output": bool,
+                "spaces_between_special_tokens": bool, "stop_token_ids": list}
 _CHAT_ONLY = {"messages", "tools", "tool_choice", "logprobs", "top_logprobs", "max_completion_tokens",
               "response_format", "modalities"}
 _COMPLETION_ONLY = {"prompt", "logprobs", "echo", "suffix", "best_of"}
@@ -49,6 +51,22 @@ def _number(body: dict[str, Any], key: str) -> float | None:
     value = body.get(key)
     if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
         raise _fail("invalid_sampling", key, f"must be a number, got {value!r}")
+    return None if value is None else float(value)
+
+
+def _extra(body: dict[str, Any], key: str) -> Any:
+    """One of vLLM's extensions, of its type."""
+    kind = _VLLM_EXTRAS[key]
+    if kind is int:
+        return _int(body, key, -1)
+    if kind is float:
+        return _number(body, key)
+    value = body.get(key)
+    if kind is bool and value is not None and not isinstance(value, bool):
+        raise _fail("invalid_sampling", key, f"must be true or false, got {value!r}")
+    if kind is list and value is not None and not (
+            isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise _fail("invalid_sampling", key, f"must be a list of token ids, got {value!r}")
     return value
 
 
@@ -111,7 +129,7 @@ def _refuse(body: dict[str, Any], chat: bool) -> None:
             raise _fail(UNSUPPORTED, "suffix", "a suffix (insertion) is not supported")
         if body.get("best_of") not in (None, 1, body.get("n")):
             raise _fail(UNSUPPORTED, "best_of", "vLLM's engine has no best_of; use n")
-    allowed = _IGNORED | set(_NUMBERS) | _VLLM_EXTRAS | (_CHAT_ONLY if chat else _COMPLETION_ONLY) | {
+    allowed = _IGNORED | set(_NUMBERS) | set(_VLLM_EXTRAS) | (_CHAT_ONLY if chat else _COMPLETION_ONLY) | {
         "max_tokens", "seed", "stop", "n", "logit_bias", "modalities"}
     for key, value in body.items():
         if key not in allowed and value is not None:
@@ -123,7 +141,7 @@ def sampling_from_body(body: dict[str, Any], chat: bool = True) -> dict[str, Any
     """The body's generation fields under batch-run's sampling names (vLLM's ``SamplingParams``
     keywords, plus ``json_schema``); ``RowError`` naming the field where one cannot apply."""
     _refuse(body, chat)
-    out: dict[str, Any] = {key: body[key] for key in _VLLM_EXTRAS if body.get(key) is not None}
+    out: dict[str, Any] = {key: _extra(body, key) for key in _VLLM_EXTRAS}
     max_tokens = _int(body, "max_completion_tokens", 1) if chat else None
     out["max_tokens"] = max_tokens if max_tokens is not None else _int(body, "max_tokens", 1)
     out |= {key: _number(body, key) for key in _NUMBERS}

@@ -246,10 +246,10 @@ def test_an_sdk_batch_file_runs_with_per_line_errors(cli, fake, tmp_path):
         {"custom_id": "tools", "method": "POST", "url": CHAT, "body": chat},
         {"custom_id": "parts", "method": "POST", "url": CHAT,
          "body": {"model": "m", "messages": [TOOL_CHAT[1]], "response_format": {"type": "json_object"}}},
-        {"custom_id": "cmpl", "method": "POST", "url": COMPLETIONS, "body": {"model": "m", "prompt": "1, 2,",
-                                                                             "logprobs": 1}},
         {"custom_id": "image", "method": "POST", "url": CHAT, "body": {"model": "m", "messages": [
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}},
+        {"custom_id": "cmpl", "method": "POST", "url": COMPLETIONS, "body": {"model": "m", "prompt": "1, 2,",
+                                                                             "logprobs": 1}},
         {"custom_id": "embed", "method": "POST", "url": "/v1/embeddings", "body": {"model": "m", "input": "x"}},
         {"custom_id": "top", "method": "POST", "url": CHAT, "body": {"model": "m", "messages": [USER],
                                                                      "top_logprobs": 3}},
@@ -258,6 +258,8 @@ def test_an_sdk_batch_file_runs_with_per_line_errors(cli, fake, tmp_path):
     job.write_text(yaml.safe_dump({"name": "oai", "model": {"name": "smollm2-135m-instruct"},
                                    "input": {"path": str(write_jsonl(tmp_path / "b.jsonl", lines)), "format": "openai"},
                                    "engine": {"backend": "fake"}, "output": {"dir": str(tmp_path / "out"), "openai": True}}))
+    preview = cli("run", job, "--dry-run")  # the first rows: a line that cannot run shows why, not "no prompt"
+    assert "--- id image: unsupported_request: body.messages[0].content[0]: a 'image_url' part" in preview.output
     result = cli("run", job)
     assert result.exit_code == 3, result.output
     ok, errors = ([json.loads(x) for x in (tmp_path / "out" / "openai" / name).read_text().splitlines()]

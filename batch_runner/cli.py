@@ -168,12 +168,13 @@ def _prepare(job_file: str, overrides: tuple[str, ...]):
     from .engines import engine_arguments
     from .engines.models import context_length, load_tokenizer, resolve_model
     from .engines.vllm_engine import is_cpu_platform
+    from .inputs.openai_batch import TOOLS
     from .inputs.prompts import PromptRenderer
 
     job = load_job(job_file, list(overrides))
     model_path = resolve_model(job.model.name)
     renderer = PromptRenderer(job.prompt, load_tokenizer(model_path, job), context_length(model_path, job),
-                              job.sampling.max_tokens)
+                              job.sampling.max_tokens, tools_column=TOOLS if job.input.format == "openai" else None)
     args, _ = engine_arguments(model_path, job.model, job.engine)
     return job, renderer, args, not is_cpu_platform()
 

@@ -44,11 +44,21 @@ class Request:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability, with the candidates the engine returned at its step."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float, int], ...] = ()  # (token, logprob, rank), best first
+
+
+@dataclass(frozen=True)
 class Sample:
     text: str
     finish_reason: str | None
     output_tokens: int
     reasoning: str | None = None  # model.reasoning_parser: the reasoning, and text is the answer
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when the request asked (sampling logprobs)
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,8 @@ class ResultRow:
     adjustment: str | None = column("string", default=None)
     json: str | None = column("string", default=None)  # sampling.json_schema: the parsed output, canonical JSON
     samples: list[dict[str, Any]] | None = column("samples", default=None)  # n > 1: every sample; null for n = 1  # noqa: RUF009
+    # OpenAI input only: rows that asked for logprobs, as JSON: per sample, ChatCompletion's logprobs content
+    logprobs: str | None = column("string", default=None)
     batch: int = column("int32")
 
     def as_row(self) -> dict[str, Any]:
@@ -111,6 +123,7 @@ class ResultRow:
 
 
 REASONING_ONLY = frozenset({"reasoning"})  # result columns only an output with model.reasoning_parser has
+LOGPROBS_ONLY = frozenset({"logprobs"})  # result columns only an output of an OpenAI batch file has
 
 
 RESULT_NAMES = frozenset(name for name, _ in columns(ResultRow))  # a kept column may not take one

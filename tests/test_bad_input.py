@@ -141,10 +141,10 @@ def test_openai_lines_that_are_not_requests_are_all_named(cli, tmp_path):
     ok = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
           "body": {"messages": [{"role": "user", "content": "hi"}]}}
     path, job = _openai_job(tmp_path, [
-        ok, {**ok, "custom_id": ""}, {**ok, "custom_id": "e", "url": "/v1/embeddings"}, {**ok, "body": "text"}])
+        ok, {**ok, "custom_id": ""}, {**ok, "custom_id": "e", "url": "chat/completions"}, {**ok, "body": "text"}])
     out = _run_bad(cli, tmp_path, job)
     assert f"{path}, line 2: an OpenAI batch line needs a non-empty string 'custom_id'" in out
-    assert f"{path}, line 3: url '/v1/embeddings' is not supported" in out
+    assert f"{path}, line 3: url 'chat/completions' is not an OpenAI API endpoint (/v1/...)" in out
     assert f"{path}, line 4: 'body' must be a JSON object" in out
 
 

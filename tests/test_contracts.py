@@ -50,7 +50,10 @@ def test_the_written_columns_keep_their_names_types_and_order():
                                                           "prompt_tokens", "cached_prompt_tokens", "output_tokens",
                                                           "error_code", "error", "adjustment", "json", "samples",
                                                           "batch"]
-    assert RESULT_NAMES == RECORD_NAMES == set(results_schema(kept, reasoning=True).names) - {"title"}
+    # an OpenAI batch file's output: a logprobs column (JSON text) before batch
+    assert results_schema(kept, logprobs=True).names[-3:] == ["samples", "logprobs", "batch"]
+    assert results_schema(kept, logprobs=True).field("logprobs").type == pa.string()
+    assert RESULT_NAMES == RECORD_NAMES == set(results_schema(kept, reasoning=True, logprobs=True).names) - {"title"}
     assert str(results_schema(kept).field("samples").type) == \
         "list<item: struct<text: string, finish_reason: string, output_tokens: int32>>"
     assert str(results_schema(kept, reasoning=True).field("samples").type) == \
@@ -68,9 +71,9 @@ def _result(**extra) -> ResultRow:
 
 
 def test_a_result_row_fills_every_column():
-    row = _result(adjustment="cut", json="{}", reasoning="r", error_code="e", error="e: bad",
+    row = _result(adjustment="cut", json="{}", reasoning="r", error_code="e", error="e: bad", logprobs="[]",
                   samples=[{"text": "x", "reasoning": "r", "finish_reason": "stop", "output_tokens": 2}]).as_row()
-    schema = results_schema(pa.schema([("title", pa.string())]), reasoning=True)
+    schema = results_schema(pa.schema([("title", pa.string())]), reasoning=True, logprobs=True)
     assert list(row) and set(row) == set(schema.names)
     stored = pa.Table.from_pylist([row], schema=schema).to_pylist()[0]
     assert stored == row  # nothing dropped, nothing null that the record had

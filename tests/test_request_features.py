@@ -21,6 +21,9 @@ def job_file(tmp_path, **sections):
     return path
 
 
+CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
+
+
 def chat_line(cid, text, **body):
     return {"custom_id": cid, "method": "POST", "url": "/v1/chat/completions",
             "body": {"model": "smollm2", "messages": [{"role": "system", "content": "Answer briefly."},
@@ -83,6 +86,65 @@ def test_openai_batch_file_round_trip(cli, tmp_path):
     assert df.loc["chat-4", "output_tokens"] == sum(s["output_tokens"] for s in samples)
     assert df.loc["chat-1", "samples"] is None  # n = 1: no list
     assert "temperature" in df.loc["chat-bad", "error"]
+
+
+def test_an_openai_sdk_batch_file_runs_and_every_line_validates(cli, tmp_path):
+    """Lines built from the openai package's request types: content parts, a tool-call conversation
+    with tools, logprobs with top candidates; every output line reads back as the package's types."""
+    from openai.types import BatchError, Completion
+    from openai.types.chat import ChatCompletion, ChatCompletionMessageParam, ChatCompletionToolParam
+    from openai.types.chat.completion_create_params import CompletionCreateParamsNonStreaming as ChatParams
+    from openai.types.completion_create_params import CompletionCreateParamsNonStreaming as CompletionParams
+
+    weather: ChatCompletionToolParam = {"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    tool_chat: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C."}]
+    parts: list[ChatCompletionMessageParam] = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                                               {"role": "user", "content": [{"type": "text", "text": "Name a"},
+                                                                            {"type": "text", "text": "colour."}]}]
+    bodies: dict[str, tuple[str, ChatParams | CompletionParams]] = {
+        "parts": (CHAT, {"model": "smollm2", "messages": parts, "max_completion_tokens": 6, "logprobs": True,
+                         "top_logprobs": 2, "temperature": 0}),
+        "tools": (CHAT, {"model": "smollm2", "messages": tool_chat, "tools": [weather], "tool_choice": "auto",
+                         "max_completion_tokens": 8, "seed": 3, "stop": ["\n\n"]}),
+        "plain": (CHAT, {"model": "smollm2", "messages": parts, "max_tokens": 4, "logprobs": True}),
+        "cmpl": (COMPLETIONS, {"model": "smollm2", "prompt": "1, 2, 3,", "max_tokens": 4, "logprobs": 2}),
+        "embed": ("/v1/embeddings", {"model": "smollm2", "input": "x"}),  # type: ignore[dict-item]
+    }
+    lines = [{"custom_id": cid, "method": "POST", "url": url, "body": body} for cid, (url, body) in bodies.items()]
+    data = write_jsonl(tmp_path / "batch.jsonl", lines)
+    job = job_file(tmp_path, input={"path": str(data), "format": "openai"},
+                   sampling={"max_tokens": 16}, output={"dir": str(tmp_path / "out"), "openai": True})
+    result = cli("run", job)
+    assert result.exit_code == 3, result.output  # the embeddings line is an error line
+
+    out = tmp_path / "out" / "openai"
+    ok, errors = read_jsonl(out / "results.jsonl"), read_jsonl(out / "errors.jsonl")
+    assert [e["custom_id"] for e in errors] == ["embed"]
+    assert BatchError.model_validate(errors[0]["error"]).message.startswith("url /v1/embeddings:")
+    bodies_out = {line["custom_id"]: line["response"]["body"] for line in ok}
+    assert sorted(bodies_out) == ["cmpl", "parts", "plain", "tools"]
+    chats = {cid: ChatCompletion.model_validate(b) for cid, b in bodies_out.items() if cid != "cmpl"}
+    for body in chats.values():
+        assert body.id.startswith("chatcmpl-") and body.system_fingerprint and body.model == "smollm2-135m-instruct"
+        assert body.usage.prompt_tokens_details.cached_tokens is not None
+        assert body.choices[0].message.refusal is None
+    assert chats["tools"].choices[0].logprobs is None  # not asked
+    asked = chats["parts"].choices[0].logprobs.content
+    assert len(asked) == chats["parts"].usage.completion_tokens > 0  # one entry per generated token
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 and t.bytes is not None for t in asked)
+    assert all(t.top_logprobs[0].logprob >= t.top_logprobs[1].logprob for t in asked)
+    # (the end-of-text token, when generated, is among the tokens but not in the text)
+    assert "".join(t.token for t in asked).startswith(chats["parts"].choices[0].message.content)
+    plain = chats["plain"].choices[0].logprobs.content  # logprobs true alone: the sampled tokens' own only
+    assert plain and all(t.top_logprobs == [] for t in plain)
+    cmpl = Completion.model_validate(bodies_out["cmpl"])
+    assert cmpl.id.startswith("cmpl-") and len(cmpl.choices[0].logprobs.tokens) == cmpl.usage.completion_tokens
+    assert all(1 <= len(top) <= 2 for top in cmpl.choices[0].logprobs.top_logprobs)  # (two may read alike)
 
 
 def test_per_row_sampling_from_columns(cli, tmp_path):

@@ -24,7 +24,7 @@ import psutil
 
 from ..config import EngineSpec, ModelSpec
 from ..errors import EngineError, Interrupted, JobError, RowError
-from ..records import Completion, EngineCounters, LoraAdapter, Request, Sample
+from ..records import Completion, EngineCounters, LoraAdapter, Request, Sample, TokenLogprob
 from .mainscript import children_skip_main
 from .structured import check_schema
 
@@ -207,6 +207,27 @@ def cached_params(cache: OrderedDict[str, Any], values: dict[str, Any], size: in
     return params
 
 
+def _finite(logprob: float) -> float:
+    return max(logprob, -9999.0)  # as vLLM's server: -inf is not JSON
+
+
+def token_logprobs(output) -> tuple[TokenLogprob, ...] | None:
+    """A sample's logprobs as plain values, where its request asked: vLLM gives one mapping per
+    generated token (token id -> Logprob(logprob, rank, decoded_token)) holding the sampled token and
+    the top candidates (a list, or vLLM's FlatLogprobs, which reads as one)."""
+    if output.logprobs is None:
+        return None
+    out = []
+    for token_id, step in zip(output.token_ids, output.logprobs):
+        step = step or {}
+        top = tuple(sorted(((lp.decoded_token or "", _finite(lp.logprob), lp.rank or 0) for lp in step.values()),
+                           key=lambda t: t[2]))
+        chosen = step.get(token_id)
+        out.append(TokenLogprob(chosen.decoded_token or "" if chosen else "",
+                                _finite(chosen.logprob) if chosen else -9999.0, top))
+    return tuple(out)
+
+
 _COUNTERS = {"vllm:generation_tokens": "generation_tokens", "vllm:prompt_tokens": "prompt_tokens",
              "vllm:prefix_cache_queries": "prefix_cache_queries", "vllm:prefix_cache_hits": "prefix_cache_hits",
              "vllm:num_requests_running": "requests_running", "vllm:num_requests_waiting": "requests_waiting",
@@ -275,7 +296,8 @@ class VllmEngine:
             scheduled = getattr(getattr(out, "metrics", None), "scheduled_ts", 0.0) or 0.0  # with stats on
             done.append(Completion(
                 key=out.request_id,
-                samples=[Sample(o.text, o.finish_reason, len(o.token_ids)) for o in out.outputs],
+                samples=[Sample(o.text, o.finish_reason, len(o.token_ids), logprobs=token_logprobs(o))
+                         for o in out.outputs],
                 prompt_tokens=len(out.prompt_token_ids or ()), cached_prompt_tokens=out.num_cached_tokens or 0,
                 started_s=scheduled + to_perf if scheduled else None, finished_s=now))
         return done

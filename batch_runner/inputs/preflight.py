@@ -22,6 +22,7 @@ from ..engines.reasoning import ReasoningSplitter, load_reasoning_parser
 from ..errors import JobError, RowError
 from .assignment import Assignment, Membership, Shard, assign
 from .digest import InputContent, dataset_content, files_content
+from .openai_batch import TOOLS, check_request
 from .prompts import PromptRenderer
 from .readers import INVALID, describe_source, iter_rows, row_id
 from .sampling import check_sampling
@@ -206,6 +207,8 @@ def preview(spec: InputSpec, renderer: PromptRenderer, report: InputReport, n: i
             break
         rid = str(row_id(spec, row.index, row.data))
         try:
+            if spec.format == "openai":
+                check_request(row.data)  # a line that cannot run as written: why, not a missing prompt
             r = renderer.render(row.data)
         except RowError as e:
             shown.append({"id": rid, "error": str(e)})
@@ -243,7 +246,8 @@ def _setup(job: JobSpec) -> tuple[str, PromptRenderer, dict[str, Any], list[str]
     model_path = resolve_model(job.model.name)
     tokenizer = load_tokenizer(model_path, job)
     reasoning = load_reasoning_parser(job.model.reasoning_parser, tokenizer)  # an unknown name fails here
-    renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens)
+    renderer = PromptRenderer(job.prompt, tokenizer, context_length(model_path, job), job.sampling.max_tokens,
+                              tools_column=TOOLS if job.input.format == "openai" else None)
     check_sampling(job.sampling)  # bad sampling values fail here, before anything starts
     # engine.extra keys vLLM does not know fail here too: a refusal must come before --fresh moves anything
     engine_args, dropped = engine_arguments(model_path, job.model, job.engine)

@@ -98,8 +98,10 @@ class PromptRenderer:
     raw prompt text (no chat template, as OpenAI's /v1/completions).
     """
 
-    def __init__(self, spec: PromptSpec, tokenizer, max_model_len: int, max_tokens: int):
+    def __init__(self, spec: PromptSpec, tokenizer, max_model_len: int, max_tokens: int,
+                 tools_column: str | None = None):
         self.spec = spec
+        self.tools_column = tools_column  # a row's tools for the chat template (an OpenAI batch file's)
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
         self.max_tokens = max_tokens
@@ -151,7 +153,8 @@ class PromptRenderer:
             messages = _check_messages(messages, spec.messages_column)
             if spec.system and messages[0].get("role") != "system":
                 messages = [{"role": "system", "content": spec.system}, *messages]
-            return None, None, self._apply_chat(messages), True
+            tools = row.get(self.tools_column) if self.tools_column else None
+            return None, None, self._apply_chat(messages, tools), True
         prompt = row.get(spec.prompt_column) if spec.prompt_column else None
         if prompt is None:
             wanted = " or ".join(f"'{c}'" for c in (spec.messages_column, spec.prompt_column) if c)
@@ -176,13 +179,14 @@ class PromptRenderer:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         return self._apply_chat(messages)
 
-    def _apply_chat(self, messages: list[dict[str, Any]]) -> str:
+    def _apply_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         try:
             if self._chat is not None:  # the job's own: bounded as its user template is
                 return render(self._chat, self.guard, {**self.tokenizer.special_tokens_map, "messages": messages,
-                                                       "add_generation_prompt": True, "tools": None,
+                                                       "add_generation_prompt": True, "tools": tools,
                                                        "documents": None})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                      add_generation_prompt=True)
         except RenderLimit as e:
             raise RowError("template_error", f"the chat template: {e}") from None
         except Exception as e:  # the model's template may reject a chat (roles out of order...)

@@ -12,6 +12,7 @@ from typing import Any
 from ..config import SamplingSpec
 from ..engines.vllm_engine import rejections, sampling_params
 from ..errors import JobError, RowError
+from .openai_batch import check_request
 
 OPENAI_COLUMN = "sampling"  # the column an OpenAI batch row keeps its body's sampling fields in
 
@@ -41,6 +42,7 @@ class RowSampling:
         """The row's sampling values; ``RowError`` if its own values are not a mapping."""
         own: dict[str, Any] = {}
         if self.openai:
+            check_request(row)  # a line that cannot run as written (named field, other endpoint)
             own.update(row.get(OPENAI_COLUMN) or {})
         for field, column in self.columns.items():
             if row.get(column) is not None:

@@ -115,7 +115,9 @@ def _schema(folder: str, record: dict[str, Any]) -> pa.Schema | None:
     if "kept_schema" not in record:
         return None
     model = (record.get("fingerprint") or {}).get("model") or {}
-    return results_schema(schema_from_record(record["kept_schema"]), model.get("reasoning_parser") is not None)
+    logprobs = (record.get("fingerprint") or {}).get("logprobs_column") is True  # resume.fingerprint
+    return results_schema(schema_from_record(record["kept_schema"]), model.get("reasoning_parser") is not None,
+                          logprobs=logprobs)
 
 
 def refuse_foreign(out: Path, record: dict[str, Any] | None) -> None:

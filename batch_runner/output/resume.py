@@ -420,7 +420,10 @@ def fingerprint(job: JobSpec, shard: Shard, assignment: str | None, content: Inp
     backend where it is not vLLM (so that outputs written before the setting existed still resume)."""
     source = {"dataset": job.input.dataset} if job.input.dataset is not None or job.input.format == "hf" else {}
     backend = {"engine_backend": job.engine.backend} if job.engine.backend != "vllm" else {}
-    return {**({"assignment": assignment} if assignment else {}), **backend,
+    # an OpenAI batch file's results have a logprobs column (results_schema); outputs written before
+    # it existed have other parts, so they do not resume (the conflict names this key)
+    openai = {"logprobs_column": True} if job.input.format == "openai" else {}
+    return {**({"assignment": assignment} if assignment else {}), **backend, **openai,
         # (reasoning_parser only when set: outputs of batch-runs before it keep their fingerprint)
         "model": job.model.model_dump(exclude={"reasoning_parser"} if job.model.reasoning_parser is None else None),
         # the render bounds decide only which rows fail (--retry-errors runs them again), not a result

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..records import REASONING_ONLY, ResultRow, StatsRow, TimelineRow, columns
+from ..records import LOGPROBS_ONLY, REASONING_ONLY, ResultRow, StatsRow, TimelineRow, columns
 
 # The Arrow type of each type name a row record gives its columns (records.column).
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -45,12 +45,14 @@ STATS_SCHEMA = schema_of(StatsRow)  # one row per committed batch
 TIMELINE_SCHEMA = schema_of(TimelineRow)  # one row per interval of a run's generation time
 
 
-def results_schema(kept: pa.Schema, reasoning: bool = False) -> pa.Schema:
+def results_schema(kept: pa.Schema, reasoning: bool = False, logprobs: bool = False) -> pa.Schema:
     """Result columns: id, the kept input columns, then the generation columns. The reasoning
-    column (and each sample's reasoning) only with ``model.reasoning_parser``: outputs written
-    without one keep the schema they always had, so they resume."""
+    column (and each sample's reasoning) only with ``model.reasoning_parser``, the logprobs column
+    only for an OpenAI batch file (``input.format: openai``): outputs written without them keep the
+    schema they always had, so they resume."""
+    left_out = (set() if reasoning else REASONING_ONLY) | (set() if logprobs else LOGPROBS_ONLY)
     generated = [f.with_type(SAMPLES_WITH_REASONING) if reasoning and f.name == "samples" else f
-                 for f in RESULT_FIELDS[1:] if reasoning or f.name not in REASONING_ONLY]
+                 for f in RESULT_FIELDS[1:] if f.name not in left_out]
     return pa.schema([RESULT_FIELDS[0], *kept, *generated])
 
 

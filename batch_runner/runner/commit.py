@@ -51,9 +51,10 @@ def named(meta: dict[str, str], name: str) -> dict[str, str]:
 
 class Committer:
     def __init__(self, writer: PartWriter, kept: pa.Schema, rows_total: int,
-                 counters: Callable[[], EngineCounters | None], timeline_interval_s: float, reasoning: bool = False):
+                 counters: Callable[[], EngineCounters | None], timeline_interval_s: float, reasoning: bool = False,
+                 logprobs: bool = False):
         self.writer = writer
-        self.schema, self.kept_names = results_schema(kept, reasoning), kept.names
+        self.schema, self.kept_names = results_schema(kept, reasoning, logprobs), kept.names
         self.gpu_monitor = GpuMonitor()  # the timeline's GPU columns and the summary's peak
         self.clock, self.gpu = Clock(), self.gpu_monitor.sample
         self.totals = RunTotals()

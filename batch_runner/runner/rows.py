@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -32,6 +33,26 @@ def _sample_row(s: Sample, reasoning: bool) -> dict[str, Any]:
     return row | {"reasoning": s.reasoning} if reasoning else row
 
 
+def _bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def logprobs_content(sample: Sample, top: int) -> list[dict[str, Any]]:
+    """A sample's logprobs as OpenAI's ChatCompletion ``choices[].logprobs.content``: each token with
+    its ``top`` best candidates (vLLM also returns the sampled token when it ranks below them)."""
+    return [{"token": t.token, "logprob": t.logprob, "bytes": _bytes(t.token),
+             "top_logprobs": [{"token": c[0], "logprob": c[1], "bytes": _bytes(c[0])}
+                              for c in t.top if c[2] <= top][:top]}
+            for t in sample.logprobs or ()]
+
+
+def logprobs_json(samples: list[Sample], top: int | None) -> str | None:
+    """The ``logprobs`` column: per sample, its logprobs content; None where the row did not ask."""
+    if top is None or all(s.logprobs is None for s in samples):
+        return None
+    return json.dumps([logprobs_content(s, top) for s in samples], ensure_ascii=False)
+
+
 def completed_result(row_id: str, kept: dict[str, Any], request: Request, c: Completion,
                      reasoning: ReasoningSplitter | None = None) -> ResultRow:
     """The result of a finished request; an output (its answer, with a reasoning parser) that fails
@@ -46,4 +67,5 @@ def completed_result(row_id: str, kept: dict[str, Any], request: Request, c: Com
         output_tokens=c.output_tokens,
         error_code=error.code if error else None, error=f"{error.code}: {error.message}" if error else None,
         adjustment=request.adjustment, json=parsed,
-        samples=[_sample_row(s, reasoning is not None) for s in samples] if len(samples) > 1 else None)
+        samples=[_sample_row(s, reasoning is not None) for s in samples] if len(samples) > 1 else None,
+        logprobs=logprobs_json(c.samples, request.sampling.get("logprobs")))

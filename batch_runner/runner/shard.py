@@ -147,7 +147,7 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
         "engine": engine_info, "vllm": vllm_version(), "host": socket.gethostname()}, default=str)}
     committer = Committer(PartWriter(out, ctx.shard.label, run_id, meta, job.output.compression), kept,
                           len(todo), lambda: pipeline.engine.counters() if pipeline else None, TIMELINE_INTERVAL_S,
-                          reasoning=ctx.pre.reasoning is not None)
+                          reasoning=ctx.pre.reasoning is not None, logprobs=job.input.format == "openai")
     pipeline = Pipeline(RequestBuilder(job, ctx.pre.renderer, run_id),
                         WatchedEngine(engine, job.engine.stall_timeout_s), committer, stop, kept.names,
                         job.output.batch_size, _queue_target(args, job), job.output.flush_s, ctx.pre.reasoning,

@@ -26,7 +26,7 @@ from batch_runner.output.schemas import (
     schema_of,
 )
 from batch_runner.records import RESULT_NAMES as RECORD_NAMES
-from batch_runner.records import Cost, ResultRow, RunFigures, ShardTotals, StatsRow, Summary, TimelineRow, columns
+from batch_runner.records import Cost, EngineFailure, ResultRow, RunFigures, ShardTotals, StatsRow, Summary, TimelineRow, columns
 
 ROWS = {ResultRow: pa.schema(RESULT_FIELDS), StatsRow: STATS_SCHEMA, TimelineRow: TIMELINE_SCHEMA}
 
@@ -115,7 +115,9 @@ def _summary() -> Summary:
         interrupted_by=None, started_at=datetime.now(timezone.utc).isoformat(), finished_at="later", duration_s=3.5,
         input_rows=2, shard_rows=2, skipped_done=0, output=ShardTotals(2, 1, {"too_long": 1}), this_run=totals.figures(),
         engine={"max_num_seqs": 8, "enforce_eager": True}, vllm="0.0", host="h", run_id="r", gpu_memory_peak_gb=None,
-        cost=Cost(1, 0.001, 0.0005, 2.0, 0.002, 333.3, 125.0), input_changed=None)
+        cost=Cost(1, 0.001, 0.0005, 2.0, 0.002, 333.3, 125.0), input_changed=None,
+        engine_failures=[EngineFailure("engine process 7 (EngineCore) ended: killed by signal 9 (SIGKILL)",
+                                       "2026-11-30T07:00:00+00:00", 12, 0)])
 
 
 def test_a_summary_round_trips_through_its_file(tmp_path):
@@ -124,6 +126,7 @@ def test_a_summary_round_trips_through_its_file(tmp_path):
     path.write_text(json.dumps(summary.as_dict()))
     back = Summary.load(path)
     assert back == summary and isinstance(back.this_run, RunFigures) and isinstance(back.cost, Cost)
+    assert isinstance(back.engine_failures[0], EngineFailure)
     assert back.this_run.output_tok_s == 3.0 and back.output.errors_by_code == {"too_long": 1}
 
 
@@ -132,11 +135,11 @@ def test_a_summary_keeps_its_json_keys():
     assert list(d) == ["job", "model", "model_path", "shard", "status", "exit_status", "complete", "interrupted_by",
                        "started_at", "finished_at", "duration_s", "input_rows", "shard_rows", "skipped_done",
                        "output", "this_run", "engine", "vllm", "host", "run_id", "gpu_memory_peak_gb", "cost",
-                       "input_changed"]
+                       "input_changed", "engine_failures"]
     assert list(d["output"]) == ["rows", "errors", "errors_by_code"]
     assert list(d["this_run"]) == ["requests", "errors", "errors_by_code", "prompt_tokens", "cached_prompt_tokens",
                                    "output_tokens", "generation_s", "output_tok_s", "total_tok_s", "requests_s",
-                                   "cache_hit_rate"]
+                                   "cache_hit_rate", "engine_restarts"]
     assert list(d["cost"]) == ["devices", "gpu_hours", "gpu_hours_generating", "price", "cost",
                                "cost_per_m_output_tokens", "cost_per_m_total_tokens"]
 

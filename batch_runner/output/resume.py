@@ -444,7 +444,8 @@ def check_output_writable(out: Path) -> None:
 def check_output_folder(job: JobSpec, shard: Shard, job_file: Path | None) -> None:
     """Before the long pre-flight: the output folder is safe and writable, and no run holds this shard."""
     out = job.output_dir
-    inputs = resolve_files(job.input) if job.input.path is not None else []
+    # (an input in object storage cannot be inside a local output folder)
+    inputs = [f for f in resolve_files(job.input) if isinstance(f, Path)] if job.input.path is not None else []
     folder = Path(job.input.path) if job.input.path is not None and Path(job.input.path).is_dir() else None
     check_output_dir(out, inputs, job_file, folder)
     check_output_writable(out)

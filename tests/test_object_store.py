@@ -1,0 +1,120 @@
+"""Object storage (s3://) against a real S3 API: moto's server, started here on a free port.
+
+The runs use the fake engine (engine.backend: fake): what is tested is where the bytes come from and
+go, not what a model says.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import news_rows, write_job
+
+moto_server = pytest.importorskip("moto.server", reason="the test extra's moto[server]")
+boto3 = pytest.importorskip("boto3")
+
+BUCKET = "batch-run-test"
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server._server.server_address  # port 0: the one the system chose
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint, monkeypatch):
+    """A fresh bucket on the S3 server, the environment pointing at it; the boto3 client."""
+    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    client = boto3.client("s3")
+    bucket = client.create_bucket(Bucket=BUCKET) and BUCKET
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=bucket)
+
+
+def put_jsonl(client, key: str, rows: list[dict], compress: bool = False) -> str:
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    client.put_object(Bucket=BUCKET, Key=key, Body=gzip.compress(body) if compress else body)
+    return f"s3://{BUCKET}/{key}"
+
+
+def put_parquet(client, key: str, rows: list[dict]) -> str:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink, row_group_size=7)
+    client.put_object(Bucket=BUCKET, Key=key, Body=sink.getvalue().to_pybytes())
+    return f"s3://{BUCKET}/{key}"
+
+
+def result_ids(out) -> list[str]:
+    return sorted(pq.read_table(out / "results").column("id").to_pylist())
+
+
+# --- input in object storage ---------------------------------------------------------------------
+
+def test_a_jsonl_object_runs_like_a_local_file(s3, cli, fake, tmp_path):
+    rows = news_rows(12)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    fake()
+    job = write_job(tmp_path, input={"path": url})
+    assert cli("run", job).exit_code == 0
+    assert result_ids(tmp_path / "out") == sorted(r["id"] for r in rows)
+    recorded = json.loads((tmp_path / "out" / "job.json").read_text())
+    assert list(recorded["fingerprint"]["input"]["files"]) == [url]  # the URL, not a local path
+
+
+def test_a_prefix_and_a_glob_read_every_matching_object_in_key_order(s3, cli, fake, tmp_path):
+    rows = news_rows(30)
+    put_jsonl(s3, "set/a.jsonl", rows[:10])
+    put_jsonl(s3, "set/sub/b.jsonl.gz", rows[10:20], compress=True)
+    put_parquet(s3, "set/c.parquet", rows[20:])
+    s3.put_object(Bucket=BUCKET, Key="set/README.txt", Body=b"not input")
+    fake()
+    folder = write_job(tmp_path, input={"path": f"s3://{BUCKET}/set/"})
+    assert cli("run", folder).exit_code == 0
+    assert result_ids(tmp_path / "out") == sorted(r["id"] for r in rows)
+
+    only = tmp_path / "glob"
+    only.mkdir()
+    glob = write_job(only, input={"path": f"s3://{BUCKET}/set/**/*.jsonl*"})
+    assert cli("run", glob).exit_code == 0
+    assert result_ids(only / "out") == sorted(r["id"] for r in rows[:20])
+
+
+def test_a_changed_object_is_named_on_resume(s3, cli, fake, tmp_path):
+    rows = news_rows(10)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    fake()
+    job = write_job(tmp_path, input={"path": url})
+    assert cli("run", job).exit_code == 0
+    put_jsonl(s3, "in/news.jsonl", [*rows[:5], {**rows[5], "text": "changed"}, *rows[6:]])
+    again = cli("run", job)
+    assert again.exit_code != 0
+    assert f"input file {url} changed" in again.output
+    assert "lines 1-10" in again.output
+
+
+@pytest.mark.parametrize("path, says", [
+    (f"s3://{BUCKET}/nothing/here.jsonl", "does not exist"),
+    (f"s3://{BUCKET}/in/*.parquet", "no object matches"),
+    ("ftp://host/file.jsonl", "unknown storage scheme 'ftp'"),
+])
+def test_a_missing_object_or_unknown_scheme_is_a_clear_error(s3, cli, fake, tmp_path, path, says):
+    put_jsonl(s3, "in/news.jsonl", news_rows(3))
+    result = cli("run", write_job(tmp_path, input={"path": path}))
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+    assert "Traceback" not in result.output

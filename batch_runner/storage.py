@@ -10,14 +10,24 @@ itself, so it is passed on here (``AWS_ENDPOINT_URL_S3`` first, as the AWS SDKs 
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
-from dataclasses import dataclass
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cache
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import JobError
+from .errors import RESUME_ADVICE, JobError, ResumeConflict, StorageError
+
+log = logging.getLogger("batch_runner")
 
 SCHEMES = {"s3": "s3", "gs": "gs", "gcs": "gs", "hf": "hf"}
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
@@ -168,3 +178,216 @@ def glob_root(url: str) -> str | None:
         return None
     cut = url.rfind("/", 0, m.start())
     return url[cut + 1:]
+
+
+# --- an output in S3 ------------------------------------------------------------------------------
+#
+# batch-runner works on a local copy of the output (``OutputCopy``) and passes each file it writes
+# or removes on to the bucket at once (atomic.publishing): an object appears whole or not at all
+# (a single PUT, or a multipart upload that is invisible until it completes). The bucket is the
+# truth: each run starts from a new copy of it, so a part written locally but never uploaded (a
+# kill -9 in between) is not counted, and its rows run again. A run holds its shard through a
+# lease object written with conditional requests (``Lease``), since a store has no flock.
+
+LEASE_TTL_S = float(os.environ.get("BATCH_RUN_LEASE_TTL_S", "60"))  # a dead holder's lease expires after this
+LOCKS = "_locks"  # the leases' folder in the output; never copied
+
+
+def s3_output(url: str) -> tuple[Any, str, str]:
+    """(boto3 client, bucket, key prefix) of an ``s3://`` output; a clear error for another store."""
+    scheme, path = split(url)
+    if scheme != "s3":
+        raise JobError(f"output.dir: {url}: batch-run writes outputs to local folders and s3:// only (a lease "
+                       "needs S3's conditional writes); write locally and copy the results")
+    try:
+        import boto3
+    except ImportError as e:
+        raise JobError("an s3:// output.dir needs boto3: pip install 'batch-runner[s3]' (or pip install boto3)") from e
+    bucket, _, prefix = path.partition("/")
+    if not prefix:
+        raise JobError(f"output.dir: {url}: name a folder inside the bucket (s3://{bucket}/<name>)")
+    return boto3.client("s3"), bucket, prefix.rstrip("/")
+
+
+def _failed(where: str, reason: str) -> StorageError:
+    """A request to the store failed: what, where, and that a rerun resumes (what was uploaded stays)."""
+    return StorageError(where, OSError(None, reason), RESUME_ADVICE.replace("free space (or make the folder "
+                        "writable)", "check the bucket, its endpoint and credentials"))
+
+
+def _code(e: Exception) -> str:
+    return str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+
+
+class OutputCopy:
+    """The local copy of an S3 output, and what passes each write on to the bucket (atomic.Publisher)."""
+
+    def __init__(self, url: str, local: Path):
+        self.url, self.local = url.rstrip("/"), local
+        self.client, self.bucket, self.prefix = s3_output(url)
+        self.lease: Lease | None = None
+
+    def key(self, path: Path) -> str:
+        return f"{self.prefix}/{path.resolve().relative_to(self.local.resolve()).as_posix()}"
+
+    def keys(self) -> Iterator[tuple[str, str]]:
+        """(key, the path inside the output) of every object of the output, but the leases."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + "/")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                inside = obj["Key"][len(self.prefix) + 1:]
+                if inside and not inside.startswith(LOCKS + "/") and not inside.endswith("/"):
+                    yield obj["Key"], inside
+
+    def download(self, wanted: Callable[[str], bool] = lambda inside: True) -> None:
+        """Copy the output's objects (those ``wanted``) into the local folder, each streamed to disk."""
+        for key, inside in self.keys():
+            if wanted(inside):
+                target = self.local / inside
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._call(key, self.client.download_file, self.bucket, key, str(target))
+
+    def written(self, path: Path) -> None:
+        key = self.key(path)
+        if self.lease is not None:
+            self.lease.check()  # never a write on a shard another run may have taken over
+        if path.name == "job.json":  # shards starting together: the first one's job.json stands
+            self._create(path, key)
+        else:  # upload_file: a single PUT, or above 8 MiB a multipart upload, invisible until complete
+            self._call(key, self.client.upload_file, str(path), self.bucket, key)
+
+    def _create(self, path: Path, key: str) -> None:
+        with open(path, "rb") as f:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=f, IfNoneMatch="*")
+            except Exception as e:
+                if _code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise ResumeConflict(f"{self.url}: another run created job.json at the same moment; run "
+                                         "again (it resumes that run's output)") from None
+                raise _failed(f"s3://{self.bucket}/{key}", f"{type(e).__name__}: {e}") from e
+
+    def removed(self, path: Path) -> None:
+        if self.lease is not None:
+            self.lease.check()
+        self._call(self.key(path), self.client.delete_object, Bucket=self.bucket, Key=self.key(path))
+
+    def _call(self, key: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except Exception as e:  # botocore raises many types (no credentials, endpoint down, denied)
+            raise _failed(f"s3://{self.bucket}/{key}", f"{type(e).__name__}: {e}") from e
+
+
+@contextmanager
+def local_copy(url: str, wanted: Callable[[str], bool] = lambda inside: True,
+               lease: str | None = None) -> Iterator[Path]:
+    """A local copy of the S3 output at ``url`` (the objects ``wanted``), every write in it passed on
+    to the bucket; with ``lease`` (a shard label), under that shard's lease. The copy is removed
+    after: the bucket holds everything."""
+    from .atomic import publishing
+
+    with tempfile.TemporaryDirectory(prefix="batch-run-") as tmp:
+        copy = OutputCopy(url, Path(tmp) / "out")
+        copy.local.mkdir()
+        held = Lease(copy, lease) if lease is not None else None
+        if held is not None:
+            held.acquire()
+        try:
+            copy.lease = held
+            copy.download(wanted)
+            with publishing(copy.local, copy):
+                yield copy.local
+        finally:
+            if held is not None:
+                held.release()
+
+
+@dataclass
+class Lease:
+    """One shard of an S3 output, held by one run: the object ``_locks/<shard>.lease``.
+
+    Created with ``If-None-Match: *`` (exactly one of two runs starting together gets it), renewed
+    every third of ``LEASE_TTL_S`` by a thread with ``If-Match`` on its ETag, removed at the end. A
+    holder that dies stops renewing: after the TTL its lease has expired and the next run takes it
+    over, again conditionally (``If-Match``), so that of two runs taking over, one wins. Until then
+    a run is refused with the time left. A holder that could not renew in time stops writing
+    (``check``) rather than race the run that may have taken over.
+    """
+
+    copy: OutputCopy
+    shard: str
+    etag: str | None = None
+    renewed: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.copy.prefix}/{LOCKS}/{self.shard}.lease"
+
+    def _body(self) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "ttl_s": LEASE_TTL_S,
+                           "expires": time.time() + LEASE_TTL_S}).encode()
+
+    def _put(self, **condition: str) -> bool:
+        """Write the lease under a condition; False where the condition does not hold."""
+        try:
+            r = self.copy.client.put_object(Bucket=self.copy.bucket, Key=self.key, Body=self._body(), **condition)
+        except Exception as e:
+            if _code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise _failed(f"s3://{self.copy.bucket}/{self.key}", f"{type(e).__name__}: {e}") from e
+        self.etag, self.renewed = r["ETag"], time.monotonic()
+        return True
+
+    def acquire(self) -> None:
+        if not self._put(IfNoneMatch="*"):
+            self._take_over()
+        self._thread = threading.Thread(target=self._renew, name=f"lease-{self.shard}", daemon=True)
+        self._thread.start()
+
+    def _take_over(self) -> None:
+        try:
+            r = self.copy.client.get_object(Bucket=self.copy.bucket, Key=self.key)
+            holder, etag = json.loads(r["Body"].read()), r["ETag"]
+        except Exception as e:
+            if _code(e) == "NoSuchKey" and self._put(IfNoneMatch="*"):  # released in between
+                return
+            raise ResumeConflict(self._busy({}, LEASE_TTL_S)) from None
+        left = float(holder.get("expires", 0)) - time.time()
+        if left > 0 or not self._put(IfMatch=etag):
+            raise ResumeConflict(self._busy(holder, max(left, 0.0)))
+        log.warning("%s: shard %s: took over the expired lease of %s (pid %s); that run stopped renewing it",
+                    self.copy.url, self.shard, holder.get("host"), holder.get("pid"))
+
+    def _busy(self, holder: dict[str, Any], left: float) -> str:
+        who = f"{holder.get('host')} (pid {holder.get('pid')})" if holder else "another run"
+        return (f"{self.copy.url}: shard {self.shard} is being written by {who}: its lease "
+                f"{LOCKS}/{self.shard}.lease is held for {left:.0f} s more. If that run died, its lease "
+                f"expires by then (a lease lives {LEASE_TTL_S:.0f} s unless renewed); run again after that")
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_TTL_S / 3):
+            try:
+                if not self._put(IfMatch=self.etag or ""):
+                    log.error("%s: shard %s: the lease was taken over by another run; this run stops writing",
+                              self.copy.url, self.shard)
+                    return
+            except StorageError as e:  # the bucket unreachable for now: try again; check() decides
+                log.warning("%s", e)
+
+    def check(self) -> None:
+        """Refuse a write where the lease may have expired (not renewed within the TTL)."""
+        if time.monotonic() - self.renewed > LEASE_TTL_S * 0.9:
+            raise _failed(f"s3://{self.copy.bucket}/{self.key}", f"the lease was not renewed for "
+                          f"{LEASE_TTL_S * 0.9:.0f} s, so another run may hold shard {self.shard} now; stopped writing")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        try:
+            self.copy.client.delete_object(Bucket=self.copy.bucket, Key=self.key, IfMatch=self.etag or "")
+        except Exception as e:  # taken over, or the bucket unreachable: it expires by itself
+            log.warning("%s: shard %s: lease not removed (%s); it expires after %.0f s",
+                        self.copy.url, self.shard, _code(e) or e, LEASE_TTL_S)

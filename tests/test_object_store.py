@@ -7,6 +7,7 @@ go, not what a model says.
 from __future__ import annotations
 
 import gzip
+import logging
 import json
 
 import pyarrow as pa
@@ -22,6 +23,7 @@ BUCKET = "batch-run-test"
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server._server.server_address  # port 0: the one the system chose
@@ -118,3 +120,67 @@ def test_a_missing_object_or_unknown_scheme_is_a_clear_error(s3, cli, fake, tmp_
     assert result.exit_code == 2, result.output
     assert says in result.output
     assert "Traceback" not in result.output
+
+
+# --- output in object storage --------------------------------------------------------------------
+
+def keys(client, prefix: str) -> list[str]:
+    found = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return sorted(o["Key"][len(prefix):] for o in found)
+
+
+def bucket_dataset(prefix: str = "out"):
+    """The results as a pyarrow dataset read straight from the bucket (pyarrow's S3 file system)."""
+    import pyarrow.dataset as ds
+
+    from batch_runner.storage import filesystem
+
+    fs, path = filesystem(f"s3://{BUCKET}/{prefix}/results")
+    return ds.dataset(path, filesystem=fs, format="parquet")
+
+
+def bucket_results(prefix: str = "out") -> pa.Table:
+    return bucket_dataset(prefix).to_table()
+
+
+def test_an_output_in_s3_gets_every_id_once_and_reads_with_pyarrow_and_duckdb(s3, cli, fake, tmp_path):
+    rows = news_rows(20)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    fake()
+    job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out", "batch_size": 4})
+    result = cli("run", job)
+    assert result.exit_code == 0, result.output
+    names = keys(s3, "out/")
+    assert "job.json" in names and "summary.json" in names and "shards/0000-of-0001.done" in names
+    assert sum(n.startswith("results/part-") for n in names) == 5
+    assert not any(n.startswith("_locks/") for n in names)  # the lease is gone with its run
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("s3*"))  # nothing written locally
+
+    table = bucket_results()
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    duckdb = pytest.importorskip("duckdb")
+    # duckdb's own s3:// reader (httpfs) is an extension it downloads at first use, and the tests have no
+    # network: it scans pyarrow's dataset of the bucket instead (streamed, as duckdb scans any Arrow dataset)
+    results = bucket_dataset()
+    found = duckdb.sql("SELECT count(*), count(DISTINCT id) FROM results").fetchall()
+    assert found == [(20, 20)]
+
+    again = cli("run", job)  # a rerun resumes from the bucket: nothing left to run
+    assert again.exit_code == 0
+    assert "20/20 written, 20 were done before" in again.output
+    assert bucket_results().num_rows == 20
+
+
+def test_fresh_and_data_parallel_are_refused_on_an_s3_output(s3, cli, fake, tmp_path):
+    url = put_jsonl(s3, "in/news.jsonl", news_rows(4))
+    fake()
+    job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out"})
+    assert cli("run", job).exit_code == 0
+    before = keys(s3, "out/")
+    fresh = cli("run", job, "--fresh")
+    assert fresh.exit_code == 2
+    assert "never does; give the run a new output.dir" in fresh.output
+    parallel = cli("run", job, "--set", "executor.data_parallel=2")
+    assert parallel.exit_code == 2
+    assert "one shard per process" in parallel.output
+    assert keys(s3, "out/") == before

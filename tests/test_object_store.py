@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
+import subprocess
+import time
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import news_rows, write_job
+from conftest import ROOT, batch_run_cmd, fake_job, news_rows, write_job
 
 moto_server = pytest.importorskip("moto.server", reason="the test extra's moto[server]")
 boto3 = pytest.importorskip("boto3")
@@ -184,3 +187,69 @@ def test_fresh_and_data_parallel_are_refused_on_an_s3_output(s3, cli, fake, tmp_
     assert parallel.exit_code == 2
     assert "one shard per process" in parallel.output
     assert keys(s3, "out/") == before
+
+
+LEASE_TTL_S = 3  # the runs of these tests: a dead holder's lease expires in seconds, not a minute
+
+
+def start_run(job, **settings) -> subprocess.Popen:
+    """The CLI with the fake engine in a process of its own (to be killed), the bucket's environment."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BATCH_RUN_LEASE_TTL_S": str(LEASE_TTL_S),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(batch_run_cmd("run", fake_job(job, **settings)), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_objects(client, prefix: str, n: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(keys(client, prefix)) >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail("the run ended first:\n" + proc.stderr.read()[-3000:])
+        time.sleep(0.05)
+    pytest.fail(f"no {n} objects under {prefix} within {timeout} s")
+
+
+def test_kill_9_mid_run_then_the_rerun_waits_out_the_lease_and_runs_exactly_the_rest(s3, cli, fake, tmp_path,
+                                                                                      monkeypatch):
+    rows = news_rows(40)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out", "batch_size": 4})
+    proc = start_run(job, per_poll=2, latency_s=0.05)
+    wait_for_objects(s3, "out/results/", 3, proc)
+    proc.kill()
+    proc.communicate()
+    done = bucket_results().num_rows
+    assert 12 <= done < 40  # whole parts only: every committed batch of 4, and not all of them
+    assert keys(s3, "out/_locks/") == ["0000-of-0001.lease"]  # the dead run's lease stays until it expires
+
+    monkeypatch.setattr("batch_runner.storage.LEASE_TTL_S", LEASE_TTL_S)
+    engine = fake()
+    refused = cli("run", job)
+    assert refused.exit_code == 2, refused.output
+    assert "shard 0000-of-0001 is being written by" in refused.output and "run again after that" in refused.output
+    assert engine.submitted == []
+    time.sleep(LEASE_TTL_S)
+    resumed = cli("run", job)
+    assert resumed.exit_code == 0, resumed.output
+    assert len(engine.submitted) == 40 - done  # only the rows without a result in the bucket ran again
+    ids = bucket_results().column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in rows) and len(set(ids)) == 40
+    assert keys(s3, "out/_locks/") == []
+
+
+def test_two_runs_started_together_on_one_s3_output_one_is_refused(s3, tmp_path):
+    rows = news_rows(40)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out", "batch_size": 4})
+    # (each run takes seconds after its lease: far longer than the two starts differ by)
+    procs = [start_run(job, per_poll=2, latency_s=0.5) for _ in range(2)]
+    ended = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    codes = sorted(code for _, _, code in ended)
+    assert codes == [0, 2], ended
+    loser = next(err for _, err, code in ended if code == 2)
+    assert "is being written by" in loser and "lease" in loser
+    assert "Traceback" not in loser
+    ids = bucket_results().column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in rows) and len(set(ids)) == 40

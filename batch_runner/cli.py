@@ -44,6 +44,31 @@ class _DefaultToRun(click.Group):
             sys.exit(int(ExitStatus.FAILED))
 
 
+class _Output(click.ParamType):
+    """An output folder that exists, or an object-store URL (``s3://bucket/folder``)."""
+
+    name = "output_dir"
+
+    def convert(self, value, param, ctx):
+        from .storage import is_url
+
+        if is_url(value):
+            return value
+        return click.Path(file_okay=False, exists=True).convert(value, param, ctx)
+
+
+OUTPUT = _Output()
+
+
+def shown(output_dir: str, path) -> str:
+    """A path inside an output as the user named the output (``s3://`` kept whole: Path would fold '//')."""
+    from .storage import is_url
+
+    if not is_url(output_dir):
+        return str(path)
+    return str(path).replace(str(Path(output_dir)), output_dir.rstrip("/"), 1)
+
+
 def _fail(e: BatchRunnerError) -> None:
     click.echo(f"batch-run: error: {e}", err=True)
     sys.exit(int(e.exit_status))
@@ -305,7 +330,7 @@ def _tuned_trial(path: Path):
 
 
 @main.command("status")
-@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("output_dir", type=OUTPUT)
 def status_cmd(output_dir: str) -> None:
     """Show which shards of OUTPUT_DIR are complete, partial or missing.
 
@@ -313,13 +338,14 @@ def status_cmd(output_dir: str) -> None:
     executor.data_parallel D, array task I ran shards I*D to I*D+D-1).
     Exit status 0 when every shard is complete, 1 otherwise.
     """
-    from pathlib import Path
 
     from .output.status import array_ranges, array_tasks, shard_states
+    from .storage import output_folder
 
     try:
-        states = shard_states(Path(output_dir))
-        tasks = array_tasks(Path(output_dir), states)
+        with output_folder(output_dir) as out:
+            states = shard_states(out)
+            tasks = array_tasks(out, states)
     except BatchRunnerError as e:
         _fail(e)
     click.echo(f"{'shard':>12}  {'state':<9} {'rows':>8} {'errors':>7}")
@@ -338,25 +364,27 @@ def status_cmd(output_dir: str) -> None:
 
 
 @main.command("merge")
-@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("output_dir", type=OUTPUT)
 def merge_cmd(output_dir: str) -> None:
     """Check every shard of OUTPUT_DIR is complete; write merged/results.parquet and merged/stats.parquet."""
     from pathlib import Path
 
     from .output.status import merge
     from .runner.stop import StopAtOnce
+    from .storage import output_folder
 
     try:  # a stop ends it at once, with its temporary file removed: exit 75, or 130 (ABORTED) for a SIGINT after
         with StopAtOnce("merge stopped, its temporary files removed: "
-                        "run merge again"):
-            target, rows = merge(Path(output_dir))
+                        "run merge again"), output_folder(output_dir) as out:
+            target, rows = merge(out)
+            target = Path(output_dir) / target.relative_to(out) if out != Path(output_dir) else target
     except BatchRunnerError as e:
         _fail(e)
-    click.echo(f"merged {rows} rows into {target}")
+    click.echo(f"merged {rows} rows into {shown(output_dir, target)}")
 
 
 @main.command("report")
-@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("output_dir", type=OUTPUT)
 @click.option("--to", "target", type=click.Path(file_okay=False), help="Folder for the HTML page and PNG charts (default OUTPUT_DIR/report).")
 def report_cmd(output_dir: str, target: str | None) -> None:
     """Summarize OUTPUT_DIR (finished or still running) on one screen; write an HTML page and PNG charts.
@@ -368,13 +396,16 @@ def report_cmd(output_dir: str, target: str | None) -> None:
     from pathlib import Path
 
     from .observe.report import write_report
+    from .storage import output_folder
 
     try:
-        summary, page = write_report(Path(output_dir), Path(target) if target else None)
+        with output_folder(output_dir) as out:
+            summary, page = write_report(out, Path(target) if target else None)
+            page = Path(output_dir) / page.relative_to(out) if page.is_relative_to(out) else page
     except BatchRunnerError as e:
         _fail(e)
-    click.echo(summary)
-    click.echo(f"\n{'report':>12}  {page} (charts beside it as PNG)")
+    click.echo(summary.replace(str(out), output_dir))
+    click.echo(f"\n{'report':>12}  {shown(output_dir, page)} (charts beside it as PNG)")
 
 
 def entry() -> None:

@@ -25,7 +25,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import RESUME_ADVICE, JobError, ResumeConflict, StorageError
+from .errors import RESUME_ADVICE, BatchRunnerError, JobError, ResumeConflict, StorageError
 
 log = logging.getLogger("batch_runner")
 
@@ -209,10 +209,10 @@ def s3_output(url: str) -> tuple[Any, str, str]:
     return boto3.client("s3"), bucket, prefix.rstrip("/")
 
 
-def _failed(where: str, reason: str) -> StorageError:
+def _failed(where: str, reason: str, remedy: str = "check the bucket, its endpoint and credentials") -> StorageError:
     """A request to the store failed: what, where, and that a rerun resumes (what was uploaded stays)."""
-    return StorageError(where, OSError(None, reason), RESUME_ADVICE.replace("free space (or make the folder "
-                        "writable)", "check the bucket, its endpoint and credentials"))
+    return StorageError(where, OSError(None, reason),
+                        RESUME_ADVICE.replace("free space (or make the folder writable)", remedy))
 
 
 def _code(e: Exception) -> str:
@@ -246,6 +246,17 @@ class OutputCopy:
                 target = self.local / inside
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._call(key, self.client.download_file, self.bucket, key, str(target))
+
+    def leases(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(key, holder) of each lease object of the output."""
+        found = self._call(f"{self.prefix}/{LOCKS}/", self.client.list_objects_v2, Bucket=self.bucket,
+                           Prefix=f"{self.prefix}/{LOCKS}/")
+        for obj in found.get("Contents", []):
+            try:
+                body = self.client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"].read()
+                yield obj["Key"], json.loads(body)
+            except Exception:  # released since the listing, or not a lease batch-run wrote
+                continue
 
     def written(self, path: Path) -> None:
         key = self.key(path)
@@ -282,24 +293,63 @@ class OutputCopy:
 def local_copy(url: str, wanted: Callable[[str], bool] = lambda inside: True,
                lease: str | None = None) -> Iterator[Path]:
     """A local copy of the S3 output at ``url`` (the objects ``wanted``), every write in it passed on
-    to the bucket; with ``lease`` (a shard label), under that shard's lease. The copy is removed
-    after: the bucket holds everything."""
+    to the bucket; with ``lease`` (a shard label), under that shard's lease. Without one (status,
+    merge, report), each shard whose lease is live shows as locked in the copy (a flock on its
+    ``.lock-<shard>``, held by this process), so that they see it running as they do locally.
+    Messages name the URL, not the copy. The copy is removed after: the bucket holds everything."""
     from .atomic import publishing
 
     with tempfile.TemporaryDirectory(prefix="batch-run-") as tmp:
         copy = OutputCopy(url, Path(tmp) / "out")
         copy.local.mkdir()
         held = Lease(copy, lease) if lease is not None else None
-        if held is not None:
-            held.acquire()
+        locks: list[int] = []
         try:
+            if held is not None:
+                held.acquire()
             copy.lease = held
             copy.download(wanted)
+            locks = [] if held is not None else _show_leases(copy)
             with publishing(copy.local, copy):
                 yield copy.local
+        except BatchRunnerError as e:
+            raise _named(e, str(copy.local), copy.url) from e.__cause__
         finally:
             if held is not None:
                 held.release()
+            for fd in locks:
+                os.close(fd)
+
+
+def _named(e: BatchRunnerError, local: str, url: str) -> BatchRunnerError:
+    """The error with the local copy's paths in its message written as the URL."""
+    e.args = tuple(a.replace(local, url) if isinstance(a, str) else a for a in e.args)
+    if isinstance(e, JobError):
+        e.problems = [p.replace(local, url) for p in e.problems]
+    return e
+
+
+def _show_leases(copy: OutputCopy) -> list[int]:
+    import fcntl
+
+    fds = []
+    for key, holder in copy.leases():
+        if float(holder.get("expires", 0)) > time.time():
+            fd = os.open(copy.local / f".lock-{PurePosixPath(key).stem}", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fds.append(fd)
+    return fds
+
+
+@contextmanager
+def output_folder(text: str | os.PathLike) -> Iterator[Path]:
+    """The output folder to look at (status, merge, report, results): a local path as it is, an
+    ``s3://`` output as a whole local copy whose writes (merged/, report/) go on to the bucket."""
+    if not is_url(str(text)):
+        yield Path(text)
+        return
+    with local_copy(str(text)) as local:
+        yield local
 
 
 @dataclass
@@ -369,7 +419,7 @@ class Lease:
     def _renew(self) -> None:
         while not self._stop.wait(LEASE_TTL_S / 3):
             try:
-                if not self._put(IfMatch=self.etag or ""):
+                if not self._put(IfMatch=str(self.etag)):
                     log.error("%s: shard %s: the lease was taken over by another run; this run stops writing",
                               self.copy.url, self.shard)
                     return
@@ -380,14 +430,18 @@ class Lease:
         """Refuse a write where the lease may have expired (not renewed within the TTL)."""
         if time.monotonic() - self.renewed > LEASE_TTL_S * 0.9:
             raise _failed(f"s3://{self.copy.bucket}/{self.key}", f"the lease was not renewed for "
-                          f"{LEASE_TTL_S * 0.9:.0f} s, so another run may hold shard {self.shard} now; stopped writing")
+                          f"{LEASE_TTL_S * 0.9:.0f} s, so another run may hold shard {self.shard} now; stopped writing",
+                          "check that the bucket is reachable")
 
     def release(self) -> None:
+        """Stop renewing and remove the lease, if this run holds it (never another run's)."""
+        if self.etag is None:
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         try:
-            self.copy.client.delete_object(Bucket=self.copy.bucket, Key=self.key, IfMatch=self.etag or "")
+            self.copy.client.delete_object(Bucket=self.copy.bucket, Key=self.key, IfMatch=self.etag)
         except Exception as e:  # taken over, or the bucket unreachable: it expires by itself
             log.warning("%s: shard %s: lease not removed (%s); it expires after %.0f s",
                         self.copy.url, self.shard, _code(e) or e, LEASE_TTL_S)

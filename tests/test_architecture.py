@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "batch_runner"
 # Lowest first. Members of one layer may not import each other (except within one sub-package).
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"logs", "atomic", "records", "storage"},
+    {"logs", "atomic", "records"},
+    {"storage"},
     {"config"},
     {"config_doc"},
     {"engines"},

@@ -7,11 +7,11 @@ go, not what a model says.
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import subprocess
 import time
-import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -164,8 +164,9 @@ def test_an_output_in_s3_gets_every_id_once_and_reads_with_pyarrow_and_duckdb(s3
     duckdb = pytest.importorskip("duckdb")
     # duckdb's own s3:// reader (httpfs) is an extension it downloads at first use, and the tests have no
     # network: it scans pyarrow's dataset of the bucket instead (streamed, as duckdb scans any Arrow dataset)
-    results = bucket_dataset()
-    found = duckdb.sql("SELECT count(*), count(DISTINCT id) FROM results").fetchall()
+    con = duckdb.connect()
+    con.register("results", bucket_dataset())
+    found = con.sql("SELECT count(*), count(DISTINCT id) FROM results").fetchall()
     assert found == [(20, 20)]
 
     again = cli("run", job)  # a rerun resumes from the bucket: nothing left to run
@@ -189,7 +190,9 @@ def test_fresh_and_data_parallel_are_refused_on_an_s3_output(s3, cli, fake, tmp_
     assert keys(s3, "out/") == before
 
 
-LEASE_TTL_S = 3  # the runs of these tests: a dead holder's lease expires in seconds, not a minute
+# The runs of these tests: a dead holder's lease expires in seconds, not a minute (not fewer: a process
+# importing vLLM holds the GIL for seconds at a time, and the lease's renewing thread waits meanwhile)
+LEASE_TTL_S = 10
 
 
 def start_run(job, **settings) -> subprocess.Popen:
@@ -253,3 +256,50 @@ def test_two_runs_started_together_on_one_s3_output_one_is_refused(s3, tmp_path)
     assert "Traceback" not in loser
     ids = bucket_results().column("id").to_pylist()
     assert sorted(ids) == sorted(r["id"] for r in rows) and len(set(ids)) == 40
+
+
+def test_status_merge_report_and_the_api_work_on_an_s3_output(s3, cli, fake, tmp_path):
+    import batch_runner
+
+    rows = news_rows(16)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    out = f"s3://{BUCKET}/out"
+    fake()
+    job = write_job(tmp_path, input={"path": url}, output={"dir": out, "batch_size": 4})
+    for shard in ("0/2", "1/2"):
+        assert cli("run", job, "--shard", shard).exit_code == 0
+
+    status = cli("status", out)
+    assert status.exit_code == 0, status.output
+    assert "2/2 shards complete, 16 rows" in status.output
+    merged = cli("merge", out)
+    assert merged.exit_code == 0, merged.output
+    assert f"merged 16 rows into {out}/merged/results.parquet" in merged.output
+    assert {"merged/results.parquet", "merged/stats.parquet"} <= set(keys(s3, "out/"))
+    report = cli("report", out)
+    assert report.exit_code == 0, report.output
+    assert f"{out}/report/index.html" in report.output and "/tmp/" not in report.output
+    assert "report/index.html" in keys(s3, "out/")
+
+    api = f"s3://{BUCKET}/api"
+    found = batch_runner.run(job, output_dir=api, progress=False)
+    assert sorted(found["id"]) == sorted(r["id"] for r in rows)
+    assert "job.json" in keys(s3, "api/")
+    assert list(batch_runner.run(job, output_dir=api, progress=False)["id"]) == list(found["id"])  # resumed
+
+
+def test_status_on_an_s3_output_shows_a_shard_with_a_live_lease_as_running(s3, cli, fake, tmp_path):
+    url = put_jsonl(s3, "in/news.jsonl", news_rows(8))
+    out = f"s3://{BUCKET}/out"
+    fake()
+    job = write_job(tmp_path, input={"path": url}, output={"dir": out})
+    assert cli("run", job, "--shard", "0/2").exit_code == 0
+    lease = {"host": "elsewhere", "pid": 1, "ttl_s": 60, "expires": time.time() + 60}
+    s3.put_object(Bucket=BUCKET, Key="out/_locks/0001-of-0002.lease", Body=json.dumps(lease).encode())
+    status = cli("status", out)
+    assert status.exit_code == 1
+    assert "0001-of-0002  running" in status.output
+    refused = cli("merge", out)
+    assert refused.exit_code == 2
+    assert f"{out}: shards not complete: 1; running now: 1" in refused.output
+    assert not any(k.startswith("merged/") for k in keys(s3, "out/"))

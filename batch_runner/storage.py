@@ -268,14 +268,15 @@ class OutputCopy:
             self._call(key, self.client.upload_file, str(path), self.bucket, key)
 
     def _create(self, path: Path, key: str) -> None:
-        with open(path, "rb") as f:
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=f, IfNoneMatch="*")
-            except Exception as e:
-                if _code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
-                    raise ResumeConflict(f"{self.url}: another run created job.json at the same moment; run "
-                                         "again (it resumes that run's output)") from None
-                raise _failed(f"s3://{self.bucket}/{key}", f"{type(e).__name__}: {e}") from e
+        # the job it records names the output by its URL, not by this passing copy (a few kB of JSON)
+        body = path.read_bytes().replace(json.dumps(str(self.local))[1:-1].encode(), self.url.encode())
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
+        except Exception as e:
+            if _code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ResumeConflict(f"{self.url}: another run created job.json at the same moment; run "
+                                     "again (it resumes that run's output)") from None
+            raise _failed(f"s3://{self.bucket}/{key}", f"{type(e).__name__}: {e}") from e
 
     def removed(self, path: Path) -> None:
         if self.lease is not None:

@@ -158,6 +158,8 @@ def test_an_output_in_s3_gets_every_id_once_and_reads_with_pyarrow_and_duckdb(s3
     assert sum(n.startswith("results/part-") for n in names) == 5
     assert not any(n.startswith("_locks/") for n in names)  # the lease is gone with its run
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob("s3*"))  # nothing written locally
+    recorded = json.loads(s3.get_object(Bucket=BUCKET, Key="out/job.json")["Body"].read())
+    assert recorded["job"]["output"]["dir"] == f"s3://{BUCKET}/out"
 
     table = bucket_results()
     assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)

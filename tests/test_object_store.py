@@ -305,3 +305,18 @@ def test_status_on_an_s3_output_shows_a_shard_with_a_live_lease_as_running(s3, c
     assert refused.exit_code == 2
     assert f"{out}: shards not complete: 1; running now: 1" in refused.output
     assert not any(k.startswith("merged/") for k in keys(s3, "out/"))
+
+
+@pytest.mark.engine
+def test_the_quick_start_job_with_its_input_and_output_in_s3(s3, cli, tmp_path):
+    """The Quick start's job on the real engine (vLLM's CPU build, the embedded model), a few rows."""
+    rows = news_rows(8)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    out = f"s3://{BUCKET}/summarize"
+    job = write_job(tmp_path, input={"path": url}, sampling={"max_tokens": 16}, output={"batch_size": 4})
+    result = cli("run", job, "--output", out)
+    assert result.exit_code == 0, result.output
+    table = bucket_results("summarize")
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    assert all(text.strip() for text in table.column("output").to_pylist())
+    assert cli("status", out).exit_code == 0

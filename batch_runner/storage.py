@@ -233,11 +233,14 @@ class OutputCopy:
     def keys(self) -> Iterator[tuple[str, str]]:
         """(key, the path inside the output) of every object of the output, but the leases."""
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + "/")
-        for page in pages:
-            for obj in page.get("Contents", []):
-                inside = obj["Key"][len(self.prefix) + 1:]
-                if inside and not inside.startswith(LOCKS + "/") and not inside.endswith("/"):
-                    yield obj["Key"], inside
+        try:
+            for page in pages:  # a thousand keys a page, one page in memory at a time
+                for obj in page.get("Contents", []):
+                    inside = obj["Key"][len(self.prefix) + 1:]
+                    if inside and not inside.startswith(LOCKS + "/") and not inside.endswith("/"):
+                        yield obj["Key"], inside
+        except Exception as e:  # botocore's, while listing (the consumer's own never come in here)
+            raise _failed(f"s3://{self.bucket}/{self.prefix}/", f"{type(e).__name__}: {e}") from e
 
     def download(self, wanted: Callable[[str], bool] = lambda inside: True) -> None:
         """Copy the output's objects (those ``wanted``) into the local folder, each streamed to disk."""
@@ -402,7 +405,9 @@ class Lease:
             r = self.copy.client.get_object(Bucket=self.copy.bucket, Key=self.key)
             holder, etag = json.loads(r["Body"].read()), r["ETag"]
         except Exception as e:
-            if _code(e) == "NoSuchKey" and self._put(IfNoneMatch="*"):  # released in between
+            if _code(e) != "NoSuchKey":
+                raise _failed(f"s3://{self.copy.bucket}/{self.key}", f"{type(e).__name__}: {e}") from e
+            if self._put(IfNoneMatch="*"):  # released in between
                 return
             raise ResumeConflict(self._busy({}, LEASE_TTL_S)) from None
         left = float(holder.get("expires", 0)) - time.time()

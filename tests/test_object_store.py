@@ -320,3 +320,20 @@ def test_the_quick_start_job_with_its_input_and_output_in_s3(s3, cli, tmp_path):
     assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
     assert all(text.strip() for text in table.column("output").to_pylist())
     assert cli("status", out).exit_code == 0
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_an_unreachable_endpoint_is_one_clear_message(s3, cli, fake, tmp_path, monkeypatch, where):
+    local = tmp_path / "in.jsonl"
+    local.write_text("".join(json.dumps(r) + "\n" for r in news_rows(4)))
+    fake()
+    url = f"s3://{BUCKET}/{where}"
+    job = write_job(tmp_path, input={"path": url + "/news.jsonl" if where == "input" else str(local)},
+                    output={"dir": url if where == "output" else str(tmp_path / "out")})
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there (the discard port)
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    result = cli("run", job)
+    assert result.exit_code in (1, 2), result.output
+    assert "Traceback" not in result.output
+    assert f"{url}" in result.output
+    assert not (tmp_path / "out").exists()

@@ -400,11 +400,12 @@ def report_cmd(output_dir: str, target: str | None) -> None:
 
     try:
         with output_folder(output_dir) as out:
-            summary, page = write_report(out, Path(target) if target else None)
+            summary, page = write_report(out, Path(target) if target else None,
+                                         output_dir if out != Path(output_dir) else None)
             page = Path(output_dir) / page.relative_to(out) if page.is_relative_to(out) else page
     except BatchRunnerError as e:
         _fail(e)
-    click.echo(summary.replace(str(out), output_dir))
+    click.echo(summary)
     click.echo(f"\n{'report':>12}  {shown(output_dir, page)} (charts beside it as PNG)")
 
 

@@ -282,6 +282,8 @@ def test_status_merge_report_and_the_api_work_on_an_s3_output(s3, cli, fake, tmp
     assert report.exit_code == 0, report.output
     assert f"{out}/report/index.html" in report.output and "/tmp/" not in report.output
     assert "report/index.html" in keys(s3, "out/")
+    page = s3.get_object(Bucket=BUCKET, Key="out/report/index.html")["Body"].read().decode()
+    assert f"from {out}." in page and "/tmp/" not in page
 
     api = f"s3://{BUCKET}/api"
     found = batch_runner.run(job, output_dir=api, progress=False)

@@ -162,10 +162,12 @@ def results(job: JobSpec):
     from .inputs.readers import iter_rows, row_id
     from .output.ownership import refuse_foreign
     from .output.resume import read_job_record
+    from .storage import output_folder
 
-    refuse_foreign(job.output_dir, read_job_record(job.output_dir))  # never another output's rows
-    parts = [str(p) for p in committed_parts(job.output_dir / "results")]
-    found = datasets.Dataset.from_parquet(parts)
+    with output_folder(job.output.dir or job.output_dir) as out:  # an s3:// output: read from a local copy
+        refuse_foreign(out, read_job_record(out))  # never another output's rows
+        parts = [str(p) for p in committed_parts(out / "results")]
+        found = datasets.Dataset.from_parquet(parts)  # (copied into datasets' cache: it outlives the copy)
     position = {str(row_id(job.input, row.index, row.data)): i for i, row in enumerate(iter_rows(job.input))}
     order = sorted(range(len(found)), key=lambda i, ids=found["id"]: position.get(ids[i], len(position)))
     return found.select(order)

@@ -2,6 +2,10 @@
 
 Every file is written under a temporary name starting with '.', fsynced, then renamed: readers
 (pyarrow.dataset ignores dot-files) never see a file cut short by a crash.
+
+A folder that is the local copy of an object-store output (storage.py) is registered with
+``publishing``: each file written or removed in it is then uploaded (whole) or deleted there at
+once, before the write returns, so that the store holds what the local copy holds, in order.
 """
 
 from __future__ import annotations
@@ -10,12 +14,44 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+class Publisher(Protocol):
+    def written(self, path: Path) -> None: ...
+    def removed(self, path: Path) -> None: ...
+
+
+_PUBLISHERS: dict[Path, Publisher] = {}  # local copies of object-store outputs (storage.py)
+
+
+@contextlib.contextmanager
+def publishing(root: Path, publisher: Publisher) -> Iterator[None]:
+    """While open, every atomic write and ``remove`` under ``root`` is passed on to ``publisher``."""
+    _PUBLISHERS[root.resolve()] = publisher
+    try:
+        yield
+    finally:
+        _PUBLISHERS.pop(root.resolve(), None)
+
+
+def _publisher(path: Path) -> Publisher | None:
+    if not _PUBLISHERS:
+        return None
+    where = path.resolve()
+    return next((p for root, p in _PUBLISHERS.items() if root in where.parents), None)
+
+
+def remove(path: Path) -> None:
+    """Remove a file batch-runner wrote (and its object, where the folder is a store's local copy)."""
+    path.unlink(missing_ok=True)
+    if (publisher := _publisher(path)) is not None:
+        publisher.removed(path)
 
 
 def umask() -> int:
@@ -61,6 +97,8 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+    if (publisher := _publisher(path)) is not None:
+        publisher.written(path)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -44,6 +44,31 @@ class _DefaultToRun(click.Group):
             sys.exit(int(ExitStatus.FAILED))
 
 
+class _Output(click.ParamType):
+    """An output folder that exists, or an object-store URL (``s3://bucket/folder``)."""
+
+    name = "output_dir"
+
+    def convert(self, value, param, ctx):
+        from .storage import is_url
+
+        if is_url(value):
+            return value
+        return click.Path(file_okay=False, exists=True).convert(value, param, ctx)
+
+
+OUTPUT = _Output()
+
+
+def shown(output_dir: str, path) -> str:
+    """A path inside an output as the user named the output (``s3://`` kept whole: Path would fold '//')."""
+    from .storage import is_url
+
+    if not is_url(output_dir):
+        return str(path)
+    return str(path).replace(str(Path(output_dir)), output_dir.rstrip("/"), 1)
+
+
 def _fail(e: BatchRunnerError) -> None:
     click.echo(f"batch-run: error: {e}", err=True)
     sys.exit(int(e.exit_status))
@@ -311,7 +336,7 @@ def _tuned_trial(path: Path):
 
 
 @main.command("status")
-@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("output_dir", type=OUTPUT)
 def status_cmd(output_dir: str) -> None:
     """Show which shards of OUTPUT_DIR are complete, partial or missing.
 
@@ -320,16 +345,18 @@ def status_cmd(output_dir: str) -> None:
     Batch, Google Cloud Batch or Kubernetes Indexed Job array, how to run its missing indices there.
     Exit status 0 when every shard is complete, 1 otherwise.
     """
-    from pathlib import Path
 
     from .executors.indexed import SCHEDULERS, rerun_advice
     from .output.job_record import JobRecord
     from .output.status import array_ranges, array_size, array_tasks, shard_states
+    from .storage import output_folder
 
     try:
-        states = shard_states(Path(output_dir))
-        tasks = array_tasks(Path(output_dir), states)
-        kind = JobRecord.require(Path(output_dir)).executor_kind
+        with output_folder(output_dir) as out:
+            states = shard_states(out)
+            tasks = array_tasks(out, states)
+            kind = JobRecord.require(out).executor_kind
+            size = array_size(out)
     except BatchRunnerError as e:
         _fail(e)
     click.echo(f"{'shard':>12}  {'state':<9} {'rows':>8} {'errors':>7}")
@@ -343,32 +370,34 @@ def status_cmd(output_dir: str) -> None:
     if running:
         click.echo(f"running now: {', '.join(running)} (a run holds the lock; not to resubmit)")
     if tasks and kind in SCHEDULERS:
-        click.echo("\n".join(rerun_advice(kind, tasks, array_size(Path(output_dir)))))
+        click.echo("\n".join(rerun_advice(kind, tasks, size)))
     elif tasks:
         click.echo(f"resubmit: --array={array_ranges(tasks)}")
     sys.exit(0 if not todo else 1)
 
 
 @main.command("merge")
-@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("output_dir", type=OUTPUT)
 def merge_cmd(output_dir: str) -> None:
     """Check every shard of OUTPUT_DIR is complete; write merged/results.parquet and merged/stats.parquet."""
     from pathlib import Path
 
     from .output.status import merge
     from .runner.stop import StopAtOnce
+    from .storage import output_folder
 
     try:  # a stop ends it at once, with its temporary file removed: exit 75, or 130 (ABORTED) for a SIGINT after
         with StopAtOnce("merge stopped, its temporary files removed: "
-                        "run merge again"):
-            target, rows = merge(Path(output_dir))
+                        "run merge again"), output_folder(output_dir) as out:
+            target, rows = merge(out)
+            target = Path(output_dir) / target.relative_to(out) if out != Path(output_dir) else target
     except BatchRunnerError as e:
         _fail(e)
-    click.echo(f"merged {rows} rows into {target}")
+    click.echo(f"merged {rows} rows into {shown(output_dir, target)}")
 
 
 @main.command("report")
-@click.argument("output_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("output_dir", type=OUTPUT)
 @click.option("--to", "target", type=click.Path(file_okay=False), help="Folder for the HTML page and PNG charts (default OUTPUT_DIR/report).")
 def report_cmd(output_dir: str, target: str | None) -> None:
     """Summarize OUTPUT_DIR (finished or still running) on one screen; write an HTML page and PNG charts.
@@ -380,13 +409,17 @@ def report_cmd(output_dir: str, target: str | None) -> None:
     from pathlib import Path
 
     from .observe.report import write_report
+    from .storage import output_folder
 
     try:
-        summary, page = write_report(Path(output_dir), Path(target) if target else None)
+        with output_folder(output_dir) as out:
+            summary, page = write_report(out, Path(target) if target else None,
+                                         output_dir if out != Path(output_dir) else None)
+            page = Path(output_dir) / page.relative_to(out) if page.is_relative_to(out) else page
     except BatchRunnerError as e:
         _fail(e)
     click.echo(summary)
-    click.echo(f"\n{'report':>12}  {page} (charts beside it as PNG)")
+    click.echo(f"\n{'report':>12}  {shown(output_dir, page)} (charts beside it as PNG)")
 
 
 def entry() -> None:

@@ -117,7 +117,8 @@ class EngineSpec(_Section):
 
 
 class InputSpec(_Section):
-    path: str | None = Field(None, description="A .jsonl/.json/.parquet file, a glob or a directory of them.")
+    path: str | None = Field(None, description="A .jsonl/.json/.parquet file, a glob or a directory of them; "
+                                 "or an object-store URL (s3://, gs://, hf://): an object, a prefix or a glob of keys.")
     paths_fit = field_validator("path")(_fits_a_file_system)
     format: Literal["auto", "jsonl", "parquet", "hf", "openai"] = Field(
         "auto", description="Input format; auto = by suffix; openai = an OpenAI batch input file (JSONL).")
@@ -200,7 +201,8 @@ class SamplingSpec(_Section):
 
 
 class OutputSpec(_Section):
-    dir: str | None = Field(None, description="Output directory; default outputs/<job name>.")
+    dir: str | None = Field(None, description="Output directory; default outputs/<job name>. "
+                                              "Or s3://bucket/folder (docs/operations.md, Object storage).")
     batch_size: int = Field(256, gt=0, description="Rows per batch: its rows land as one part when it completes.")
     compression: str = Field("zstd", description="Parquet compression codec.")
     flush_s: float = Field(5.0, gt=0, description="A finished row is committed at most this many seconds after it "

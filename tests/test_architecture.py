@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "batch_runner"
 LAYERS: list[set[str]] = [
     {"errors"},
     {"logs", "atomic", "records"},
+    {"storage"},
     {"config"},
     {"config_doc"},
     {"engines"},

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from ..config import JobSpec
-from ..errors import RESUME_ADVICE, ExitStatus, writing
+from ..errors import RESUME_ADVICE, ExitStatus, JobError, writing
 from ..inputs.assignment import ALL, Shard
 from ..inputs.preflight import ShardInput, preflight_shards
 from ..output import resume
 from ..output.ownership import refuse_foreign
 from ..records import Summary
 from ..runner.shard import RunOptions, run_shard
+from ..storage import is_url
 
 log = logging.getLogger("batch_runner")
 
@@ -75,6 +76,10 @@ def prepare_shards(job: JobSpec, options: RunOptions, shards: list[Shard]) -> li
     fingerprint; and --fresh for all the shards at once, under all their locks (the shards must not
     do it themselves: they would race). Returns each shard's input report, for its run
     (``RunOptions.given``): the shards do not read the input again before they run it."""
+    if is_url(job.output.dir):
+        raise JobError(f"output.dir: {job.output.dir}: an output in object storage is written one shard per "
+                       "process (--shard, or an array of tasks); executor.data_parallel and the ray executor are "
+                       "for local and shared-filesystem outputs")
     out = job.output_dir
     for s in shards:
         resume.check_output_folder(job, s, options.job_file)

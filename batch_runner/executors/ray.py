@@ -25,6 +25,7 @@ from ..output.parts import committed_parts
 from ..records import Summary
 from ..runner.shard import RunOptions
 from ..runner.stop import STOP_GRACE_S, StopRequest
+from ..storage import is_url
 from .base import Execution, Executor, combined_status, prepare_shards, run_here, with_shard
 
 log = logging.getLogger("batch_runner")
@@ -145,7 +146,7 @@ def run_on_ray(job: JobSpec, options: RunOptions, verbose: bool) -> Execution:
 def _absolute_paths(job: JobSpec) -> JobSpec:
     """The job with its input and output paths made absolute: the tasks run in other folders."""
     update = {"output": job.output.model_copy(update={"dir": str(job.output_dir.resolve())})}
-    if job.input.path is not None and not Path(job.input.path).is_absolute():
+    if job.input.path is not None and not is_url(job.input.path) and not Path(job.input.path).is_absolute():
         update["input"] = job.input.model_copy(update={"path": str(Path(job.input.path).resolve())})
     return job.model_copy(update=update)
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from ..config import InputSpec
 from ..errors import JobError
-from .readers import load_dataset, resolve_files
+from ..storage import ObjectFile, is_url
+from .readers import InputFile, load_dataset, open_raw, resolve_files
 
 BLOCK_BYTES = 1 << 20  # 1 MiB: about 2,000 lines of 500 bytes per block, 500 blocks per 500 MB
 
@@ -53,13 +54,12 @@ class InputContent:
                 "files": {f.path: {"lines": f.lines, "blocks": f.blocks} for f in self.files}}
 
 
-def file_content(path: Path) -> FileContent:
+def file_content(path: InputFile) -> FileContent:
     """Read the file once in blocks: a digest per block, the line each starts in, the whole's digest."""
     whole, blocks, line, size, tail = hashlib.sha256(), [], 1, 0, b"\n"
     try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-            f.seek(0)
+        with open_raw(path) as f:
+            magic = f.peek(6)[:6]
             while chunk := f.read(BLOCK_BYTES):
                 digest = hashlib.sha256(chunk).hexdigest()[:32]
                 blocks.append((line, digest))
@@ -118,10 +118,11 @@ def _where(old: dict[str, Any] | None, now: FileContent, block_bytes: int) -> st
         start = now.blocks[i][0] if i < len(now.blocks) else before[i][0]
         end = now.blocks[i + 1][0] if i + 1 < len(now.blocks) else now.last_line
         return f"the first change is in lines {start}-{end}" if end >= start else f"lines from {start} on are gone"
-    return _parquet_rows(Path(now.path), i * BLOCK_BYTES) or f"its bytes differ from byte {i * BLOCK_BYTES:,} on"
+    where = ObjectFile(now.path).open_random() if is_url(now.path) else Path(now.path)
+    return _parquet_rows(where, i * BLOCK_BYTES) or f"its bytes differ from byte {i * BLOCK_BYTES:,} on"
 
 
-def _parquet_rows(path: Path, offset: int) -> str | None:
+def _parquet_rows(path: Any, offset: int) -> str | None:
     """The rows of the Parquet row groups in the changed block starting at ``offset`` (from the footer)."""
     import pyarrow.parquet as pq
 

@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 from ..config import InputSpec
 from ..errors import JobError
+from ..storage import ObjectFile, glob_root, is_url, list_objects
 
 SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 COMPRESSED = (".gz", ".zst", ".bz2", ".xz")  # JSONL only; read by their magic bytes, not their names
@@ -37,10 +38,39 @@ def describe_source(spec: InputSpec) -> str:
     return spec.path if spec.path is not None else f"dataset {spec.dataset}"
 
 
-def resolve_files(spec: InputSpec) -> list[Path]:
+InputFile = Path | ObjectFile  # a local file, or an object in a store (storage.py)
+
+
+def resolve_files(spec: InputSpec) -> list[InputFile]:
     """The input files, in a stable order; a clear error if there are none."""
     assert spec.path is not None
     raw = spec.path
+    files = _resolve_objects(raw) if is_url(raw) else _resolve_local(raw)
+    for f in files:
+        if spec.format == "auto" and _suffix(f) not in SUFFIXES:
+            raise JobError(f"{f}: unknown input format {_suffix(f) or '(no suffix)'!r}; "
+                           f"use .jsonl, .json or .parquet (JSONL also compressed: .jsonl.gz, .jsonl.zst), "
+                           "or set input.format")
+    return files
+
+
+def _resolve_objects(url: str) -> list[InputFile]:
+    """An object, a prefix (a folder: the input files under it) or a glob of keys, in a store."""
+    pattern = glob_root(url)
+    found = list_objects(url, pattern)
+    if pattern is not None and not found:
+        raise JobError(f"input.path: no object matches {url!r}")
+    if found is None:
+        raise JobError(f"input.path: {url} does not exist")
+    if pattern is None and not (len(found) == 1 and found[0].url == url.rstrip("/")):
+        found = [f for f in found if _suffix(f) in SUFFIXES]  # a prefix, as a folder
+        if not found:
+            raise JobError(f"input.path: {url} holds no .jsonl, .json or .parquet object "
+                           f"(JSONL may be compressed: {', '.join(COMPRESSED)})")
+    return list(found)
+
+
+def _resolve_local(raw: str) -> list[InputFile]:
     path = Path(raw)
     if any(c in raw for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(raw, recursive=True) if Path(p).is_file())
@@ -55,40 +85,45 @@ def resolve_files(spec: InputSpec) -> list[Path]:
         files = [path]
     else:
         raise JobError(f"input.path: {raw} does not exist")
-    for f in files:
-        if spec.format == "auto" and _suffix(f) not in SUFFIXES:
-            raise JobError(f"{f}: unknown input format {_suffix(f) or '(no suffix)'!r}; "
-                           f"use .jsonl, .json or .parquet (JSONL also compressed: .jsonl.gz, .jsonl.zst), "
-                           "or set input.format")
     return files
 
 
-def _suffix(path: Path) -> str:
+def _suffix(path: InputFile) -> str:
     """The format suffix, under a compression suffix: data.jsonl.gz -> .jsonl."""
     if path.suffix in COMPRESSED:
         return Path(path.stem).suffix
     return path.suffix
 
 
-def _format_of(spec: InputSpec, path: Path) -> str:
+def _format_of(spec: InputSpec, path: InputFile) -> str:
     return spec.format if spec.format != "auto" else SUFFIXES[_suffix(path)]
 
 
-def _open_bytes(path: Path) -> BinaryIO:
+def open_raw(path: InputFile) -> BinaryIO:
+    """The file's bytes as stored, as a stream (an object is read as it is needed, never whole)."""
+    if isinstance(path, ObjectFile):
+        return io.BufferedReader(path.open_stream(), buffer_size=1 << 20)
+    return open(path, "rb")
+
+
+def _open_bytes(path: InputFile) -> BinaryIO:
     """The file's bytes, decompressed when its first bytes say it is gzip, zstd, bzip2 or xz."""
-    with open(path, "rb") as f:
+    with open_raw(path) as f:
         magic = f.read(6)
+    raw = open_raw(path)
     if magic.startswith(b"\x1f\x8b"):
-        return gzip.open(path, "rb")
+        return gzip.open(raw, "rb")
     if magic.startswith(b"BZh"):
-        return bz2.open(path, "rb")
+        return bz2.open(raw, "rb")
     if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.open(path, "rb")
+        return lzma.open(raw, "rb")
     if magic.startswith(b"\x28\xb5\x2f\xfd"):
         import pyarrow as pa
 
-        return io.BufferedReader(pa.CompressedInputStream(pa.OSFile(str(path)), "zstd"))
-    return open(path, "rb")
+        raw.close()
+        stream = path.open_stream() if isinstance(path, ObjectFile) else pa.OSFile(str(path))
+        return io.BufferedReader(pa.CompressedInputStream(stream, "zstd"))
+    return raw
 
 
 def _parse_line(raw: bytes, where: str) -> dict[str, Any]:
@@ -109,7 +144,7 @@ def _parse_line(raw: bytes, where: str) -> dict[str, Any]:
     return data
 
 
-def _read_jsonl(path: Path, start: int) -> Iterator[InputRow]:
+def _read_jsonl(path: InputFile, start: int) -> Iterator[InputRow]:
     try:
         f = _open_bytes(path)
     except OSError as e:
@@ -132,12 +167,12 @@ def _read_jsonl(path: Path, start: int) -> Iterator[InputRow]:
             raise JobError(f"{path}: cannot read input: {type(e).__name__}: {e}") from e
 
 
-def _read_parquet(path: Path, start: int) -> Iterator[InputRow]:
+def _read_parquet(path: InputFile, start: int) -> Iterator[InputRow]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(path.open_random() if isinstance(path, ObjectFile) else path)
         index = start
         for batch in pf.iter_batches(batch_size=CHUNK_ROWS):
             for data in batch.to_pylist():
@@ -198,7 +233,7 @@ def iter_rows(spec: InputSpec, limited: bool = True) -> Iterator[InputRow]:
 INVALID = "_batch_run_invalid"  # a row the reader could not make sense of: its problem, for pre-flight
 
 
-def _read_openai(path: Path, start: int) -> Iterator[InputRow]:
+def _read_openai(path: InputFile, start: int) -> Iterator[InputRow]:
     from .openai_batch import request_row
 
     for row in _read_jsonl(path, start):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ CHARTS = ("throughput", "cache_hit", "output_tokens", "outcomes")
 
 @dataclass
 class Report:
-    out: Path
+    out: Path | str  # the folder, or the URL of an output in object storage
     job: JobSpec | None  # the output's recorded job (job.json)
     shards: list[ShardState]
     running: list[str]
@@ -302,9 +302,12 @@ def _shard_row(s: dict[str, Any]) -> str:
             f"<td>{s['errors']:,}</td><td>{tok}</td></tr>")
 
 
-def write_report(out: Path, folder: Path | None = None) -> tuple[str, Path]:
-    """Print-ready text; writes ``index.html`` and the PNG charts into ``folder`` (default OUT/report)."""
+def write_report(out: Path, folder: Path | None = None, named: str | None = None) -> tuple[str, Path]:
+    """Print-ready text; writes ``index.html`` and the PNG charts into ``folder`` (default OUT/report).
+    ``named``: how the text and the page name the output (an s3:// URL, where ``out`` is its local copy)."""
     r = load(out)
+    if named is not None:
+        r = replace(r, out=named)
     f = figures(r)
     folder = folder or out / "report"
     folder.mkdir(parents=True, exist_ok=True)

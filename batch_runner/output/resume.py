@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from .. import atomic
 from ..atomic import write_json
 from ..config import JobSpec, excerpt
 from ..errors import RESUME_ADVICE, ExitStatus, JobError, ResumeConflict, writing
@@ -395,7 +396,7 @@ def drop_error_rows(results: Path, shard: str, compression: str) -> int:
             continue
         kept = table.filter(pc.invert(failed))
         if kept.num_rows == 0:
-            part.unlink()
+            atomic.remove(part)
         else:
             atomic_write(part, lambda tmp, kept=kept: pq.write_table(kept, tmp, compression=compression))
         dropped += n
@@ -403,7 +404,7 @@ def drop_error_rows(results: Path, shard: str, compression: str) -> int:
 
 
 def clear_shard_marker(out: Path, shard: str) -> None:
-    (out / "shards" / f"{shard}.done").unlink(missing_ok=True)
+    atomic.remove(out / "shards" / f"{shard}.done")
 
 
 def mark_shard_done(out: Path, shard: str, summary: Summary) -> None:
@@ -447,7 +448,8 @@ def check_output_writable(out: Path) -> None:
 def check_output_folder(job: JobSpec, shard: Shard, job_file: Path | None) -> None:
     """Before the long pre-flight: the output folder is safe and writable, and no run holds this shard."""
     out = job.output_dir
-    inputs = resolve_files(job.input) if job.input.path is not None else []
+    # (an input in object storage cannot be inside a local output folder)
+    inputs = [f for f in resolve_files(job.input) if isinstance(f, Path)] if job.input.path is not None else []
     folder = Path(job.input.path) if job.input.path is not None and Path(job.input.path).is_dir() else None
     check_output_dir(out, inputs, job_file, folder)
     check_output_writable(out)

@@ -25,17 +25,19 @@ from typing import Any
 
 import pyarrow as pa
 
+from .. import storage
 from ..config import JobSpec
 from ..engines import Engine, check_backend, get_engine, max_num_seqs, restart_engine
 from ..engines.vllm_engine import is_cpu_platform, vllm_version
 from ..engines.watch import WatchedEngine
-from ..errors import EngineError, ExitStatus, StorageError, writing
+from ..errors import EngineError, ExitStatus, JobError, StorageError, writing
 from ..inputs.assignment import ALL, Shard
 from ..inputs.preflight import Preflight, ShardInput, preflight, preview
 from ..observe.metrics import RunMetrics
 from ..observe.progress import Progress
 from ..output import resume
 from ..records import Summary
+from ..storage import is_url
 from .commit import Committer, Listener, PartWriter
 from .finish import finish_shard
 from .ordering import rows_to_run
@@ -83,6 +85,8 @@ class _Context:
 
 def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
     """Run (or resume) one shard of a job in this process; see the module docstring."""
+    if is_url(job.output.dir) and not options.dry_run:
+        return _run_in_store(job, options)
     started, t0 = datetime.now(timezone.utc), time.perf_counter()
     shard = options.shard
     if not options.dry_run:
@@ -100,6 +104,25 @@ def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
         started = _start_before_fresh(ctx, stop) if options.fresh else None
         kept, done = resume.open_shard(job, shard, pre.report, options.fresh, options.retry_errors)
         return _run_rows(ctx, options, stop, kept, done, started)
+
+
+def _run_in_store(job: JobSpec, options: RunOptions) -> RunResult:
+    """An output in S3: the shard runs on a local copy of what it needs (job.json, its own parts and
+    marker), under its lease; each file it writes goes on to the bucket at once (storage.py)."""
+    url, label = str(job.output.dir), options.shard.label
+    if options.fresh:  # moving objects aside in a store means copying, then deleting the originals
+        raise JobError(f"--fresh: {url} is in object storage, where moving the old results aside would delete "
+                       "objects, which batch-run never does; give the run a new output.dir (--output)")
+
+    def needed(inside: str) -> bool:
+        if inside.startswith(("results/", "stats/", "timeline/")):
+            return f"/part-{label}-" in inside
+        return not inside.startswith(("merged/", "report/"))
+
+    with storage.local_copy(url, needed, lease=label) as local:
+        result = run_shard(job.model_copy(update={"output": job.output.model_copy(update={"dir": str(local)})}),
+                           options)
+    return result
 
 
 def _first_write(out: Path, label: str) -> resume.OutputLock:

@@ -52,7 +52,8 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
         duration_s=round(duration, 2), input_rows=report.rows, shard_rows=report.shard_rows,
         skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.figures(),
         engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
-        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost, input_changed=changed or None)
+        gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost, input_changed=changed or None,
+        sizing=getattr(ctx, "sizing", None))
     with writing(out, RESUME_ADVICE):
         write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
         if complete:

@@ -148,3 +148,12 @@ def test_the_fake_engine_takes_auto_as_its_default():
     from batch_runner.engines import fake
 
     assert fake.engine_arguments("m", job.model, job.engine)[0]["max_num_seqs"] == fake.FAKE_MAX_NUM_SEQS
+
+
+def test_a_sizing_as_the_settings_every_trial_of_a_plan_runs():
+    from batch_runner.plan.trials import sizing_settings
+
+    s = choose(10**9, DT, 3000, 512, 32768, True)
+    assert sizing_settings(s) == {"engine.max_num_seqs": 2048,
+                                  "engine.extra.compilation_config.max_cudagraph_capture_size": 2048}
+    assert sizing_settings(choose(None, DT, 3000, 512, 32768, True)) == {"engine.max_num_seqs": 512}

@@ -26,7 +26,8 @@ from batch_runner.output.schemas import (
     schema_of,
 )
 from batch_runner.records import RESULT_NAMES as RECORD_NAMES
-from batch_runner.records import Cost, ResultRow, RunFigures, ShardTotals, StatsRow, Summary, TimelineRow, columns
+from batch_runner.records import (Cost, EngineSizing, ResultRow, RunFigures, ShardTotals, StatsRow, Summary,
+                                   TimelineRow, columns)
 
 ROWS = {ResultRow: pa.schema(RESULT_FIELDS), StatsRow: STATS_SCHEMA, TimelineRow: TIMELINE_SCHEMA}
 
@@ -112,7 +113,8 @@ def _summary() -> Summary:
         interrupted_by=None, started_at=datetime.now(timezone.utc).isoformat(), finished_at="later", duration_s=3.5,
         input_rows=2, shard_rows=2, skipped_done=0, output=ShardTotals(2, 1, {"too_long": 1}), this_run=totals.figures(),
         engine={"max_num_seqs": 8, "enforce_eager": True}, vllm="0.0", host="h", run_id="r", gpu_memory_peak_gb=None,
-        cost=Cost(1, 0.001, 0.0005, 2.0, 0.002, 333.3, 125.0), input_changed=None)
+        cost=Cost(1, 0.001, 0.0005, 2.0, 0.002, 333.3, 125.0), input_changed=None,
+        sizing=EngineSizing(2048, 2048, None, 848, 1000, 6_063_807, "why", kv_tokens=6_100_000))
 
 
 def test_a_summary_round_trips_through_its_file(tmp_path):
@@ -121,6 +123,7 @@ def test_a_summary_round_trips_through_its_file(tmp_path):
     path.write_text(json.dumps(summary.as_dict()))
     back = Summary.load(path)
     assert back == summary and isinstance(back.this_run, RunFigures) and isinstance(back.cost, Cost)
+    assert isinstance(back.sizing, EngineSizing) and back.sizing.max_num_seqs == 2048
     assert back.this_run.output_tok_s == 3.0 and back.output.errors_by_code == {"too_long": 1}
 
 
@@ -129,7 +132,9 @@ def test_a_summary_keeps_its_json_keys():
     assert list(d) == ["job", "model", "model_path", "shard", "status", "exit_status", "complete", "interrupted_by",
                        "started_at", "finished_at", "duration_s", "input_rows", "shard_rows", "skipped_done",
                        "output", "this_run", "engine", "vllm", "host", "run_id", "gpu_memory_peak_gb", "cost",
-                       "input_changed"]
+                       "input_changed", "sizing"]
+    assert list(d["sizing"]) == ["max_num_seqs", "max_cudagraph_capture_size", "max_num_batched_tokens",
+                                 "per_seq_tokens", "sample_rows", "kv_tokens_estimate", "reason", "kv_tokens"]
     assert list(d["output"]) == ["rows", "errors", "errors_by_code"]
     assert list(d["this_run"]) == ["requests", "errors", "errors_by_code", "prompt_tokens", "cached_prompt_tokens",
                                    "output_tokens", "generation_s", "output_tok_s", "total_tok_s", "requests_s",

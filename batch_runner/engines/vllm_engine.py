@@ -153,7 +153,8 @@ def auto_size(args: dict[str, Any], model: ModelSpec, engine: EngineSpec, rows: 
     floor = int(PROFILES[engine.profile]["max_num_seqs"])
     sizing = choose(estimate_kv_tokens(args, model, tp, batched), rows, shard_rows, floor, batched, graphs)
     if "max_num_batched_tokens" in engine.extra or engine.max_num_batched_tokens is not None:
-        sizing = dataclasses.replace(sizing, max_num_seqs=min(sizing.max_num_seqs, batched), max_num_batched_tokens=None)
+        sizing = dataclasses.replace(sizing, max_num_seqs=min(sizing.max_num_seqs, batched),
+                                     max_num_batched_tokens=None)
     sized = dict(args, max_num_seqs=sizing.max_num_seqs)
     if sizing.max_num_batched_tokens is not None:
         sized["max_num_batched_tokens"] = sizing.max_num_batched_tokens

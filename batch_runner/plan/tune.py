@@ -195,7 +195,8 @@ def tune(job: JobSpec, base: dict[str, Any], gpu: bool, rows: int, scratch: Path
                 f"sequences (the sample has {sample:,}; --rows sets it)")
             continue
         before, t = profile, sweep_trial(name, settings)
-        while t is not None and t.ok and t.output_tok_s > before.output_tok_s and (step := further(t, base, gpu, sample)):
+        while (t is not None and t.ok and t.output_tok_s > before.output_tok_s
+               and (step := further(t, base, gpu, sample))):
             before, t = t, sweep_trial(*step)  # it helped: one more step the same way, while it still helps
     if together := combined(result.trials, profile):
         sweep_trial("best together", together)

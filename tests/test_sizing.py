@@ -157,3 +157,39 @@ def test_a_sizing_as_the_settings_every_trial_of_a_plan_runs():
     assert sizing_settings(s) == {"engine.max_num_seqs": 2048,
                                   "engine.extra.compilation_config.max_cudagraph_capture_size": 2048}
     assert sizing_settings(choose(None, DT, 3000, 512, 32768, True)) == {"engine.max_num_seqs": 512}
+
+
+# -- the shard runner: applied before the start, measured after it --------------------------------
+def test_the_shard_runner_applies_the_sizing_says_it_and_keeps_it_for_the_summary(monkeypatch, caplog):
+    from batch_runner.runner import shard
+
+    job = load_job(SUMMARIZE)
+    chosen = choose(6_000_000, DT, 3000, 512, 32768, True)
+    seen = {}
+
+    def auto_size(args, model, engine, rows, shard_rows):
+        seen.update(rows=rows, shard_rows=shard_rows)
+        return dict(args, max_num_seqs=chosen.max_num_seqs), chosen
+
+    monkeypatch.setattr(shard, "auto_size", auto_size)
+    monkeypatch.setattr(shard, "row_tokens", lambda job, renderer: DT)
+    ctx = SimpleNamespace(job=job, pre=SimpleNamespace(renderer=None, report=SimpleNamespace(shard_rows=3000)),
+                          sizing=None)
+    caplog.set_level("INFO", logger="batch_runner")
+    args = shard._sized(ctx, {"max_num_seqs": 512})
+    assert args == {"max_num_seqs": 2048} and ctx.sizing is chosen and seen == {"rows": DT, "shard_rows": 3000}
+    assert "engine sized from the job: max_num_seqs 2048, CUDA graphs to 2048: " in caplog.text
+
+    measured = shard._measured(chosen, 6_100_000)
+    assert measured.kv_tokens == 6_100_000 and "KV cache: 6,100,000 tokens (estimated 6,000,000)" in caplog.text
+    shard._measured(chosen, 1_000_000)  # 1,179 of 2,048 fit at their longest
+    assert "holds 1179 of the 2048 sequences chosen" in caplog.text
+    assert shard._measured(chosen, None) is chosen
+
+
+def test_an_explicit_setting_is_not_sized(monkeypatch):
+    from batch_runner.runner import shard
+
+    monkeypatch.setattr(shard, "row_tokens", lambda *a: pytest.fail("an explicit setting needs no rows read"))
+    ctx = SimpleNamespace(job=load_job(SUMMARIZE, ["engine.max_num_seqs=512"]), sizing=None)
+    assert shard._sized(ctx, {"max_num_seqs": 512}) == {"max_num_seqs": 512} and ctx.sizing is None

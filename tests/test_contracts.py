@@ -26,8 +26,17 @@ from batch_runner.output.schemas import (
     schema_of,
 )
 from batch_runner.records import RESULT_NAMES as RECORD_NAMES
-from batch_runner.records import (Cost, EngineSizing, ResultRow, RunFigures, ShardTotals, StatsRow, Summary,
-                                   TimelineRow, columns)
+from batch_runner.records import (
+    Cost,
+    EngineSizing,
+    ResultRow,
+    RunFigures,
+    ShardTotals,
+    StatsRow,
+    Summary,
+    TimelineRow,
+    columns,
+)
 
 ROWS = {ResultRow: pa.schema(RESULT_FIELDS), StatsRow: STATS_SCHEMA, TimelineRow: TIMELINE_SCHEMA}
 

@@ -135,6 +135,10 @@ def test_auto_size_leaves_explicit_settings_alone(gpu):
     assert sized["max_num_seqs"] == 1024 and sized["max_num_batched_tokens"] == 1024
     args, model, spec = _args(enforce_eager=True)
     assert "compilation_config" not in vllm_engine.auto_size(args, model, spec, DT, 3000)[0]
+    for own in ({"cudagraph_capture_sizes": [1, 2, 4]}, 3):  # the job's own graphs, or a level: left as given
+        args, model, spec = _args(extra={"compilation_config": own})
+        sized, s = vllm_engine.auto_size(args, model, spec, DT, 3000)
+        assert sized["compilation_config"] == own and s.max_cudagraph_capture_size is None
 
 
 def test_on_the_cpu_the_capped_profile_stays(monkeypatch):

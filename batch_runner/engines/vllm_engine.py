@@ -148,8 +148,9 @@ def auto_size(args: dict[str, Any], model: ModelSpec, engine: EngineSpec, rows: 
     tp = int(args.get("tensor_parallel_size") or 1)
     batched = int(args.get("max_num_batched_tokens") or 8192)
     compilation = args.get("compilation_config")
-    graphs = not args.get("enforce_eager") and not (isinstance(compilation, dict) and (
-        "max_cudagraph_capture_size" in compilation or "cudagraph_capture_sizes" in compilation))
+    # graphs sized here unless the job sizes them itself (or gives compilation_config in another form)
+    graphs = not args.get("enforce_eager") and (compilation is None or isinstance(compilation, dict) and not (
+        {"max_cudagraph_capture_size", "cudagraph_capture_sizes"} & set(compilation)))
     floor = int(PROFILES[engine.profile]["max_num_seqs"])
     sizing = choose(estimate_kv_tokens(args, model, tp, batched), rows, shard_rows, floor, batched, graphs)
     if "max_num_batched_tokens" in engine.extra or engine.max_num_batched_tokens is not None:

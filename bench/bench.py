@@ -17,6 +17,10 @@ Workloads (token counts measured with the model's tokenizer):
         is the SmolLM2-135M shape (--models, default dt=smollm2-135m-shape), the others' is --model
     d7  decode-heavy: 1000 unique ~850-token prompts, 1000 output tokens each
 
+Variants of issue 24: batch-run (engine.max_num_seqs auto, the default), batch-run-fixed (512: the
+throughput profile before auto), batch-run-fp8kv (model.kv_cache_dtype fp8, auto sized for it),
+raw-tuned (LLM.generate with the fixed profile's arguments).
+
 Per-workload models: `--models dt=smollm2-135m-shape` (the default) runs dt on a SmolLM2-135M-shape folder
 the harness writes itself (config of SmolLM2-135M, tokenizer files of $GPU_MODELS/mistral-1b-shape), and
 every other workload on --model, in one invocation:

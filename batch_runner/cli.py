@@ -201,14 +201,25 @@ def _prepare(job_file: str, overrides: tuple[str, ...]):
     renderer = PromptRenderer(job.prompt, load_tokenizer(model_path, job), context_length(model_path, job),
                               job.sampling.max_tokens, tools_column=TOOLS if job.input.format == "openai" else None)
     args, _ = engine_arguments(model_path, job.model, job.engine)
-    return job, renderer, args, not is_cpu_platform()
+    return job, renderer, args, not is_cpu_platform(), model_path
+
+
+def _sized(job, renderer, args, say) -> tuple:
+    """engine.max_num_seqs auto: the whole job's sizing, set in the job so that every trial runs it."""
+    from .plan.trials import sized_job
+
+    job, args, sizing = sized_job(job, renderer, args)
+    if sizing is not None:
+        say(f"engine sized from the job: max_num_seqs {sizing.max_num_seqs}: {sizing.reason}")
+    return job, args
 
 
 @main.command("tune")
 @click.argument("job_file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a job file value.")
-@click.option("--rows", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Trial sample: the job's first ROWS rows (several times max_num_seqs, to fill the engine).")
+@click.option("--rows", type=click.IntRange(min=1),
+              help="Trial sample: the job's first ROWS rows (default: four times max_num_seqs and at least 2000, "
+                   "so that the doubled max_num_seqs still runs two engine-fulls).")
 @click.option("--budget", "budget_min", type=click.FloatRange(min=1), default=30, show_default=True,
               help="Minutes for the whole sweep.")
 @click.option("--trial-limit", "trial_limit_min", type=click.FloatRange(min=1), default=10, show_default=True,
@@ -216,7 +227,7 @@ def _prepare(job_file: str, overrides: tuple[str, ...]):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the trials write (default OUTPUT-tune).")
 @click.option("--knob", "only", multiple=True, type=click.Choice(TUNE_KNOBS),
               help="Try only this engine argument (repeatable; default: all of them).")
-def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int, budget_min: float, trial_limit_min: float,
+def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int | None, budget_min: float, trial_limit_min: float,
              out_dir: str | None, only: tuple[str, ...]) -> None:
     """Find the fastest engine settings for JOB_FILE on this machine.
 
@@ -228,17 +239,24 @@ def tune_cmd(job_file: str, overrides: tuple[str, ...], rows: int, budget_min: f
     """
     import json as json_mod
 
-    from .plan.tune import recommendation, table, tune
+    from .engines.vllm_engine import max_num_seqs
+    from .plan.trials import fp8_kv_settings
+    from .plan.tune import TUNE_ROWS, recommendation, table, tune
+
+    def say(line: str) -> None:
+        click.echo(f"batch-run tune: {line}", err=True)
 
     try:
-        job, _, args, gpu = _prepare(job_file, overrides)
+        job, renderer, args, gpu, model_path = _prepare(job_file, overrides)
+        fp8 = fp8_kv_settings(job, renderer, model_path) if gpu else {}
+        job, args = _sized(job, renderer, args, say)
     except BatchRunnerError as e:
         _fail(e)
+    rows = rows or max(TUNE_ROWS, 4 * max_num_seqs(args))
     scratch = Path(out_dir) if out_dir else job.output_dir.with_name(job.output_dir.name + "-tune")
     scratch.mkdir(parents=True, exist_ok=True)
     click.echo(f"batch-run tune: trials of {rows} rows, {budget_min:g} min budget, into {scratch}", err=True)
-    result = tune(job, args, gpu, rows, scratch, budget_min * 60, trial_limit_min * 60,
-                  lambda line: click.echo(f"batch-run tune: {line}", err=True), only)
+    result = tune(job, args, gpu, rows, scratch, budget_min * 60, trial_limit_min * 60, say, only, fp8)
     (scratch / "tune.json").write_text(json_mod.dumps(result.as_dict(), indent=1))
     click.echo(table(result))
     click.echo("")
@@ -275,7 +293,8 @@ def estimate_cmd(job_file: str, overrides: tuple[str, ...], rows: int | None, tu
     try:  # every argument is checked before the job is, and all of it before any engine starts
         limit_h = _hours(time_limit) if time_limit is not None else None  # "" (an unset variable) is refused
         tuned_trial = _tuned_trial(Path(tuned)) if tuned else None
-        job, renderer, args, gpu = _prepare(job_file, overrides)
+        job, renderer, args, gpu, _ = _prepare(job_file, overrides)
+        job, args = _sized(job, renderer, args, lambda line: click.echo(f"batch-run estimate: {line}", err=True))
     except BatchRunnerError as e:
         _fail(e)
     if tuned_trial:

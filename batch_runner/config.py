@@ -97,7 +97,10 @@ class EngineSpec(_Section):
     profile: Literal["throughput", "balanced", "latency"] = Field(
         "throughput", description="Preset of scheduler settings; the keys below override it.")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of GPU memory vLLM may take.")
-    max_num_seqs: int | None = Field(None, gt=0, description="Most sequences scheduled at once.")
+    max_num_seqs: int | Auto | None = Field(
+        None, description="Most sequences scheduled at once; auto = sized from the job's token counts and the "
+                          "device's KV capacity (the default with the throughput profile on a GPU; the other "
+                          "profiles' default is their fixed value).")
     max_num_batched_tokens: int | None = Field(None, gt=0, description="Token budget of one scheduler step.")
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes.")
     tensor_parallel_size: int | Auto = Field(1, description="GPUs one model is split over; auto = all visible.")
@@ -110,10 +113,17 @@ class EngineSpec(_Section):
         2, ge=0, le=100, description="Engine restarts allowed in one run (after a death or a stall); past them the "
                                      "run ends with exit 1, finished rows saved.")
 
-    @field_validator("tensor_parallel_size")
+    @field_validator("tensor_parallel_size", "max_num_seqs")
     @classmethod
-    def _positive(cls, v: int | str) -> int | str:
-        return _positive_or_auto(v)
+    def _positive(cls, v: int | str | None) -> int | str | None:
+        return v if v is None else _positive_or_auto(v)
+
+    @property
+    def sized_from_job(self) -> bool:
+        """Whether max_num_seqs is chosen from the job (engines.sizing): auto, or unset with the
+        throughput profile, and not set in engine.extra either."""
+        unset = self.max_num_seqs is None and self.profile == "throughput"
+        return self.backend == "vllm" and (self.max_num_seqs == "auto" or unset) and "max_num_seqs" not in self.extra
 
 
 class InputSpec(_Section):

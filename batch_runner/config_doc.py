@@ -56,10 +56,13 @@ NOTES = """\
   `[{role, content}, ...]`, rendered with the chat template as is) or `prompt.prompt_column` (raw
   text, no chat template: completions); an OpenAI batch input (`input.format: openai`) brings its
   own. Rows are grouped by `prompt.system_column` as by a shared `prompt.system`.
-- `engine.profile`: `throughput` / `balanced` / `latency` set `max_num_seqs` 512/256/32,
+- `engine.profile`: `throughput` / `balanced` / `latency` set `max_num_seqs` auto/256/32,
   `max_num_batched_tokens` 32768/16384/8192 and `gpu_memory_utilization` 0.95/0.90/0.85; the keys
   `engine.max_num_seqs`, `engine.max_num_batched_tokens`, `engine.gpu_memory_utilization` and
-  `engine.enforce_eager` override it. On the CPU build the profile is adjusted for the machine
+  `engine.enforce_eager` override it. `max_num_seqs: auto` (the throughput profile's on a GPU; at
+  least its former 512 unless every row's length is known) sizes the engine from the job's token
+  counts and the card's KV capacity ([executors.md](executors.md#engine-sized-from-the-job)). On
+  the CPU build the profile is adjusted for the machine
   ([executors.md](executors.md#running-on-a-gpu-machine)).
 - `executor.data_parallel` (formerly `engine.data_parallel`, which still works): engine processes
   on this node, one GPU (or `tensor_parallel_size` GPUs) and one shard each; `auto` is one engine

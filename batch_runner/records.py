@@ -280,6 +280,22 @@ class Cost(_ReadsAsMapping):
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class EngineSizing(_ReadsAsMapping):
+    """How batch-run sized the engine from the job (``engine.max_num_seqs: auto``): what it chose and
+    why (engines.sizing.choose), the KV capacity it estimated before the start and the one vLLM
+    reported after it. It changes speed, not answers: it is in no fingerprint."""
+
+    max_num_seqs: int
+    max_cudagraph_capture_size: int | None  # CUDA graphs captured up to this batch; None: vLLM's default
+    max_num_batched_tokens: int | None  # None: the profile's, untouched
+    per_seq_tokens: int  # KV tokens one sequence holds at its longest: mean prompt (over n) + mean max_tokens
+    sample_rows: int  # the rows whose token counts were taken (the input's first)
+    kv_tokens_estimate: int | None  # before the start: from the model's config and the device's memory
+    reason: str
+    kv_tokens: int | None = None  # after the start: vLLM's KV cache, in tokens (None: not known)
+
+
 @dataclass
 class Summary:
     """A shard's run: ``summary-<shard>.json`` (``summary.json`` unsharded) and its completion marker,
@@ -309,6 +325,7 @@ class Summary:
     cost: Cost | None = None
     input_changed: list[str] | None = None  # input files that changed during the run (then not complete)
     engine_failures: list[EngineFailure] | None = None  # each failure of the engine in this run, if any
+    sizing: EngineSizing | None = None  # engine.max_num_seqs auto: what was chosen and why (None: not sized)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

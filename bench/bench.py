@@ -13,6 +13,19 @@ Workloads (token counts measured with the model's tokenizer):
     w2  400 distinct 2000-token prefixes x 10 rows, 100-token documents, 64 output tokens, shuffled
     w3  2000 unique 500-1500-token prompts, 256 output tokens
     w4  w1 with 6000 rows, for executor.data_parallel 1 against 2 (--workloads w4, two GPUs)
+    dt  datatrove-like: 3000 unique 30-300-token prompts, 256-1024 output tokens drawn per row; its model
+        is the SmolLM2-135M shape (--models, default dt=smollm2-135m-shape), the others' is --model
+    d7  decode-heavy: 1000 unique ~850-token prompts, 1000 output tokens each
+
+Variants of issue 24: batch-run (engine.max_num_seqs auto, the default), batch-run-fixed (512: the
+throughput profile before auto), batch-run-fp8kv (model.kv_cache_dtype fp8, auto sized for it),
+raw-tuned (LLM.generate with the fixed profile's arguments).
+
+Per-workload models: `--models dt=smollm2-135m-shape` (the default) runs dt on a SmolLM2-135M-shape folder
+the harness writes itself (config of SmolLM2-135M, tokenizer files of $GPU_MODELS/mistral-1b-shape), and
+every other workload on --model, in one invocation:
+
+    python bench/bench.py --out DIR --workloads dt,d7,w1 --only batch-run-fixed,batch-run,batch-run-fixed,batch-run
 """
 
 from __future__ import annotations
@@ -43,19 +56,31 @@ WORKLOADS = {
     "w3": dict(rows=2000, prefixes=0, prefix_tokens=0, doc_tokens=(500, 1500), max_tokens=256),
     # w1 three times over, so that each of two engines still runs long past its ramp-up
     "w4": dict(rows=6000, prefixes=1, prefix_tokens=1000, doc_tokens=(300, 300), max_tokens=128),
+    # issue 24: a datatrove-like job (max_tokens drawn per row) and a decode-heavy one
+    "dt": dict(rows=3000, prefixes=0, prefix_tokens=0, doc_tokens=(30, 300), max_tokens=(256, 1024)),
+    "d7": dict(rows=1000, prefixes=0, prefix_tokens=0, doc_tokens=(840, 840), max_tokens=1000),
 }
 SMOKE = {"w1": dict(rows=6, prefixes=1, prefix_tokens=120, doc_tokens=(40, 40), max_tokens=8)}
 # Which variants run on which workload (the issue's matrix).
 MATRIX = {
     "raw": ["w1", "w2", "w3"],
-    "raw-tuned": ["w1", "w2", "w3"],
-    "batch-run": ["w1", "w2", "w3"],
+    "raw-tuned": ["w1", "w2", "w3", "dt", "d7"],
+    "batch-run": ["w1", "w2", "w3", "dt", "d7"],  # engine.max_num_seqs auto (the default)
+    "batch-run-fixed": ["w1", "dt", "d7"],  # engine.max_num_seqs 512: the throughput profile before auto
+    "batch-run-fp8kv": ["dt", "d7"],  # an fp8 KV cache (model.kv_cache_dtype), sized by auto for it
     "batch-run-nocache": ["w1"],
     "batch-run-nogroup": ["w2"],
     "traditional": ["w1"],
     "batch-run-dp1": ["w4", "w2"],  # executor.data_parallel 1 against 2 (a two-GPU machine)
     "batch-run-dp2": ["w4", "w2"],
 }
+SMALL_MODEL = "smollm2-135m-shape"
+DEFAULT_MODELS = f"dt={SMALL_MODEL}"
+# SmolLM2-135M's dimensions (its config.json on the Hub), vocab at least the borrowed tokenizer's
+SMOLLM2_135M = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_size=576, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536, tie_word_embeddings=True,
+                    max_position_embeddings=8192, vocab_size=49152, hidden_act="silu", rms_norm_eps=1e-5,
+                    rope_theta=100000, torch_dtype="bfloat16")
 WORDS = ("the of and to in is was for on that with as by at from his her it an are were be this which or has had "
          "not but they their one all been also more when who there can new into other two some time after first may "
          "over would only its about where years three such most between like during council river market school "
@@ -81,14 +106,17 @@ def build_workload(name: str, spec: dict, tok, folder: Path, seed: int = 0) -> d
     for i in range(spec["rows"]):
         system = prefixes[i // (spec["rows"] // spec["prefixes"])] if prefixes else None
         # a unique number in front keeps documents distinct (no accidental cache hits beyond the prefix)
-        rows.append({"id": f"{name}-{i:05d}", "system": system, "document": f"{i}. {docs_pool[i % len(docs_pool)]}"})
+        row = {"id": f"{name}-{i:05d}", "system": system, "document": f"{i}. {docs_pool[i % len(docs_pool)]}"}
+        if isinstance(spec["max_tokens"], tuple):  # drawn per row, read by sampling.columns
+            row["max_tokens"] = rng.randint(*spec["max_tokens"])
+        rows.append(row)
     if spec["prefixes"] > 1:
         rng.shuffle(rows)  # w2: rows of one prefix are scattered through the input
     pq.write_table(pa.Table.from_pylist(rows), folder / f"{name}.parquet")
     prompt_tokens = [len(tok(tok.apply_chat_template(_messages(r), tokenize=False, add_generation_prompt=True),
                              add_special_tokens=False).input_ids) for r in rows[:50]]
     return {"rows": len(rows), "mean_prompt_tokens_first50": sum(prompt_tokens) / len(prompt_tokens),
-            "max_tokens": spec["max_tokens"]}
+            "max_tokens": spec["max_tokens"], "model": getattr(tok, "name_or_path", None)}
 
 
 def _messages(row: dict) -> list[dict]:
@@ -105,13 +133,48 @@ def write_job(name: str, spec: dict, model: str, folder: Path, smoke: bool) -> P
         "input": {"path": str(folder / f"{name}.parquet"), "id_column": "id"},
         "prompt": {"system_column": "system", "template": "{{ document }}"} if spec["prefixes"] else
                   {"template": "{{ document }}"},
-        "sampling": {"max_tokens": spec["max_tokens"], "temperature": 0.8, "top_p": 0.95, "ignore_eos": True,
-                     "seed": 0},
+        "sampling": {"max_tokens": _most(spec["max_tokens"]), "temperature": 0.8, "top_p": 0.95, "ignore_eos": True,
+                     "seed": 0, **({"columns": {"max_tokens": "max_tokens"}} if isinstance(spec["max_tokens"], tuple)
+                                   else {})},
         "output": {"dir": str(folder / f"out-{name}"), "batch_size": 256 if not smoke else 2},
     }
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path
+
+
+def _most(max_tokens: int | tuple[int, int]) -> int:
+    return max_tokens[1] if isinstance(max_tokens, tuple) else max_tokens
+
+
+def small_model(folder: Path) -> str:
+    """A SmolLM2-135M-shape model folder (for dummy weights): SmolLM2-135M's config.json with the
+    tokenizer files of $GPU_MODELS/mistral-1b-shape (its vocabulary fits in SmolLM2's 49,152), written
+    into ``folder`` once; returns its path."""
+    target = folder / SMALL_MODEL
+    if (target / "config.json").exists():
+        return str(target)
+    source = Path(os.environ.get("GPU_MODELS", ".")) / "mistral-1b-shape"
+    if not source.is_dir():
+        raise SystemExit(f"{SMALL_MODEL}: needs the tokenizer of {source} (set GPU_MODELS)")
+    target.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.is_file() and f.name != "config.json" and not f.name.endswith((".safetensors", ".bin", ".pt")):
+            (target / f.name).write_bytes(f.read_bytes())
+    theirs = json.loads((source / "config.json").read_text())
+    ids = {k: theirs[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in theirs}
+    (target / "config.json").write_text(json.dumps({**SMOLLM2_135M, **ids}, indent=1))
+    return str(target)
+
+
+def resolve(model: str, folder: Path) -> str:
+    return small_model(folder) if model == SMALL_MODEL else model
+
+
+def models_of(args, workloads: list[str]) -> dict[str, str]:
+    """Each workload's model: --models where it names one, else --model (resolved: folders written)."""
+    given = dict(item.split("=", 1) for item in args.models.split(",") if "=" in item)
+    return {w: resolve(given.get(w, args.model), Path(args.folder)) for w in workloads}
 
 
 # -- children: one variant on one or more workloads --------------------------------------------
@@ -141,7 +204,10 @@ def child_raw(args) -> None:
     for workload in args.workloads:
         spec = (SMOKE if args.smoke else WORKLOADS)[workload]
         prompts = _rendered(Path(args.folder), workload, tok)
-        sp = SamplingParams(max_tokens=spec["max_tokens"], temperature=0.8, top_p=0.95, ignore_eos=True, seed=0)
+        wants = ([r["max_tokens"] for r in pq.read_table(Path(args.folder) / f"{workload}.parquet").to_pylist()]
+                 if isinstance(spec["max_tokens"], tuple) else [spec["max_tokens"]])
+        sp = [SamplingParams(max_tokens=m, temperature=0.8, top_p=0.95, ignore_eos=True, seed=0) for m in wants]
+        sp = sp if len(sp) > 1 else sp[0]
         t1 = time.perf_counter()
         outs = llm.generate(prompts, sp, use_tqdm=False)
         gen_s = time.perf_counter() - t1
@@ -158,6 +224,8 @@ def child_batch_run(args) -> None:
     job = folder / f"{workload}.yaml"
     extra = {"batch-run-nocache": ["--set", "engine.enable_prefix_caching=false"],
              "batch-run-nogroup": ["--set", "prompt.group_by_prefix=false"],
+             "batch-run-fixed": ["--set", "engine.max_num_seqs=512"],
+             "batch-run-fp8kv": ["--set", "model.kv_cache_dtype=fp8"],
              "batch-run-dp1": ["--set", "executor.data_parallel=1"],
              "batch-run-dp2": ["--set", "executor.data_parallel=2"]}.get(args.variant, [])
     out = folder / f"out-{workload}-{args.variant}"
@@ -303,7 +371,8 @@ def model_params(model: str) -> float:
 
 
 def run_child(args, variant: str, workloads: list[str]) -> list[dict]:
-    cmd = [sys.executable, __file__, "--child", variant, "--model", args.model, "--folder", str(args.folder),
+    model = args.model_of.get(workloads[0], args.model)  # plan_children: one model per child
+    cmd = [sys.executable, __file__, "--child", variant, "--model", model, "--folder", str(args.folder),
            "--workloads", ",".join(workloads), "--max-model-len", str(args.max_model_len),
            "--traditional-rows", str(args.traditional_rows), "--traditional-batch", str(args.traditional_batch)]
     cmd += ["--smoke"] if args.smoke else []
@@ -387,7 +456,8 @@ def versions() -> dict:
 
 def _save(out: Path, info: dict, rows: list[dict]) -> None:
     for r in rows:
-        derive(r, info["params"], info["matmul_tflops_bf16"]) if "out_tok_s" not in r else None
+        params = info["params_by_workload"].get(r["workload"], info["params"])
+        derive(r, params, info["matmul_tflops_bf16"]) if "out_tok_s" not in r else None
     (out / "results.json").write_text(json.dumps({"info": info, "rows": rows}, indent=1))
 
 
@@ -402,18 +472,22 @@ def parent(args) -> int:
         from batch_runner.engines.models import resolve_model
 
         args.model = resolve_model("smollm2-135m-instruct")
-    tok = AutoTokenizer.from_pretrained(args.model)
+        args.models = ""
     specs = SMOKE if args.smoke else WORKLOADS
     wanted = [w for w in args.workloads if w in specs]
-    info = {"versions": versions(), "workloads": {}}
+    args.model = resolve(args.model, args.folder)
+    args.model_of = models_of(args, wanted)
+    info = {"versions": versions(), "workloads": {}, "models": args.model_of}
     for w in wanted:
+        tok = AutoTokenizer.from_pretrained(args.model_of[w])
         info["workloads"][w] = build_workload(w, specs[w], tok, args.folder)
-        write_job(w, specs[w], args.model, args.folder, args.smoke)
+        write_job(w, specs[w], args.model_of[w], args.folder, args.smoke)
     info["matmul_tflops_bf16"] = matmul_tflops()
-    info["params"] = model_params(args.model)
+    info["params"] = model_params(args.model_of[wanted[0]] if wanted else args.model)
+    info["params_by_workload"] = {w: model_params(m) for w, m in args.model_of.items()}
     print(json.dumps(info), flush=True)
     rows: list[dict] = []
-    children = plan_children(args.only, wanted)
+    children = plan_children(args.only, wanted, args.model_of)
     if args.smoke:  # nothing is measured in smoke mode: the children may share the machine
         from concurrent.futures import ThreadPoolExecutor
 
@@ -432,19 +506,29 @@ def parent(args) -> int:
     return 0 if all("failed" not in r for r in rows) else 1
 
 
-def plan_children(only: list[str], wanted: list[str]) -> list[tuple[str, list[str]]]:
+def plan_children(only: list[str], wanted: list[str], model_of: dict[str, str] | None = None
+                  ) -> list[tuple[str, list[str]]]:
     """The child processes in the order --only names them, so that "a,b,a,b" interleaves: a
-    batch-run variant runs one child per workload, the others one child for all their workloads."""
+    batch-run variant runs one child per workload, the others one child for all their workloads of
+    one model (``model_of``: each workload's)."""
     children: list[tuple[str, list[str]]] = []
+    model_of = model_of or {}
     for v in only:
         ws = [w for w in MATRIX[v] if w in wanted]
-        children += [(v, [w]) for w in ws] if v.startswith("batch-run") else [(v, ws)] if ws else []
+        if v.startswith("batch-run"):
+            children += [(v, [w]) for w in ws]
+            continue
+        for model in dict.fromkeys(model_of.get(w) for w in ws):  # in order of first use
+            children.append((v, [w for w in ws if model_of.get(w) == model]))
     return children
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=os.path.join(os.environ.get("GPU_MODELS", "."), "mistral-7b-shape"))
+    ap.add_argument("--model", default=os.path.join(os.environ.get("GPU_MODELS", "."), "mistral-7b-shape"),
+                    help=f"the workloads' model (a folder or hub id, or {SMALL_MODEL}) where --models names none")
+    ap.add_argument("--models", default=DEFAULT_MODELS,
+                    help="per-workload models, WORKLOAD=MODEL,... (default: %(default)s); '' for --model everywhere")
     ap.add_argument("--out", default="bench-out")
     ap.add_argument("--workloads", default="w1,w2,w3")
     ap.add_argument("--only", default=",".join(MATRIX), help="variants to run, comma-separated")

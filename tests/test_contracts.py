@@ -26,7 +26,18 @@ from batch_runner.output.schemas import (
     schema_of,
 )
 from batch_runner.records import RESULT_NAMES as RECORD_NAMES
-from batch_runner.records import Cost, EngineFailure, ResultRow, RunFigures, ShardTotals, StatsRow, Summary, TimelineRow, columns
+from batch_runner.records import (
+    Cost,
+    EngineFailure,
+    EngineSizing,
+    ResultRow,
+    RunFigures,
+    ShardTotals,
+    StatsRow,
+    Summary,
+    TimelineRow,
+    columns,
+)
 
 ROWS = {ResultRow: pa.schema(RESULT_FIELDS), StatsRow: STATS_SCHEMA, TimelineRow: TIMELINE_SCHEMA}
 
@@ -117,7 +128,8 @@ def _summary() -> Summary:
         engine={"max_num_seqs": 8, "enforce_eager": True}, vllm="0.0", host="h", run_id="r", gpu_memory_peak_gb=None,
         cost=Cost(1, 0.001, 0.0005, 2.0, 0.002, 333.3, 125.0), input_changed=None,
         engine_failures=[EngineFailure("engine process 7 (EngineCore) ended: killed by signal 9 (SIGKILL)",
-                                       "2026-11-30T07:00:00+00:00", 12, 0)])
+                                       "2026-11-30T07:00:00+00:00", 12, 0)],
+        sizing=EngineSizing(2048, 2048, None, 848, 1000, 6_063_807, "why", kv_tokens=6_100_000))
 
 
 def test_a_summary_round_trips_through_its_file(tmp_path):
@@ -127,6 +139,7 @@ def test_a_summary_round_trips_through_its_file(tmp_path):
     back = Summary.load(path)
     assert back == summary and isinstance(back.this_run, RunFigures) and isinstance(back.cost, Cost)
     assert isinstance(back.engine_failures[0], EngineFailure)
+    assert isinstance(back.sizing, EngineSizing) and back.sizing.max_num_seqs == 2048
     assert back.this_run.output_tok_s == 3.0 and back.output.errors_by_code == {"too_long": 1}
 
 
@@ -135,7 +148,9 @@ def test_a_summary_keeps_its_json_keys():
     assert list(d) == ["job", "model", "model_path", "shard", "status", "exit_status", "complete", "interrupted_by",
                        "started_at", "finished_at", "duration_s", "input_rows", "shard_rows", "skipped_done",
                        "output", "this_run", "engine", "vllm", "host", "run_id", "gpu_memory_peak_gb", "cost",
-                       "input_changed", "engine_failures"]
+                       "input_changed", "engine_failures", "sizing"]
+    assert list(d["sizing"]) == ["max_num_seqs", "max_cudagraph_capture_size", "max_num_batched_tokens",
+                                 "per_seq_tokens", "sample_rows", "kv_tokens_estimate", "reason", "kv_tokens"]
     assert list(d["output"]) == ["rows", "errors", "errors_by_code"]
     assert list(d["this_run"]) == ["requests", "errors", "errors_by_code", "prompt_tokens", "cached_prompt_tokens",
                                    "output_tokens", "generation_s", "output_tok_s", "total_tok_s", "requests_s",

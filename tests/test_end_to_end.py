@@ -98,6 +98,7 @@ def test_summary_and_metadata(jsonl_run):
     assert summary["complete"] is False  # 32 of 240 rows: the run is done, the shard is not
     assert summary["output"]["rows"] == 32
     assert summary["engine"]["max_num_seqs"] == 64  # the throughput profile's 512, capped on the CPU
+    assert summary["sizing"] is None  # max_num_seqs auto is not applied on the CPU: the cap stays
     assert summary["engine"]["ignored"] == []  # the profiles carry only options vLLM has
     meta = ds.dataset(out / "results").schema.metadata
     info = json.loads(meta[b"batch_runner"])

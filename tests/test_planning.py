@@ -182,10 +182,30 @@ def test_the_next_step_keeps_direction_and_graph_cover():
                                                        {"engine.max_num_batched_tokens": 8192})
     assert tune_mod.further(TrialResult("kv cache fp8", {"model.kv_cache_dtype": "fp8"}), base, True, 2000) is None
     assert tune_mod.further(TrialResult("max_num_seqs 1", {"engine.max_num_seqs": 1}), {"max_num_seqs": 2}, False, 2000) is None
-    # 2,048 sequences already hold all of a 2,000-row sample: 4,096 would run the same trial again
+    # a sample judges a setting only if it runs two engine-fulls of it: 4,096 sequences need 8,192 rows
     all_rows = TrialResult("max_num_seqs 2048", {"engine.max_num_seqs": 2048})
-    assert tune_mod.further(all_rows, base, gpu=True, rows=2000) is None
-    assert tune_mod.further(all_rows, base, gpu=True, rows=4000)[0] == "max_num_seqs 4096"
+    assert tune_mod.further(all_rows, base, gpu=True, rows=8191) is None
+    assert tune_mod.further(all_rows, base, gpu=True, rows=8192)[0] == "max_num_seqs 4096"
+
+
+def test_a_grid_point_the_sample_cannot_judge_is_skipped_and_said(monkeypatch, tmp_path):
+    """The datatrove-like job's 3,000 rows judge 1,024 sequences, not 4,096 (issue 24)."""
+    base = {"max_num_seqs": 2048, "max_num_batched_tokens": 32768}
+    calls = fake_trials(monkeypatch, {"profile": [100, 100], "max_num_seqs 1024": [90]})
+    said: list[str] = []
+    tune_mod.tune(None, base, False, 3000, tmp_path, 3600, 600, said.append, ("max_num_seqs",))
+    assert calls == ["profile", "max_num_seqs 1024"]
+    assert any(line.startswith("skipped max_num_seqs 4096: a trial of it needs 8,192 rows") for line in said)
+
+
+def test_an_fp8_kv_cache_that_holds_more_sequences_is_tried_first_with_them():
+    base = {"max_num_seqs": 464, "max_num_batched_tokens": 32768}
+    fp8 = {"model.kv_cache_dtype": "fp8", "engine.max_num_seqs": 928,
+           "engine.extra.compilation_config.max_cudagraph_capture_size": 928}
+    assert tune_mod.knobs(base, gpu=True, fp8=fp8)[0] == ("kv cache fp8", fp8)
+    same = {"model.kv_cache_dtype": "fp8", "engine.max_num_seqs": 2048}  # not bound by the KV cache: third
+    assert [n for n, _ in tune_mod.knobs({"max_num_seqs": 2048}, gpu=True, fp8=same)][2] == "kv cache fp8"
+    assert tune_mod.knob_of(fp8) == "kv_cache_dtype"
 
 
 def test_knob_limits_the_sweep_to_the_named_engine_arguments(monkeypatch, tmp_path):

@@ -184,4 +184,5 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
     if slow := extra.pop("slow_preflight_s", 0):
         print("fake: pre-flight began", file=sys.stderr, flush=True)
         time.sleep(slow)
-    return {"model": model_path, "max_num_seqs": engine.max_num_seqs or FAKE_MAX_NUM_SEQS, **extra}, []
+    seqs = engine.max_num_seqs if isinstance(engine.max_num_seqs, int) else FAKE_MAX_NUM_SEQS  # auto: the default
+    return {"model": model_path, "max_num_seqs": seqs, **extra}, []

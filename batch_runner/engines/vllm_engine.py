@@ -24,8 +24,9 @@ import psutil
 
 from ..config import EngineSpec, ModelSpec
 from ..errors import EngineError, Interrupted, JobError, RowError
-from ..records import Completion, EngineCounters, LoraAdapter, Request, Sample, TokenLogprob
+from ..records import Completion, EngineCounters, EngineSizing, LoraAdapter, Request, Sample, TokenLogprob
 from .mainscript import children_skip_main
+from .sizing import RowTokens, choose, device_bytes, kv_tokens_estimate, shape_of, weight_bytes
 from .structured import check_schema
 
 log = logging.getLogger("batch_runner")
@@ -119,6 +120,8 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
         args.update(CPU_OVERRIDES)
         args["max_num_seqs"] = min(args["max_num_seqs"], CPU_MAX_NUM_SEQS)
     explicit = engine.model_dump(exclude=EngineSpec.RUNNER_KEYS, exclude_none=True)
+    if explicit.get("max_num_seqs") == "auto":  # the profile's value until auto_size chooses (before the start)
+        del explicit["max_num_seqs"]
     if explicit.get("tensor_parallel_size") == "auto":
         explicit["tensor_parallel_size"] = max(1, visible_gpus())
     args.update(explicit)
@@ -135,6 +138,66 @@ def engine_arguments(model_path: str, model: ModelSpec, engine: EngineSpec) -> t
             raise JobError(f"engine.extra.{key}: not an engine argument of the installed vLLM {vllm_version()}")
         args.pop(key)
     return args, dropped
+
+
+def auto_size(args: dict[str, Any], model: ModelSpec, engine: EngineSpec, rows: RowTokens | None,
+              shard_rows: int) -> tuple[dict[str, Any], EngineSizing | None]:
+    """``engine_arguments``' ``args`` with max_num_seqs (and the CUDA graphs and step budget it needs)
+    chosen from the job (``sizing.choose``) where the job leaves it to batch-run
+    (``engine.sized_from_job``) on a GPU; on the CPU the profile's capped value stays. ``rows``: the
+    job's token counts (None: no row could be rendered, then the args are left as they are)."""
+    if not engine.sized_from_job or rows is None or is_cpu_platform():
+        return args, None
+    tp = int(args.get("tensor_parallel_size") or 1)
+    batched = int(args.get("max_num_batched_tokens") or 8192)
+    compilation = args.get("compilation_config")
+    # graphs sized here unless the job sizes them itself (or gives compilation_config in another form)
+    graphs = not args.get("enforce_eager") and (compilation is None or isinstance(compilation, dict) and not (
+        {"max_cudagraph_capture_size", "cudagraph_capture_sizes"} & set(compilation)))
+    floor = int(PROFILES[engine.profile]["max_num_seqs"])
+    sizing = choose(estimate_kv_tokens(args, model, tp, batched), rows, shard_rows, floor, batched, graphs)
+    if "max_num_batched_tokens" in engine.extra or engine.max_num_batched_tokens is not None:
+        sizing = dataclasses.replace(sizing, max_num_seqs=min(sizing.max_num_seqs, batched),
+                                     max_num_batched_tokens=None)
+    sized = dict(args, max_num_seqs=sizing.max_num_seqs)
+    if sizing.max_num_batched_tokens is not None:
+        sized["max_num_batched_tokens"] = sizing.max_num_batched_tokens
+    if sizing.max_cudagraph_capture_size is not None:
+        sized["compilation_config"] = {**(compilation if isinstance(compilation, dict) else {}),
+                                       "max_cudagraph_capture_size": sizing.max_cudagraph_capture_size}
+    return sized, sizing
+
+
+def estimate_kv_tokens(args: dict[str, Any], model: ModelSpec, tp: int, batched: int) -> int | None:
+    """The KV capacity (tokens) vLLM is expected to find at its start; None where the model's config
+    or the device's memory cannot be read."""
+    total = device_bytes()
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(args["model"], trust_remote_code=model.trust_remote_code,
+                                            revision=model.revision)
+    except Exception:  # an unreadable config: no estimate, the profile's value stays
+        return None
+    shape = shape_of(config, str(args.get("dtype") or "auto"))
+    if total is None or shape is None:
+        return None
+    kv_dtype = str(args.get("kv_cache_dtype") or "auto")
+    kv_bytes = 1 if kv_dtype.startswith("fp8") else shape.dtype_bytes
+    weights = weight_bytes(args["model"], shape, str(args.get("load_format") or "auto"))
+    return kv_tokens_estimate(shape, total, float(args.get("gpu_memory_utilization") or 0.9), weights, kv_bytes,
+                              batched, tp)
+
+
+def kv_capacity_tokens(engine: Any) -> int | None:
+    """The KV cache a started ``VllmEngine`` has, in tokens (vLLM 0.26 and 0.32 keep the blocks
+    the engine core found in the front end's cache_config; 0.32 also the tokens); None if unknown."""
+    try:
+        cache = engine.engine.vllm_config.cache_config
+        tokens = getattr(cache, "kv_cache_size_tokens", None)
+        return int(tokens) if tokens else int(cache.num_gpu_blocks * cache.block_size) or None
+    except Exception:  # a fake engine, or a vLLM that keeps it elsewhere: not known
+        return None
 
 
 def _lora_rank(path: Path) -> int:

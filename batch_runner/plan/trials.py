@@ -26,7 +26,9 @@ from typing import Any
 from ..config import JobSpec
 from ..engines.mainscript import children_skip_main
 from ..errors import BatchRunnerError
-from ..records import Summary
+from ..inputs.prompts import PromptRenderer
+from ..inputs.token_sample import row_tokens
+from ..records import EngineSizing, Summary
 
 
 @dataclass
@@ -52,9 +54,8 @@ class TrialResult:
         return self.error is None and self.requests > 0
 
 
-def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> JobSpec:
-    """The job on its first ``rows`` rows, with ``settings`` (``engine.KEY``, ``engine.extra.KEY``,
-    ``model.KEY``, as --set takes them), into ``out``."""
+def with_settings(job: JobSpec, settings: dict[str, Any]) -> JobSpec:
+    """The job with ``settings`` (``engine.KEY``, ``engine.extra.KEY``, ``model.KEY``, as --set takes them)."""
     sections = {"engine": job.engine.model_dump(), "model": job.model.model_dump()}
     for key, value in settings.items():
         section, *path = key.split(".")
@@ -62,12 +63,52 @@ def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> J
         for part in path[:-1]:
             target = target.setdefault(part, {})
         target[path[-1]] = value
-    return job.model_copy(update={
-        "engine": type(job.engine).model_validate(sections["engine"]),
-        "model": type(job.model).model_validate(sections["model"]),
+    return job.model_copy(update={"engine": type(job.engine).model_validate(sections["engine"]),
+                                  "model": type(job.model).model_validate(sections["model"])})
+
+
+def trial_job(job: JobSpec, rows: int, settings: dict[str, Any], out: Path) -> JobSpec:
+    """The job on its first ``rows`` rows, with ``settings`` (as ``with_settings``), into ``out``."""
+    return with_settings(job, settings).model_copy(update={
         "input": job.input.model_copy(update={"limit": rows}),
         "output": job.output.model_copy(update={"dir": str(out), "metrics_dir": None, "openai": False}),
     })
+
+
+def sizing_settings(sizing: EngineSizing) -> dict[str, Any]:
+    """An engine sizing as the explicit settings (--set keys) that give it."""
+    settings: dict[str, Any] = {"engine.max_num_seqs": sizing.max_num_seqs}
+    if sizing.max_cudagraph_capture_size is not None:
+        settings["engine.extra.compilation_config.max_cudagraph_capture_size"] = sizing.max_cudagraph_capture_size
+    if sizing.max_num_batched_tokens is not None:
+        settings["engine.max_num_batched_tokens"] = sizing.max_num_batched_tokens
+    return settings
+
+
+def sized_job(job: JobSpec, renderer: PromptRenderer, args: dict[str, Any]
+              ) -> tuple[JobSpec, dict[str, Any], EngineSizing | None]:
+    """engine.max_num_seqs auto: the whole job's sizing, chosen once here and set in the job
+    explicitly, so that every trial runs with what the whole job will (a trial sized itself would
+    size for its sample's fewer rows). Returns the job, its engine arguments and the sizing (None:
+    the job's own setting stands)."""
+    from ..engines.vllm_engine import auto_size
+
+    if not job.engine.sized_from_job:
+        return job, args, None
+    sized, sizing = auto_size(args, job.model, job.engine, row_tokens(job, renderer), job.input.limit or 10**9)
+    if sizing is None:
+        return job, args, None
+    return with_settings(job, sizing_settings(sizing)), sized, sizing
+
+
+def fp8_kv_settings(job: JobSpec, renderer: PromptRenderer, model_path: str) -> dict[str, Any]:
+    """An fp8 KV cache as a trial's settings: with auto sizing, the sequences its doubled capacity
+    holds too (an fp8 cache at the bf16 cache's concurrency would leave half of it unused)."""
+    from ..engines import engine_arguments
+
+    fp8 = with_settings(job, {"model.kv_cache_dtype": "fp8"})
+    sizing = sized_job(fp8, renderer, engine_arguments(model_path, fp8.model, fp8.engine)[0])[2]
+    return {"model.kv_cache_dtype": "fp8", **(sizing_settings(sizing) if sizing else {})}
 
 
 def warm_up(job: JobSpec) -> None:

@@ -53,7 +53,7 @@ def finish_shard(ctx, committer: Committer, stop: StopRequest, run_id: str, engi
         skipped_done=len(done_before & report.shard_ids), output=totals, this_run=committer.totals.figures(),
         engine=engine_info, vllm=vllm_version(), host=socket.gethostname(), run_id=run_id,
         gpu_memory_peak_gb=committer.gpu_monitor.peak_gb, cost=cost, input_changed=changed or None,
-        engine_failures=list(failures) or None)
+        engine_failures=list(failures) or None, sizing=getattr(ctx, "sizing", None))
     with writing(out, RESUME_ADVICE):
         write_json(out / ("summary.json" if shard.count == 1 else f"summary-{shard.label}.json"), summary.as_dict())
         if complete:

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,16 @@ import pyarrow as pa
 from .. import storage
 from ..config import JobSpec
 from ..engines import Engine, check_backend, get_engine, max_num_seqs, restart_engine
-from ..engines.vllm_engine import is_cpu_platform, vllm_version
+from ..engines.vllm_engine import auto_size, is_cpu_platform, kv_capacity_tokens, vllm_version
 from ..engines.watch import WatchedEngine
 from ..errors import EngineError, ExitStatus, JobError, StorageError, writing
 from ..inputs.assignment import ALL, Shard
 from ..inputs.preflight import Preflight, ShardInput, preflight, preview
+from ..inputs.token_sample import row_tokens
 from ..observe.metrics import RunMetrics
-from ..observe.progress import Progress
+from ..observe.progress import Progress, say
 from ..output import resume
-from ..records import Summary
+from ..records import EngineSizing, Summary
 from ..storage import is_url
 from .commit import Committer, Listener, PartWriter
 from .finish import finish_shard
@@ -81,6 +82,8 @@ class _Context:
     pre: Preflight
     started: datetime
     t0: float
+    sizing: EngineSizing | None = None  # engine.max_num_seqs auto: what was chosen (engines.sizing)
+    engine_args: dict[str, Any] = field(default_factory=dict)  # what the engine started with (a restart's too)
 
 
 def run_shard(job: JobSpec, options: RunOptions = RunOptions()) -> RunResult:
@@ -209,11 +212,14 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
         log.warning("on vLLM's CPU build, rows without a LoRA adapter that share a batch with rows that "
                     "have one get an adapter's delta (vllm-project/vllm#48421); set model.lora to "
                     "give every row an adapter")
+    args = ctx.engine_args = _sized(ctx, args)
     stop.starting = True
     try:
         engine = get_engine(args, job.engine.backend)
     finally:
         stop.starting = False
+    if ctx.sizing is not None:
+        ctx.sizing = _measured(ctx.sizing, kv_capacity_tokens(engine))
     ctx.pre.renderer.max_model_len = engine.max_model_len
     return args | {"ignored": dropped}, engine
 
@@ -223,10 +229,41 @@ def _restart_engine(ctx: _Context, stop: StopRequest) -> WatchedEngine:
     a stop during its start ends the run as a stop during the first start does."""
     stop.starting = True
     try:
-        engine = restart_engine(dict(ctx.pre.engine_args), ctx.job.engine.backend)
+        engine = restart_engine(dict(ctx.engine_args), ctx.job.engine.backend)
     finally:
         stop.starting = False
     return WatchedEngine(engine, ctx.job.engine.stall_timeout_s)
+
+
+def _sized(ctx: _Context, args: dict[str, Any]) -> dict[str, Any]:
+    """engine.max_num_seqs auto: chosen from the job's token counts and the device (engines.sizing),
+    said in one line and kept for the summary."""
+    job = ctx.job
+    if not job.engine.sized_from_job:
+        return args
+    args, ctx.sizing = auto_size(args, job.model, job.engine, row_tokens(job, ctx.pre.renderer),
+                                 ctx.pre.report.shard_rows)
+    if ctx.sizing is not None:
+        s = ctx.sizing
+        graphs = f", CUDA graphs to {s.max_cudagraph_capture_size}" if s.max_cudagraph_capture_size else ""
+        say(f"engine sized from the job: max_num_seqs {s.max_num_seqs}{graphs}: {s.reason} "
+            "(engine.max_num_seqs sets it)")
+    return args
+
+
+def _measured(sizing: EngineSizing, kv_tokens: int | None) -> EngineSizing:
+    """The sizing with the KV capacity the started engine has; a warning where its chosen sequences
+    do not fit in it at their longest (vLLM then preempts some and computes them again)."""
+    if kv_tokens is None:
+        return sizing
+    fits = kv_tokens // sizing.per_seq_tokens
+    log.info("KV cache: %s tokens (estimated %s): room for %s sequences of %s tokens", f"{kv_tokens:,}",
+             f"{sizing.kv_tokens_estimate:,}" if sizing.kv_tokens_estimate is not None else "none",
+             f"{fits:,}", f"{sizing.per_seq_tokens:,}")
+    if fits < sizing.max_num_seqs:
+        log.warning("the KV cache holds %d of the %d sequences chosen at their longest; set engine.max_num_seqs "
+                    "(e.g. %d) if vLLM reports preemptions", fits, sizing.max_num_seqs, max(1, fits))
+    return replace(sizing, kv_tokens=kv_tokens)
 
 
 def _queue_target(args: dict[str, Any], job: JobSpec) -> int:

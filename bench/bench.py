@@ -403,6 +403,9 @@ def _run_bounded(cmd: list[str], log, limit_s: float) -> tuple[int | str, str]:
     """Run one variant in a process group of its own; past ``limit_s`` the whole group is killed (an
     engine process left behind would hold the GPU's memory, and every later variant would fail)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    # The harness itself stopped from outside (gpu-run.sh's timeout sends SIGTERM) takes the variant's
+    # group with it: seen on the H200, a raw-tuned engine left behind held 136 GiB and the next call failed.
+    previous = signal.signal(signal.SIGTERM, lambda *_: (os.killpg(proc.pid, signal.SIGKILL), sys.exit(124)))
     try:
         stdout, _ = proc.communicate(timeout=limit_s)
         return proc.returncode, stdout
@@ -410,6 +413,8 @@ def _run_bounded(cmd: list[str], log, limit_s: float) -> tuple[int | str, str]:
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, _ = proc.communicate()
         return f"timeout after {limit_s:.0f} s", stdout
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def derive(r: dict, params: float, tflops: float | None) -> dict:

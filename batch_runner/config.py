@@ -106,9 +106,10 @@ class EngineSpec(_Section):
     tensor_parallel_size: int | Auto = Field(1, description="GPUs one model is split over; auto = all visible.")
     enforce_eager: bool | None = Field(None, description="Skip CUDA graphs (faster start, slower decode).")
     extra: dict[str, Any] = Field(default_factory=dict, description="Any other vllm.LLM engine argument (the fake backend's settings).")
-    stall_timeout_s: float = Field(
-        120.0, gt=0, le=86400, description="The engine is restarted when no step ends for this long with requests "
-                                           "in flight (a hung engine); its process dying is seen within a second.")
+    stall_timeout_s: float | None = Field(
+        None, gt=0, le=86400, description="The engine is restarted when no step ends for this long with requests "
+                                          "in flight (a hung engine); default 120 s, 900 s on vLLM's CPU build (its "
+                                          "steps are long). Its process dying is seen within a second.")
     max_restarts: int = Field(
         2, ge=0, le=100, description="Engine restarts allowed in one run (after a death or a stall); past them the "
                                      "run ends with exit 1, finished rows saved.")

@@ -403,9 +403,7 @@ def _run_bounded(cmd: list[str], log, limit_s: float) -> tuple[int | str, str]:
     """Run one variant in a process group of its own; past ``limit_s`` the whole group is killed (an
     engine process left behind would hold the GPU's memory, and every later variant would fail)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-    # The harness itself stopped from outside (gpu-run.sh's timeout sends SIGTERM) takes the variant's
-    # group with it: seen on the H200, a raw-tuned engine left behind held 136 GiB and the next call failed.
-    previous = signal.signal(signal.SIGTERM, lambda *_: (os.killpg(proc.pid, signal.SIGKILL), sys.exit(124)))
+    _RUNNING.add(proc.pid)
     try:
         stdout, _ = proc.communicate(timeout=limit_s)
         return proc.returncode, stdout
@@ -414,7 +412,21 @@ def _run_bounded(cmd: list[str], log, limit_s: float) -> tuple[int | str, str]:
         stdout, _ = proc.communicate()
         return f"timeout after {limit_s:.0f} s", stdout
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _RUNNING.discard(proc.pid)
+
+
+_RUNNING: set[int] = set()  # process groups of the variants running now
+
+
+def _stopped(*_) -> None:
+    """The harness stopped from outside (gpu-run.sh's timeout sends SIGTERM) takes its variants' groups
+    with it: seen on the H200, a raw-tuned engine left behind held 136 GiB and the next call failed."""
+    for pgid in list(_RUNNING):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(124)
 
 
 def derive(r: dict, params: float, tflops: float | None) -> dict:
@@ -467,6 +479,7 @@ def _save(out: Path, info: dict, rows: list[dict]) -> None:
 
 
 def parent(args) -> int:
+    signal.signal(signal.SIGTERM, _stopped)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.folder = out / "work"

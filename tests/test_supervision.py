@@ -16,7 +16,7 @@ import psutil
 import pytest
 from conftest import ROOT, batch_run_cmd, news_rows, write_job, write_jsonl
 
-from batch_runner.runner.recovery import MAX_WAVE, Recovery
+from batch_runner.runner.recovery import MAX_WAVE, PROBATION_STEPS, Recovery
 
 ROWS = 40
 
@@ -122,8 +122,8 @@ def test_probation_sends_the_suspects_back_in_growing_waves():
     while wave := r.next_wave(flight):
         sizes.append(len(wave))
         assert r.next_wave(flight) == []  # the next waits for this one's steps
-        r.stepped(flight)
-        r.stepped(flight)
+        for _ in range(PROBATION_STEPS):
+            r.stepped(flight)
     assert sizes == [1, 1, 2, 4, 8, 16, 8] and not r.active
     r.waiting.extend(["a", "b", "c"])  # a second failure while a wave is on probation quarantines it
     assert r.next_wave(dict.fromkeys(["a", "c", "k1"])) == ["a", "c"]  # "b" left the flight (aborted)
@@ -131,6 +131,13 @@ def test_probation_sends_the_suspects_back_in_growing_waves():
     assert list(r.waiting) == ["k1"]  # in flight at both, but its probation had passed
     r.failed("a third time", [])
     assert r.exhausted and r.restarts == 2
+
+
+def test_no_wave_goes_while_the_engine_has_no_room_to_run_it_at_once():
+    r = Recovery(max_restarts=2)
+    r.failed("died", ["a", "b"])
+    assert r.next_wave({"a": 1, "b": 1}, room=False) == [] and r.active
+    assert r.next_wave({"a": 1, "b": 1}, room=True) == ["a"]
 
 
 def test_a_wave_whose_requests_all_finished_has_passed():

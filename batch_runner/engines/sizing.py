@@ -166,9 +166,10 @@ def weight_bytes(model_path: str, shape: ModelShape, load_format: str) -> float:
     parameter count at the weights' dtype."""
     folder = Path(model_path)
     if load_format != "dummy" and folder.is_dir():
-        files = [f for pattern in ("*.safetensors", "*.bin", "*.pt") for f in folder.glob(pattern)]
-        if files:
-            return float(sum(f.stat().st_size for f in files))
+        for pattern in ("*.safetensors", "*.bin", "*.pt"):  # one format: snapshots often hold two copies
+            files = list(folder.glob(pattern))
+            if files:
+                return float(sum(f.stat().st_size for f in files))
     return shape.params * shape.dtype_bytes
 
 

@@ -439,6 +439,14 @@ def kill_tree(pid: int) -> None:
             proc.kill()
         except psutil.Error:
             pass
+    _, alive = psutil.wait_procs(procs, timeout=KILL_WAIT_S)  # a new engine needs the memory they hold
+    if alive:
+        log.warning("engine processes %s did not end within %d s of SIGKILL (stuck in the driver?); "
+                    "the new engine may not find the memory it needs", ", ".join(str(p.pid) for p in alive),
+                    KILL_WAIT_S)
+
+
+KILL_WAIT_S = 30
 
 
 def start_failure(args: dict[str, Any], error: BaseException) -> EngineError:

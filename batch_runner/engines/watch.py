@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from ..errors import RowError
@@ -73,7 +74,7 @@ class WatchedEngine:
         while True:
             try:
                 return step.result(timeout=self.check_s)
-            except TimeoutError:
+            except FutureTimeout:  # (the built-in TimeoutError only from Python 3.11 on)
                 pass
             except Exception as e:  # vLLM's EngineDeadError and the like: the engine is gone
                 raise EngineLost(f"the engine's step failed: {type(e).__name__}: {str(e)[:300]}") from e
@@ -81,7 +82,7 @@ class WatchedEngine:
             if cause is not None:
                 raise EngineLost(cause)
             waited = time.monotonic() - began
-            if waited >= self.stall_timeout_s:
+            if waited >= self.stall_timeout_s and self.inner.unfinished() > 0:
                 raise EngineLost(f"no engine step ended in {waited:.0f} s with {self.inner.unfinished()} requests "
                                  f"in flight (engine.stall_timeout_s {self.stall_timeout_s:g})")
 

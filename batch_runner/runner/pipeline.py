@@ -63,10 +63,11 @@ class Pipeline:
     def __init__(self, builder: RequestBuilder, engine: Engine, committer: Committer, stop: StopRequest,
                  kept_names: list[str], batch_size: int, queue_target: int, flush_s: float,
                  reasoning: ReasoningSplitter | None = None, restart: Callable[[], Engine] | None = None,
-                 max_restarts: int = 0):
+                 max_restarts: int = 0, running_max: int = 1 << 30):
         self.builder, self.engine, self.committer, self.stop = builder, engine, committer, stop
         self.restart = restart  # a new engine in place of one that failed (None: a failure ends the run)
         self.recovery = Recovery(max_restarts if restart is not None else 0)
+        self.running_max = running_max  # the engine's max_num_seqs: requests sent again go only where they run at once
         self.reasoning = reasoning  # model.reasoning_parser's split of each text
         self.kept_names, self.batch_size, self.queue_target = kept_names, batch_size, queue_target
         self.flush_s = flush_s  # a finished row waits at most this long for its batch before it is committed
@@ -214,7 +215,8 @@ class Pipeline:
 
     def _send_again(self) -> None:
         """The next wave of the requests in flight at the last failure, to the new engine."""
-        for key in self.recovery.next_wave(self.in_engine):
+        room = self.engine.unfinished() < self.running_max
+        for key in self.recovery.next_wave(self.in_engine, room):
             try:
                 self.engine.submit(self.in_engine[key])
             except RowError as e:  # the engine took it before; a new one refusing it is its row's error

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from ..records import EngineFailure
 
 MAX_WAVE = 16  # requests on probation at once: the most a poison row takes with it
-PROBATION_STEPS = 2  # engine steps a wave must see end (the engine has read and scheduled it by then)
+PROBATION_STEPS = 4  # engine steps a wave must see end (read, scheduled, its prefill begun by then)
 
 
 @dataclass
@@ -69,10 +69,11 @@ class Recovery:
             if self.steps >= PROBATION_STEPS or not any(k in in_flight for k in self.on_probation):
                 self.on_probation = []
 
-    def next_wave(self, still_in_flight: dict) -> list[str]:
-        """The keys to send now: the next wave once the last has passed; else none. Keys that left the
-        flight meanwhile (aborted by a stop) are skipped."""
-        if self.on_probation or not self.waiting:
+    def next_wave(self, still_in_flight: dict, room: bool = True) -> list[str]:
+        """The keys to send now: the next wave once the last has passed and the engine has ``room`` to run
+        it at once (a wave left waiting in its queue would pass unscheduled); else none. Keys that left
+        the flight meanwhile (aborted by a stop) are skipped."""
+        if self.on_probation or not self.waiting or not room:
             return []
         size = min(2 ** max(self.waves - 1, 0), MAX_WAVE)  # 1, 1, 2, 4, ... MAX_WAVE
         wave = []

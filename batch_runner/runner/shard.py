@@ -175,9 +175,10 @@ def _run_rows(ctx: _Context, options: RunOptions, stop: StopRequest, kept: pa.Sc
                           len(todo), lambda: pipeline.engine.counters() if pipeline else None, TIMELINE_INTERVAL_S,
                           reasoning=ctx.pre.reasoning is not None, logprobs=job.input.format == "openai")
     pipeline = Pipeline(RequestBuilder(job, ctx.pre.renderer, run_id),
-                        WatchedEngine(engine, job.engine.stall_timeout_s), committer, stop, kept.names,
+                        WatchedEngine(engine, _stall_timeout(job)), committer, stop, kept.names,
                         job.output.batch_size, _queue_target(args, job), job.output.flush_s, ctx.pre.reasoning,
-                        restart=lambda: _restart_engine(ctx, stop), max_restarts=job.engine.max_restarts) \
+                        restart=lambda: _restart_engine(ctx, stop), max_restarts=job.engine.max_restarts,
+                        running_max=max_num_seqs(args)) \
         if engine is not None else None
     metrics = RunMetrics.for_shard(job, ctx.shard.label, ctx.pre.report.shard_rows, committer,
                                    pipeline.lock if pipeline else threading.Lock(), args)
@@ -227,12 +228,23 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
 def _restart_engine(ctx: _Context, stop: StopRequest) -> WatchedEngine:
     """A new engine in place of the one that failed, with the same arguments, watched as the first was;
     a stop during its start ends the run as a stop during the first start does."""
-    stop.starting = True
+    stop.starting = stop.restarting = True
     try:
         engine = restart_engine(dict(ctx.engine_args), ctx.job.engine.backend)
     finally:
-        stop.starting = False
-    return WatchedEngine(engine, ctx.job.engine.stall_timeout_s)
+        stop.starting = stop.restarting = False
+    return WatchedEngine(engine, _stall_timeout(ctx.job))
+
+
+STALL_TIMEOUT_S = 120.0  # far above a healthy step on a GPU (a fraction of a second; a first step compiling: seconds)
+CPU_STALL_TIMEOUT_S = 900.0  # vLLM's CPU build: a 4096-token prefill step of a large model can take minutes
+
+
+def _stall_timeout(job: JobSpec) -> float:
+    """engine.stall_timeout_s, or its default for the platform."""
+    if job.engine.stall_timeout_s is not None:
+        return job.engine.stall_timeout_s
+    return CPU_STALL_TIMEOUT_S if job.engine.backend == "vllm" and is_cpu_platform() else STALL_TIMEOUT_S
 
 
 def _sized(ctx: _Context, args: dict[str, Any]) -> dict[str, Any]:

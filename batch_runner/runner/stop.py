@@ -108,6 +108,7 @@ class StopRequest:
         self.requested: str | None = None
         self.on_timeout = lambda: None
         self.starting = False  # the engine is starting: nothing to save, stop at once
+        self.restarting = False  # the same, for a restart after a failure: what finished was saved
         self.grace_s = STOP_GRACE_S
         self._old: dict[int, Any] = {}
         self._timer: threading.Timer | None = None
@@ -121,8 +122,10 @@ class StopRequest:
             stop_again(signum, "SIGTERM again: already stopping (SIGINT to exit at once)")
             return
         self.requested = signal.Signals(signum).name
-        if self.starting:  # a start takes minutes on a GPU; no row has run, so stop now
-            raise Interrupted(f"{self.requested} received while the engine was starting; nothing ran. "
+        if self.starting:  # a start takes minutes on a GPU; no row runs meanwhile, so stop now
+            ran = ("the rows finished before the engine failed were saved" if self.restarting
+                   else "nothing ran")
+            raise Interrupted(f"{self.requested} received while the engine was starting; {ran}. "
                               "Rerun (or requeue) to resume")
         log.warning("%s received: saving finished rows, then stopping (SIGINT again to exit at once)",
                     self.requested)

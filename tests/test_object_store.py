@@ -298,6 +298,27 @@ def test_a_lease_taken_over_stops_its_holder_at_its_next_write(s3, tmp_path, mon
         {"host": "elsewhere"}  # the new holder's lease is left alone
 
 
+def test_a_run_whose_lease_is_taken_over_mid_run_exits_1_and_a_rerun_runs_the_rest(s3, cli, fake, tmp_path):
+    rows = news_rows(40)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out", "batch_size": 4})
+    proc = start_run(job, per_poll=1, latency_s=0.2)
+    wait_for_objects(s3, "out/results/", 2, proc)
+    taken = {"host": "elsewhere", "pid": 1, "ttl_s": 1, "expires": time.time() + 1}  # expires at once
+    s3.put_object(Bucket=BUCKET, Key="out/_locks/0000-of-0001.lease", Body=json.dumps(taken).encode())
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "another run took over shard 0000-of-0001" in err and "Traceback" not in err
+    done = bucket_results().num_rows
+    assert done < 40  # stopped within a renewal's interval, long before the end
+    engine = fake()
+    resumed = cli("run", job)  # the "other run" is gone: its lease expired; this one takes it over
+    assert resumed.exit_code == 0, resumed.output
+    assert len(engine.submitted) == 40 - done
+    ids = bucket_results().column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in rows) and len(set(ids)) == 40
+
+
 def test_a_holder_not_renewed_for_half_the_ttl_stops_writing(s3, tmp_path):
     from batch_runner import storage
     from batch_runner.errors import StorageError

@@ -206,7 +206,30 @@ def s3_output(url: str) -> tuple[Any, str, str]:
     bucket, _, prefix = path.partition("/")
     if not prefix:
         raise JobError(f"output.dir: {url}: name a folder inside the bucket (s3://{bucket}/<name>)")
-    return boto3.client("s3"), bucket, prefix.rstrip("/")
+    return boto3.client("s3", config=_client_config()), bucket, prefix.rstrip("/")
+
+
+def _client_config() -> Any:
+    """Every request bounded well inside the lease's margin: a write that passed ``Lease.check`` (at
+    most TTL/2 after the last renewal) ends, or fails, before the lease could expire (TTL): two
+    attempts of at most a tenth of the TTL to connect and a tenth per read."""
+    from botocore.config import Config
+
+    step = max(LEASE_TTL_S / 10, 1.0)
+    return Config(connect_timeout=step, read_timeout=step, retries={"total_max_attempts": 2, "mode": "standard"})
+
+
+def read_text(url: str, name: str) -> str | None:
+    """The text of the object ``name`` of the S3 output at ``url`` (its job.json, a few kB), or None
+    where it is not there."""
+    client, bucket, prefix = s3_output(url)
+    key = f"{prefix}/{name}"
+    try:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    except Exception as e:
+        if _code(e) in ("NoSuchKey", "404"):
+            return None
+        raise _failed(f"s3://{bucket}/{key}", f"{type(e).__name__}: {e}") from e
 
 
 def _failed(where: str, reason: str, remedy: str = "check the bucket, its endpoint and credentials") -> StorageError:
@@ -276,10 +299,25 @@ class OutputCopy:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body, IfNoneMatch="*")
         except Exception as e:
-            if _code(e) in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise ResumeConflict(f"{self.url}: another run created job.json at the same moment; run "
-                                     "again (it resumes that run's output)") from None
-            raise _failed(f"s3://{self.bucket}/{key}", f"{type(e).__name__}: {e}") from e
+            if _code(e) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise _failed(f"s3://{self.bucket}/{key}", f"{type(e).__name__}: {e}") from e
+            self._adopt(path, key)
+
+    def _adopt(self, path: Path, key: str) -> None:
+        """Another shard of the array created job.json first: where it records this very job (same
+        fingerprint, so same shard count), its copy replaces ours, before any part is written, so
+        that every part carries the output id it records; a different job is refused."""
+        theirs = self._call(key, self.client.get_object, Bucket=self.bucket, Key=key)["Body"].read()
+        ours, recorded = json.loads(path.read_text()), json.loads(theirs)
+        same = (recorded.get("fingerprint_hash") == ours.get("fingerprint_hash")
+                and (recorded.get("fingerprint") or {}).get("shards") == (ours.get("fingerprint") or {}).get("shards"))
+        if not same:
+            raise ResumeConflict(f"{self.url}: another run created job.json at the same moment for a different "
+                                 "job; run again to see what differs, or write elsewhere with --output DIR")
+        tmp = path.with_name(path.name + ".adopted")
+        tmp.write_bytes(theirs)
+        os.replace(tmp, path)  # the local copy only: the bucket holds this already
+        log.info("%s: job.json was created by another shard of this job at the same moment; using it", self.url)
 
     def removed(self, path: Path) -> None:
         if self.lease is not None:
@@ -356,22 +394,29 @@ def output_folder(text: str | os.PathLike) -> Iterator[Path]:
         yield local
 
 
+RENEW_EVERY = 6  # the lease is renewed every TTL/6: two misses still leave a run inside its TTL/2 margin
+STOP_AFTER = 0.5  # a holder not renewed for TTL/2 stops writing: half a TTL of margin before it expires
+WAIT_SLACK_S = 5.0  # how much past a lease's expiry a new run waits, at most (its clock against the holder's)
+
+
 @dataclass
 class Lease:
     """One shard of an S3 output, held by one run: the object ``_locks/<shard>.lease``.
 
     Created with ``If-None-Match: *`` (exactly one of two runs starting together gets it), renewed
-    every third of ``LEASE_TTL_S`` by a thread with ``If-Match`` on its ETag, removed at the end. A
-    holder that dies stops renewing: after the TTL its lease has expired and the next run takes it
-    over, again conditionally (``If-Match``), so that of two runs taking over, one wins. Until then
-    a run is refused with the time left. A holder that could not renew in time stops writing
-    (``check``) rather than race the run that may have taken over.
+    every sixth of ``LEASE_TTL_S`` by a thread with ``If-Match`` on its ETag, removed at the end. A
+    holder that dies stops renewing. A new run that finds a lease waits for it: a holder seen
+    renewing it meanwhile is alive, and the run is refused at once; a lease that expires unrenewed
+    is taken over, again conditionally (``If-Match`` on the ETag first read), so that of two runs
+    taking over one wins. A holder whose renewal finds its lease taken, or that could not renew for
+    half the TTL, stops writing (``check``) rather than race the run that may hold it now.
     """
 
     copy: OutputCopy
     shard: str
     etag: str | None = None
     renewed: float = 0.0
+    lost: bool = False  # a renewal found the lease taken over: no write from here on
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -400,32 +445,62 @@ class Lease:
         self._thread = threading.Thread(target=self._renew, name=f"lease-{self.shard}", daemon=True)
         self._thread.start()
 
-    def _take_over(self) -> None:
+    def _read(self) -> tuple[dict[str, Any], str] | None:
+        """The lease's holder and ETag, or None where there is no lease."""
         try:
             r = self.copy.client.get_object(Bucket=self.copy.bucket, Key=self.key)
-            holder, etag = json.loads(r["Body"].read()), r["ETag"]
+            return json.loads(r["Body"].read()), r["ETag"]
         except Exception as e:
             if _code(e) != "NoSuchKey":
                 raise _failed(f"s3://{self.copy.bucket}/{self.key}", f"{type(e).__name__}: {e}") from e
+            return None
+
+    def _take_over(self) -> None:
+        found = self._read()
+        if found is None:
             if self._put(IfNoneMatch="*"):  # released in between
                 return
             raise ResumeConflict(self._busy({}, LEASE_TTL_S)) from None
+        holder, etag = found
         left = float(holder.get("expires", 0)) - time.time()
-        if left > 0 or not self._put(IfMatch=etag):
-            raise ResumeConflict(self._busy(holder, max(left, 0.0)))
+        if left > LEASE_TTL_S + WAIT_SLACK_S:  # a holder with a longer TTL, or a clock far ahead of ours
+            raise ResumeConflict(self._busy(holder, left))
+        if left > 0:
+            log.warning("%s: shard %s: its lease is held by %s (pid %s) for %.0f s more; waiting for it to "
+                        "expire (a run that died) or be renewed (a live run: then this one stops)",
+                        self.copy.url, self.shard, holder.get("host"), holder.get("pid"), left)
+            if not self._wait_out(etag, left + 1.0):
+                raise ResumeConflict(self._busy(holder, None))
+        if not self._put(IfMatch=etag):  # renewed at the last moment, or another run took it over first
+            raise ResumeConflict(self._busy(holder, None))
         log.warning("%s: shard %s: took over the expired lease of %s (pid %s); that run stopped renewing it",
                     self.copy.url, self.shard, holder.get("host"), holder.get("pid"))
 
-    def _busy(self, holder: dict[str, Any], left: float) -> str:
+    def _wait_out(self, etag: str, seconds: float) -> bool:
+        """Wait ``seconds`` (bounded: the caller's lease time left, at most the TTL and a few
+        seconds), looking every second whether the lease changed; True where it did not."""
+        deadline = time.monotonic() + seconds
+        while (now := time.monotonic()) < deadline:
+            time.sleep(min(1.0, deadline - now))
+            found = self._read()
+            if found is None or found[1] != etag:  # renewed by a live holder, released, or taken
+                return False
+        return True
+
+    def _busy(self, holder: dict[str, Any], left: float | None) -> str:
         who = f"{holder.get('host')} (pid {holder.get('pid')})" if holder else "another run"
+        if left is None:
+            return (f"{self.copy.url}: shard {self.shard} is being written by {who}: it renewed its lease "
+                    f"{LOCKS}/{self.shard}.lease while this run waited, so it is alive; run again when it is done")
         return (f"{self.copy.url}: shard {self.shard} is being written by {who}: its lease "
                 f"{LOCKS}/{self.shard}.lease is held for {left:.0f} s more. If that run died, its lease "
                 f"expires by then (a lease lives {LEASE_TTL_S:.0f} s unless renewed); run again after that")
 
     def _renew(self) -> None:
-        while not self._stop.wait(LEASE_TTL_S / 3):
+        while not self._stop.wait(LEASE_TTL_S / RENEW_EVERY):
             try:
                 if not self._put(IfMatch=str(self.etag)):
+                    self.lost = True
                     log.error("%s: shard %s: the lease was taken over by another run; this run stops writing",
                               self.copy.url, self.shard)
                     return
@@ -433,11 +508,15 @@ class Lease:
                 log.warning("%s", e)
 
     def check(self) -> None:
-        """Refuse a write where the lease may have expired (not renewed within the TTL)."""
-        if time.monotonic() - self.renewed > LEASE_TTL_S * 0.9:
-            raise _failed(f"s3://{self.copy.bucket}/{self.key}", f"the lease was not renewed for "
-                          f"{LEASE_TTL_S * 0.9:.0f} s, so another run may hold shard {self.shard} now; stopped writing",
-                          "check that the bucket is reachable")
+        """Refuse a write where the lease was taken over, or may expire before the write ends (not
+        renewed for half the TTL; each request is bounded well below the other half)."""
+        where = f"s3://{self.copy.bucket}/{self.key}"
+        if self.lost:
+            raise _failed(where, f"another run took over shard {self.shard} (its lease was not renewed in "
+                          "time); stopped writing", "make sure one run at a time writes each shard")
+        if time.monotonic() - self.renewed > LEASE_TTL_S * STOP_AFTER:
+            raise _failed(where, f"the lease was not renewed for {LEASE_TTL_S * STOP_AFTER:.0f} s, so another "
+                          f"run may hold shard {self.shard} soon; stopped writing", "check that the bucket is reachable")
 
     def release(self) -> None:
         """Stop renewing and remove the lease, if this run holds it (never another run's)."""

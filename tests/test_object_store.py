@@ -197,11 +197,11 @@ def test_fresh_and_data_parallel_are_refused_on_an_s3_output(s3, cli, fake, tmp_
 LEASE_TTL_S = 10
 
 
-def start_run(job, **settings) -> subprocess.Popen:
+def start_run(job, *args: str, **settings) -> subprocess.Popen:
     """The CLI with the fake engine in a process of its own (to be killed), the bucket's environment."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "BATCH_RUN_LEASE_TTL_S": str(LEASE_TTL_S),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(batch_run_cmd("run", fake_job(job, **settings)), cwd=ROOT, env=env,
+    return subprocess.Popen(batch_run_cmd("run", fake_job(job, **settings), *args), cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -231,13 +231,12 @@ def test_kill_9_mid_run_then_the_rerun_waits_out_the_lease_and_runs_exactly_the_
 
     monkeypatch.setattr("batch_runner.storage.LEASE_TTL_S", LEASE_TTL_S)
     engine = fake()
-    refused = cli("run", job)
-    assert refused.exit_code == 2, refused.output
-    assert "shard 0000-of-0001 is being written by" in refused.output and "run again after that" in refused.output
-    assert engine.submitted == []
-    time.sleep(LEASE_TTL_S)
-    resumed = cli("run", job)
+    started = time.monotonic()
+    resumed = cli("run", job)  # at once, as a scheduler's retry would: it waits for the dead run's lease
     assert resumed.exit_code == 0, resumed.output
+    assert "its lease is held by" in resumed.output and "waiting for it to expire" in resumed.output
+    assert "took over the expired lease" in resumed.output
+    assert time.monotonic() - started < LEASE_TTL_S + 30  # bounded: the lease's time left and the run itself
     assert len(engine.submitted) == 40 - done  # only the rows without a result in the bucket ran again
     ids = bucket_results().column("id").to_pylist()
     assert sorted(ids) == sorted(r["id"] for r in rows) and len(set(ids)) == 40
@@ -258,6 +257,89 @@ def test_two_runs_started_together_on_one_s3_output_one_is_refused(s3, tmp_path)
     assert "Traceback" not in loser
     ids = bucket_results().column("id").to_pylist()
     assert sorted(ids) == sorted(r["id"] for r in rows) and len(set(ids)) == 40
+
+
+def test_two_shards_of_an_array_started_together_on_a_new_s3_output_both_run(s3, tmp_path):
+    rows = news_rows(40)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out", "batch_size": 4})
+    # each finds no job.json in the bucket and creates one: the later adopts the first's (same job)
+    procs = [start_run(job, "--shard", f"{i}/2", per_poll=2, latency_s=0.1) for i in range(2)]
+    ended = [p.communicate(timeout=120) + (p.returncode,) for p in procs]
+    assert [code for _, _, code in ended] == [0, 0], ended
+    ids = bucket_results().column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in rows) and len(set(ids)) == 40
+    recorded = json.loads(s3.get_object(Bucket=BUCKET, Key="out/job.json")["Body"].read())
+    owners = {json.loads(f.metadata[b"batch_runner"])["output_id"]
+              for f in (pq.ParquetFile(bucket_dataset().filesystem.open_input_file(p)).schema_arrow
+                        for p in bucket_dataset().files)}
+    assert owners == {recorded["output_id"]}  # every part names the one job.json in the bucket
+
+
+def test_a_lease_taken_over_stops_its_holder_at_its_next_write(s3, tmp_path, monkeypatch):
+    from batch_runner import storage
+    from batch_runner.errors import StorageError
+
+    monkeypatch.setattr(storage, "LEASE_TTL_S", 6.0)  # renewed every second
+    copy = storage.OutputCopy(f"s3://{BUCKET}/out", tmp_path)
+    lease = storage.Lease(copy, "0000-of-0001")
+    lease.acquire()
+    try:
+        lease.check()
+        s3.put_object(Bucket=BUCKET, Key="out/_locks/0000-of-0001.lease", Body=b'{"host": "elsewhere"}')
+        deadline = time.monotonic() + 3  # half the TTL: the old limit of 0.9 x TTL would still allow writes
+        while not getattr(lease, "lost", False) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(StorageError, match="another run took over shard 0000-of-0001"):
+            lease.check()
+    finally:
+        lease.release()
+    assert json.loads(s3.get_object(Bucket=BUCKET, Key="out/_locks/0000-of-0001.lease")["Body"].read()) == \
+        {"host": "elsewhere"}  # the new holder's lease is left alone
+
+
+def test_a_run_whose_lease_is_taken_over_mid_run_exits_1_and_a_rerun_runs_the_rest(s3, cli, fake, tmp_path):
+    rows = news_rows(40)
+    url = put_jsonl(s3, "in/news.jsonl", rows)
+    job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out", "batch_size": 4})
+    proc = start_run(job, per_poll=1, latency_s=0.2)
+    wait_for_objects(s3, "out/results/", 2, proc)
+    taken = {"host": "elsewhere", "pid": 1, "ttl_s": 1, "expires": time.time() + 1}  # expires at once
+    s3.put_object(Bucket=BUCKET, Key="out/_locks/0000-of-0001.lease", Body=json.dumps(taken).encode())
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err
+    assert "another run took over shard 0000-of-0001" in err and "Traceback" not in err
+    done = bucket_results().num_rows
+    assert done < 40  # stopped within a renewal's interval, long before the end
+    engine = fake()
+    resumed = cli("run", job)  # the "other run" is gone: its lease expired; this one takes it over
+    assert resumed.exit_code == 0, resumed.output
+    assert len(engine.submitted) == 40 - done
+    ids = bucket_results().column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in rows) and len(set(ids)) == 40
+
+
+def test_a_holder_not_renewed_for_half_the_ttl_stops_writing(s3, tmp_path):
+    from batch_runner import storage
+    from batch_runner.errors import StorageError
+
+    lease = storage.Lease(storage.OutputCopy(f"s3://{BUCKET}/out", tmp_path), "0000-of-0001")
+    lease.renewed = time.monotonic() - storage.LEASE_TTL_S * 0.6
+    with pytest.raises(StorageError, match="the lease was not renewed for"):
+        lease.check()
+
+
+def test_an_array_of_another_size_is_refused_on_an_s3_output(s3, cli, fake, tmp_path, monkeypatch):
+    url = put_jsonl(s3, "in/news.jsonl", news_rows(6))
+    fake()
+    job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out"})
+    monkeypatch.setenv("BATCH_TASK_INDEX", "0")
+    monkeypatch.setenv("BATCH_TASK_COUNT", "3")
+    assert cli("run", job).exit_code == 0
+    monkeypatch.setenv("BATCH_TASK_COUNT", "2")
+    refused = cli("run", job)
+    assert refused.exit_code == 2
+    assert "BATCH_TASK_COUNT=2: this output was split into 3 array tasks by its first run" in refused.output
 
 
 def test_status_merge_report_and_the_api_work_on_an_s3_output(s3, cli, fake, tmp_path):

@@ -17,6 +17,7 @@ from ..inputs.assignment import Shard
 from ..observe.progress import say
 from ..output.status import array_ranges, array_size
 from ..runner.shard import RunOptions
+from ..storage import is_url
 from .base import Execution, Executor
 from .local import LocalExecutor
 
@@ -111,7 +112,7 @@ class IndexedExecutor(Executor):
         job = job.model_copy(update={"executor": job.executor.model_copy(update={"kind": self.name})})
         shard = self.shard
         if shard is None:
-            recorded = None if options.fresh else array_size(job.output_dir)  # --fresh may change the size
+            recorded = None if options.fresh else array_size(job.output.dir if is_url(job.output.dir) else job.output_dir)  # --fresh may change the size
             shard = shard_from_env(self.name, self.env, job.executor.shards, recorded)
             say(f"{SCHEDULERS[self.name].title} index {shard.index}: shard {shard.index}/{shard.count}")
         return LocalExecutor(self.verbose, shard, self.env).run(job, options)

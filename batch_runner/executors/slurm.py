@@ -14,6 +14,7 @@ from ..inputs.assignment import Shard
 from ..observe.progress import say
 from ..output.status import array_size
 from ..runner.shard import RunOptions
+from ..storage import is_url
 from .base import Execution, Executor
 from .local import LocalExecutor
 
@@ -70,7 +71,7 @@ class SlurmExecutor(Executor):
     def run(self, job: JobSpec, options: RunOptions) -> Execution:
         shard = self.shard
         if shard is None:
-            shard = shard_from_slurm(self.env, array_size(job.output_dir))
+            shard = shard_from_slurm(self.env, array_size(job.output.dir if is_url(job.output.dir) else job.output_dir))
             if shard is None:
                 raise JobError("executor slurm: not in a Slurm array task (SLURM_ARRAY_TASK_ID is not set); "
                                "submit it with sbatch --array, or give --shard I/N")

@@ -23,7 +23,8 @@ from ..atomic import atomic_write
 from ..config import IndexedKind
 from ..errors import JobError, ResumeConflict
 from ..inputs.assignment import Shard
-from .job_record import JobRecord
+from ..storage import is_url, join, read_text
+from .job_record import JOB_FILE, JobRecord
 from .openai import write_openai_files
 from .ownership import refuse_foreign
 from .parts import committed_parts
@@ -67,10 +68,15 @@ def shard_states(out: Path) -> list[ShardState]:
 
 
 
-def array_size(out: Path) -> int | None:
+def array_size(out: Path | str) -> int | None:
     """The array size of an output's array tasks (Slurm's, or a cloud scheduler's), fixed by its first
-    run; None for a new output."""
-    record = JobRecord.load(out)
+    run; None for a new output. ``out``: a folder, or an ``s3://`` output's URL (its job.json read
+    from the bucket)."""
+    if is_url(str(out)):
+        text = read_text(str(out), JOB_FILE)
+        record = None if text is None else JobRecord.parse(text, Path(join(str(out), JOB_FILE)))
+    else:
+        record = JobRecord.load(Path(out))
     if record is None:
         return None
     return record.shards // record.data_parallel

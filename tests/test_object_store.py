@@ -70,12 +70,18 @@ def result_ids(out) -> list[str]:
 
 # --- input in object storage ---------------------------------------------------------------------
 
-def test_a_jsonl_object_runs_like_a_local_file(s3, cli, fake, tmp_path):
-    rows = news_rows(12)
+def run_on_object(s3, cli, fake, tmp_path, rows) -> tuple[str, object]:
+    """The job over ``rows`` as one JSONL object in the bucket, run once with the fake engine: (url, job)."""
     url = put_jsonl(s3, "in/news.jsonl", rows)
     fake()
     job = write_job(tmp_path, input={"path": url})
     assert cli("run", job).exit_code == 0
+    return url, job
+
+
+def test_a_jsonl_object_runs_like_a_local_file(s3, cli, fake, tmp_path):
+    rows = news_rows(12)
+    url, _ = run_on_object(s3, cli, fake, tmp_path, rows)
     assert result_ids(tmp_path / "out") == sorted(r["id"] for r in rows)
     recorded = json.loads((tmp_path / "out" / "job.json").read_text())
     assert list(recorded["fingerprint"]["input"]["files"]) == [url]  # the URL, not a local path
@@ -101,10 +107,7 @@ def test_a_prefix_and_a_glob_read_every_matching_object_in_key_order(s3, cli, fa
 
 def test_a_changed_object_is_named_on_resume(s3, cli, fake, tmp_path):
     rows = news_rows(10)
-    url = put_jsonl(s3, "in/news.jsonl", rows)
-    fake()
-    job = write_job(tmp_path, input={"path": url})
-    assert cli("run", job).exit_code == 0
+    url, job = run_on_object(s3, cli, fake, tmp_path, rows)
     put_jsonl(s3, "in/news.jsonl", [*rows[:5], {**rows[5], "text": "changed"}, *rows[6:]])
     again = cli("run", job)
     assert again.exit_code != 0

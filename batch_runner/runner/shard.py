@@ -214,11 +214,8 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
                     "have one get an adapter's delta (vllm-project/vllm#48421); set model.lora to "
                     "give every row an adapter")
     args = ctx.engine_args = _sized(ctx, args)
-    stop.starting = True
-    try:
+    with stop.engine_starting():
         engine = get_engine(args, job.engine.backend)
-    finally:
-        stop.starting = False
     if ctx.sizing is not None:
         ctx.sizing = _measured(ctx.sizing, kv_capacity_tokens(engine))
     ctx.pre.renderer.max_model_len = engine.max_model_len
@@ -228,11 +225,8 @@ def _start_engine(ctx: _Context, stop: StopRequest) -> tuple[dict[str, Any], Eng
 def _restart_engine(ctx: _Context, stop: StopRequest) -> WatchedEngine:
     """A new engine in place of the one that failed, with the same arguments, watched as the first was;
     a stop during its start ends the run as a stop during the first start does."""
-    stop.starting = stop.restarting = True
-    try:
+    with stop.engine_starting(restart=True):
         engine = restart_engine(dict(ctx.engine_args), ctx.job.engine.backend)
-    finally:
-        stop.starting = stop.restarting = False
     return WatchedEngine(engine, _stall_timeout(ctx.job))
 
 

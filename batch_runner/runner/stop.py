@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ExitStatus, Interrupted
@@ -116,6 +118,15 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         self._old = catch_stop_signals(self._handle)
         return self
+
+    @contextmanager
+    def engine_starting(self, restart: bool = False) -> Iterator[None]:
+        """While an engine starts (or restarts after a failure), a stop signal ends the run at once."""
+        self.starting, self.restarting = True, restart
+        try:
+            yield
+        finally:
+            self.starting = self.restarting = False
 
     def _handle(self, signum: int, frame) -> None:
         if self.requested:

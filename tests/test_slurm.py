@@ -25,7 +25,9 @@ from conftest import ROOT, news_rows, write_job, write_jsonl
 pytestmark = [pytest.mark.slurm, pytest.mark.engine]
 
 SBATCH = ROOT / "jobs" / "slurm" / "batch-run.sbatch"
-ROWS = 18
+# Enough rows, each long enough (24 tokens, ignore_eos) that a shard runs for tens of seconds on a
+# fast CPU: the test stops shard 1 after its first part, and must reach it before its last row.
+ROWS = 48
 
 
 def _install() -> str | None:
@@ -152,7 +154,7 @@ def _states(env: dict, job_id: str) -> str:
 
 def _job(tmp_path: Path) -> Path:
     rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))
-    return write_job(tmp_path, sampling={"max_tokens": 8}, output={"batch_size": 2},
+    return write_job(tmp_path, sampling={"max_tokens": 24, "ignore_eos": True}, output={"batch_size": 2},
                      input={"path": str(rows)}, engine={"max_num_seqs": 2})
 
 

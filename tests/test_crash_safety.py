@@ -99,7 +99,10 @@ def test_kill_9_keeps_every_finished_row_and_leaves_no_engine_process(cli, tmp_p
 
 
 def test_sigterm_stops_cleanly_and_locks_out_a_second_run(cli, tmp_path):
-    job = write_job(tmp_path, **JOB)
+    # the last four rows need 300 tokens each: the stop lands before they end, however fast the machine
+    rows = [{**r, "budget": 300 if i >= ROWS - 4 else 16} for i, r in enumerate(news_rows(ROWS))]
+    job = write_job(tmp_path, input={"path": str(write_jsonl(tmp_path / "in.jsonl", rows))}, output=JOB["output"],
+                    sampling={"max_tokens": 16, "ignore_eos": True, "columns": {"max_tokens": "budget"}})
     proc = start_batch_run("run", job, "--limit", ROWS, *SLOW)
     out = tmp_path / "out"
     wait_for_parts(out, 1, proc)

@@ -75,7 +75,7 @@ def test_killed_parent_leaves_no_worker(tmp_path):
     job = write_job(tmp_path, sampling={"max_tokens": 8}, input={"path": str(rows)}, executor={"data_parallel": 2})
     proc = start_batch_run("run", job)
     pids = worker_pids(proc, 2)
-    time.sleep(1.5)  # the parent's watcher has seen them (it looks every 0.5 s)
+    time.sleep(3.0)  # the parent's watcher has seen them (it looks every 0.5 s; slower while the workers start)
     started = {pid: started_at(pid) for pid in pids.values()}
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -33,7 +33,7 @@ def jsonl_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("jsonl")
     job = write_job(tmp, sampling=FAST, output={"batch_size": 8})
-    interval, shard.TIMELINE_INTERVAL_S = shard.TIMELINE_INTERVAL_S, 0.5  # a fine timeline for the checks
+    interval, shard.TIMELINE_INTERVAL_S = shard.TIMELINE_INTERVAL_S, 0.2  # a fine timeline for the checks
     try:
         result = CliRunner().invoke(main, ["run", str(job), "--limit", "32"], catch_exceptions=False)
     finally:
@@ -77,7 +77,7 @@ def test_batch_rates_agree_with_the_engine_timeline(jsonl_run):
     """The 32 rows run as one wave (32 rows, max_num_seqs 64), so the four batches overlap and finish
     together. A batch can never outpace the engine, and with N batches sharing its span it gets
     about 1/N of the engine's tokens: each batch's span rate lies between timeline/(2N) and
-    1.5 x timeline over the same span (1.5 and 2 allow for the timeline's 0.5 s granularity)."""
+    1.5 x timeline over the same span (1.5 and 2 allow for the timeline's 0.2 s granularity)."""
     out = jsonl_run[0] / "out"
     stats, timeline = read_stats(out), pd.read_parquet(out / "timeline")
     assert (timeline["source"] == "vllm").all()  # the engine's own counters, on the CPU build too

@@ -23,7 +23,7 @@ from conftest import ROOT, news_rows, start_batch_run, write_job, write_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine]
 
-ROWS = 24
+ROWS = 32  # 16 a shard, 8 batches of 24 tokens: a stop after a first part lands mid-run
 
 
 def _free_port() -> int:

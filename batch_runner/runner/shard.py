@@ -122,6 +122,7 @@ def _run_in_store(job: JobSpec, options: RunOptions) -> RunResult:
             return f"/part-{label}-" in inside
         return not inside.startswith(("merged/", "report/"))
 
+    vllm_version()  # imports vLLM before the lease: that holds the GIL for seconds, which its renewal would wait out
     with storage.local_copy(url, needed, lease=label) as local:
         result = run_shard(job.model_copy(update={"output": job.output.model_copy(update={"dir": str(local)})}),
                            options)

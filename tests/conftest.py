@@ -64,6 +64,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def last_row_key(rows: int, batch_size: int) -> str:
+    """The ending (":batch:position") of the request key of a run's last row, for the fake engine's
+    ``hold``: a held last row keeps the run mid-way until a test's signal comes, however late."""
+    return f":{(rows - 1) // batch_size}:{(rows - 1) % batch_size}"
+
+
 def news_rows(n: int) -> list[dict]:
     rows = [json.loads(line) for line in (ROOT / "inputs" / "news.jsonl").read_text().splitlines()]
     return rows[:n]

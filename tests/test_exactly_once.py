@@ -12,7 +12,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import ROOT, batch_run_cmd, fake_job, news_rows, write_job, write_jsonl
+from conftest import ROOT, batch_run_cmd, fake_job, last_row_key, news_rows, write_job, write_jsonl
 
 ROWS = 40
 
@@ -117,7 +117,7 @@ def test_a_crash_between_a_part_and_its_stats_loses_no_row(cli, fake, tmp_path, 
 
 def test_kill_9_between_commits_then_the_rerun_runs_exactly_the_rest(cli, fake, tmp_path):
     job = job_file(tmp_path)
-    proc = start_fake_run(job, per_poll=2, latency_s=0.05, hold=[":9:3"])  # the last row never ends
+    proc = start_fake_run(job, per_poll=2, latency_s=0.05, hold=[last_row_key(ROWS, 4)])
     wait_for_parts(tmp_path / "out", 3, proc)
     proc.kill()
     proc.communicate()
@@ -170,7 +170,7 @@ def test_a_sigterm_during_the_engines_teardown_ends_with_the_runs_status(cli, fa
     shuts down (seconds with vLLM): the process still ends 75, at once, not killed by the signal."""
     job = job_file(tmp_path)
     # the last row never ends (the stop aborts it): the run is mid-way when the first SIGTERM comes
-    proc = start_fake_run(job, per_poll=1, latency_s=0.05, close_s=60.0, hold=[":9:3"])
+    proc = start_fake_run(job, per_poll=1, latency_s=0.05, close_s=60.0, hold=[last_row_key(ROWS, 4)])
     wait_for_parts(tmp_path / "out", 1, proc)
     proc.send_signal(signal.SIGTERM)
     deadline = time.time() + 60

@@ -16,7 +16,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT, batch_run_cmd, fake_job, news_rows, write_job
+from conftest import ROOT, batch_run_cmd, fake_job, last_row_key, news_rows, write_job
 
 moto_server = pytest.importorskip("moto.server", reason="the test extra's moto[server]")
 boto3 = pytest.importorskip("boto3")
@@ -224,7 +224,7 @@ def test_kill_9_mid_run_then_the_rerun_waits_out_the_lease_and_runs_exactly_the_
     rows = news_rows(40)
     url = put_jsonl(s3, "in/news.jsonl", rows)
     job = write_job(tmp_path, input={"path": url}, output={"dir": f"s3://{BUCKET}/out", "batch_size": 4})
-    proc = start_run(job, per_poll=2, latency_s=0.05, hold=[":9:3"])  # the last row never ends
+    proc = start_run(job, per_poll=2, latency_s=0.05, hold=[last_row_key(40, 4)])
     wait_for_objects(s3, "out/results/", 3, proc)
     proc.kill()
     proc.communicate()

@@ -75,8 +75,7 @@ def _communicate(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
 def _ray_job(tmp_path: Path, ray_address: str, **executor) -> Path:
     rows = write_jsonl(tmp_path / "in.jsonl", news_rows(ROWS))
     return write_job(tmp_path, sampling={"max_tokens": 24, "ignore_eos": True}, output={"batch_size": 2},
-                     input={"path": str(rows)},
-                     engine={"max_num_seqs": 2},
+                     input={"path": str(rows)}, engine={"max_num_seqs": 2},
                      executor={"kind": "ray", "ray_address": ray_address, "shards": 2, **executor})
 
 
